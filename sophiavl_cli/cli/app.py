@@ -1,0 +1,62 @@
+"""The `sophiavl` command.
+
+Usage:
+    sophiavl doctor
+    sophiavl recipe validate recipes/quickstart.yaml trainer.max_steps=2
+    sophiavl recipe schema > recipe.schema.json
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from sophiavl_cli import __version__
+from sophiavl_cli.cli import doctor, recipe
+from sophiavl_cli.console import fail
+from sophiavl_cli.errors import UserError
+
+app = typer.Typer(
+    name="sophiavl",
+    help="SophiaVL-R1 lifecycle: download, register data, train with Trust-GRPO, merge, infer, eval.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sophiavl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """SophiaVL-R1 lifecycle: download, register data, train with Trust-GRPO, merge, infer, eval."""
+
+
+app.command("doctor")(doctor.doctor)
+app.add_typer(recipe.app, name="recipe")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: user errors become one line and exit code 2, never a traceback."""
+    try:
+        app(args=argv, prog_name="sophiavl")
+    except UserError as exc:
+        fail(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""The training recipe: one frozen pydantic tree, sectioned like the released SophiaVL/EasyR1 config.
+
+Sections mirror the objects they build (`data`, `algorithm`, `worker.actor|rollout|ref`, `reward`,
+`trainer`). Every field carries a description: it feeds `sophiavl recipe schema`, the editor
+autocomplete and `docs/recipes.md`. Unknown keys are rejected (`extra="forbid"`); the loader turns
+that into a did-you-mean message. Secrets are never fields: the API key is read from the environment
+variable named in `reward.thinking.api_key_env` when a client is built.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base of every recipe section: frozen, strict about unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DataConfig(Section):
+    train_files: str = Field(
+        "builtin:demo@train",
+        description="Comma-separated registry names (optionally name@split), files, folders, hub ids or builtin:demo.",
+    )
+    val_files: str | None = Field(
+        "builtin:demo@val", description="Like train_files, for in-training validation; null disables it."
+    )
+    registry: str | None = Field(
+        None,
+        description="dataset_info.json to resolve names from; default $SOPHIAVL_DATASET_REGISTRY or ./dataset_info.json.",
+    )
+    prompt_key: str = Field("prompt", description="Internal column holding the question text.")
+    answer_key: str = Field("answer", description="Internal column holding the ground truth.")
+    image_key: str = Field("images", description="Internal column holding image path(s) or HF image dicts.")
+    max_prompt_length: int = Field(
+        8192, gt=0, description="Prompt tokens (image tokens included); longer rows are dropped."
+    )
+    max_response_length: int = Field(1024, gt=0, description="Tokens generated per rollout.")
+    rollout_batch_size: int = Field(
+        16, gt=0, description="Prompts per training step (each gets worker.rollout.n rollouts)."
+    )
+    val_batch_size: int = Field(64, gt=0, description="Prompts per validation generation batch.")
+    shuffle: bool = Field(True, description="Shuffle training data each epoch (seeded by data.seed).")
+    seed: int = Field(1, description="Seed of the data order.")
+    min_pixels: int = Field(262144, gt=0, description="Images smaller than this (w*h) are upscaled to it.")
+    max_pixels: int = Field(4194304, gt=0, description="Images larger than this (w*h) are downscaled to it.")
+    prompt_preset: Literal["sophiavl-r1", "none"] = Field(
+        "sophiavl-r1", description="Prompt strings: the released models' exact prompts, or the raw question."
+    )
+    prompt_template: str | None = Field(
+        None,
+        description="A Jinja template (file path or inline text) that replaces the preset's user prompt.",
+    )
+
+    @model_validator(mode="after")
+    def _pixels_ordered(self) -> DataConfig:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("data.min_pixels must not exceed data.max_pixels")
+        return self
+
+
+# --------------------------------------------------------------------------- algorithm
+
+
+class TrustConfig(Section):
+    enable: bool = Field(
+        True,
+        description="Add the trust-weighted thinking reward; false trains with outcome rewards only (GRPO).",
+    )
+    mode: Literal["paper", "release"] = Field(
+        "paper",
+        description="paper: RM scores every rollout; release: the released code's gating (see docs/method.md).",
+    )
+    alpha: float = Field(0.3, ge=0, description="Initial weight of the thinking reward.")
+    horizon: float | Literal["total_steps"] = Field(
+        "total_steps",
+        description="Annealing horizon T in w_t = alpha*exp(-t/T); total_steps as in the paper, 12000 in the release.",
+    )
+    enable_annealing: bool = Field(
+        True, description="false keeps the weight at alpha (the paper's ablation)."
+    )
+    enable_trust: bool = Field(True, description="false fixes gamma = 1 (the paper's no-trust ablation).")
+
+    @field_validator("horizon")
+    @classmethod
+    def _positive_horizon(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and value <= 0:
+            raise ValueError("must be > 0 or 'total_steps'")
+        return value
+
+
+class AlgorithmConfig(Section):
+    adv_estimator: Literal["grpo"] = Field(
+        "grpo", description="Advantage estimator: group-normalised rewards."
+    )
+    use_kl_loss: bool = Field(
+        True, description="Add a KL-to-reference loss term (needs the reference model)."
+    )
+    kl_penalty: Literal["low_var_kl", "kl", "abs", "mse"] = Field(
+        "low_var_kl", description="KL estimator; low_var_kl is k3."
+    )
+    kl_coef: float = Field(0.04, ge=0, description="Weight of the KL loss; 0 skips the reference model.")
+    trust: TrustConfig = Field(
+        default_factory=TrustConfig, description="Trust-GRPO thinking-reward weighting."
+    )
+
+
+# --------------------------------------------------------------------------- worker
+
+
+class OptimConfig(Section):
+    lr: float = Field(6e-7, gt=0, description="AdamW learning rate (paper 5e-7, release 6e-7).")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    lr_scheduler: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="LR schedule after warm-up."
+    )
+    lr_warmup_ratio: float = Field(
+        0.0, ge=0, le=1, description="Fraction of steps spent warming the LR up linearly."
+    )
+
+
+class FSDPConfig(Section):
+    full_shard: bool = Field(
+        True, description="Shard parameters, gradients and optimizer state (FSDP2 fully_shard)."
+    )
+    offload_params: bool = Field(False, description="Move parameters to CPU between phases (GPU only).")
+    offload_optimizer: bool = Field(
+        False, description="Move optimizer state to CPU between phases (GPU only)."
+    )
+
+
+class ActorConfig(Section):
+    model_path: str = Field(
+        "builtin:tiny-qwen2.5-vl",
+        description="Policy: a local folder, hub id in the cache, alias or builtin:* model.",
+    )
+    global_batch_size: int = Field(
+        16, gt=0, description="Prompts per optimizer step (x rollout.n sequences)."
+    )
+    micro_batch_size_per_device_for_update: int = Field(
+        4, gt=0, description="Sequences per forward/backward in the update."
+    )
+    micro_batch_size_per_device_for_experience: int = Field(
+        4, gt=0, description="Sequences per forward in log-prob passes."
+    )
+    ppo_epochs: int = Field(1, gt=0, description="Passes over each rollout batch.")
+    clip_ratio: float = Field(0.2, gt=0, description="PPO clip epsilon.")
+    entropy_coef: float = Field(1e-3, ge=0, description="Entropy bonus weight (subtracted from the loss).")
+    max_grad_norm: float = Field(4.0, gt=0, description="Gradient-norm clip.")
+    padding_free: bool = Field(True, description="Pack sequences without padding in training forwards.")
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in backward to save memory."
+    )
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Training dtype: auto is bf16 on GPU, fp32 on CPU."
+    )
+    freeze_vision_tower: bool = Field(False, description="Keep the vision encoder's weights fixed.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and schedule.")
+    fsdp: FSDPConfig = Field(default_factory=FSDPConfig, description="FSDP2 sharding and offload.")
+
+
+class RolloutConfig(Section):
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers generate (CPU/dev); vllm: colocated vLLM."
+    )
+    n: int = Field(8, gt=0, description="Rollouts per prompt (the group size G).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling.")
+    top_k: int = Field(-1, description="Top-k sampling; -1 disables.")
+    tensor_parallel_size: int = Field(1, gt=0, description="vLLM tensor-parallel size.")
+    gpu_memory_utilization: float = Field(0.4, gt=0, le=1, description="vLLM share of GPU memory.")
+    max_num_batched_tokens: int = Field(12000, gt=0, description="vLLM scheduler token budget.")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs in vLLM.")
+    enable_prefix_caching: bool = Field(True, description="vLLM prefix caching.")
+    enable_sleep_mode: bool = Field(
+        True, description="Free vLLM's KV cache and weights during the update (GPU)."
+    )
+    limit_images: int = Field(1, ge=0, description="Max images per prompt given to the rollout engine.")
+    val_temperature: float = Field(
+        0.0, ge=0, description="Temperature for validation generations (0 = greedy)."
+    )
+
+
+class RefConfig(Section):
+    offload: bool = Field(True, description="Keep the frozen reference model on CPU between passes (GPU).")
+
+
+class WorkerConfig(Section):
+    actor: ActorConfig = Field(default_factory=ActorConfig, description="Policy model and update.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout generation.")
+    ref: RefConfig = Field(default_factory=RefConfig, description="Frozen reference model.")
+
+
+# --------------------------------------------------------------------------- reward
+
+
+class ThinkingRewardConfig(Section):
+    url: str | None = Field(
+        None,
+        description="OpenAI-compatible endpoint (base URL or .../chat/completions); default $OPENAI_API_URL; none starts the built-in server.",
+    )
+    model: str | None = Field(None, description="Served reward-model name; default $REWARD_MODEL.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key (never saved)."
+    )
+    serve_model: str = Field(
+        "builtin:tiny-qwen2.5-vl",
+        description="Model the built-in reward server loads when no url is configured.",
+    )
+    concurrency: int = Field(64, gt=0, description="Requests in flight at once.")
+    timeout: float = Field(60.0, gt=0, description="Seconds per request before it is retried.")
+    max_retries: int = Field(5, ge=0, description="Retries on timeouts, connection errors, 429 and 5xx.")
+    constrained: bool = Field(
+        True, description="Ask the server to answer with one of the eleven scores when it can."
+    )
+    max_failure_fraction: float = Field(
+        0.5, ge=0, le=1, description="Stop training when more than this share of RM calls fail ..."
+    )
+    failure_patience: int = Field(3, gt=0, description="... for this many consecutive steps.")
+
+
+class RewardConfig(Section):
+    format_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of the outcome reward given to format alone (0 = format is a gate, as released).",
+    )
+    custom: dict[str, str] = Field(
+        default_factory=dict,
+        description="problem_type -> 'path/to/file.py:function' for extra question types.",
+    )
+    thinking: ThinkingRewardConfig = Field(
+        default_factory=ThinkingRewardConfig, description="Thinking reward model client."
+    )
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+LoggerName = Literal["console", "jsonl", "tensorboard", "wandb", "swanlab"]
+
+
+class TrainerConfig(Section):
+    total_epochs: int = Field(1, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        None, gt=0, description="Stop after this many steps (overrides epochs when smaller)."
+    )
+    nnodes: int = Field(1, gt=0, description="Nodes in the Ray cluster to use.")
+    n_workers_per_node: int = Field(
+        8, gt=0, description="Worker actors (ranks) per node: GPUs per node on GPU."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto picks cuda when GPUs are visible."
+    )
+    project_name: str = Field("sophiavl", description="Groups runs in loggers and the output folder.")
+    experiment_name: str = Field(
+        "trust_grpo", description="Run name; the run dir is output_dir/project/experiment."
+    )
+    output_dir: str = Field("runs", description="Root folder of run directories.")
+    logger: list[LoggerName] = Field(
+        default_factory=lambda: ["console", "jsonl"], description="Metric sinks."
+    )
+    log_freq: int = Field(1, gt=0, description="Print a metrics table every this many steps.")
+    val_freq: int = Field(-1, description="Validate every this many steps; -1 disables.")
+    val_before_train: bool = Field(False, description="Validate once before the first step.")
+    val_generations_to_log: int = Field(3, ge=0, description="Sample generations logged per validation.")
+    rollout_dump_freq: int = Field(
+        0, ge=0, description="Dump decoded rollouts to JSONL every this many steps; 0 disables."
+    )
+    save_freq: int = Field(300, description="Checkpoint every this many steps; -1 only at the end.")
+    save_limit: int = Field(-1, description="Keep at most this many checkpoints; -1 keeps all.")
+    seed: int = Field(1, description="Seed of model init, sampling and every RNG the run owns.")
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+class Recipe(Section):
+    """A whole training recipe. Precedence: defaults < recipe YAML < dotted CLI overrides."""
+
+    data: DataConfig = Field(default_factory=DataConfig, description="Training and validation data.")
+    algorithm: AlgorithmConfig = Field(
+        default_factory=AlgorithmConfig, description="Advantages, KL and Trust-GRPO."
+    )
+    worker: WorkerConfig = Field(
+        default_factory=WorkerConfig, description="Actor, rollout and reference workers."
+    )
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="Outcome and thinking rewards.")
+    trainer: TrainerConfig = Field(
+        default_factory=TrainerConfig, description="Loop, logging and checkpoints."
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.nnodes * self.trainer.n_workers_per_node
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> Recipe:
+        """Reject batch sizes that cannot be split evenly, before any process starts."""
+        actor, n = self.worker.actor, self.worker.rollout.n
+        if self.data.rollout_batch_size % actor.global_batch_size:
+            raise ValueError(
+                f"data.rollout_batch_size ({self.data.rollout_batch_size}) must be a multiple of "
+                f"worker.actor.global_batch_size ({actor.global_batch_size})"
+            )
+        sequences = actor.global_batch_size * n
+        if sequences % self.world_size:
+            raise ValueError(
+                f"worker.actor.global_batch_size x worker.rollout.n ({sequences}) must be divisible by the world size "
+                f"trainer.nnodes x trainer.n_workers_per_node ({self.world_size})"
+            )
+        per_rank = sequences // self.world_size
+        if per_rank % actor.micro_batch_size_per_device_for_update:
+            raise ValueError(
+                f"sequences per rank per step ({per_rank} = global_batch_size x n / world size) must be a multiple of "
+                f"worker.actor.micro_batch_size_per_device_for_update ({actor.micro_batch_size_per_device_for_update})"
+            )
+        return self

@@ -1,0 +1,93 @@
+"""What this machine can do for sophiavl, row by row, with a verdict each.
+
+Kept apart from the CLI so tests and `train` can reuse the checks. Values of secrets are never
+read into a row: only whether they are set.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Literal
+
+from sophiavl_cli.optional import version_of
+
+Verdict = Literal["ok", "warn", "missing", "info"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: str
+    verdict: Verdict
+    advice: str = ""
+
+
+def _torch_rows() -> list[Check]:
+    try:
+        import torch
+    except ImportError:
+        return [Check("torch", "not installed", "missing", "pip install torch==2.13.0 (CPU) or a CUDA build")]
+    rows = [Check("torch", torch.__version__, "ok")]
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        name = torch.cuda.get_device_name(0)
+        rows.append(Check("CUDA", f"{torch.version.cuda}, {count} GPU(s): {name}", "ok"))
+    else:
+        rows.append(
+            Check(
+                "CUDA",
+                "no GPU visible",
+                "info",
+                "training runs on CPU (gloo, hf rollout): fine for the tiny model",
+            )
+        )
+    return rows
+
+
+def _package_row(dist: str, need: str, advice: str) -> Check:
+    version = version_of(dist)
+    if version:
+        return Check(dist, version, "ok")
+    return Check(dist, "not installed", "missing" if need == "core" else "info", advice)
+
+
+def _env_row(var: str, needed_for: str, secret: bool = False) -> Check:
+    value = os.environ.get(var)
+    if not value:
+        return Check(var, "not set", "info", needed_for)
+    return Check(var, "set" if secret else value, "ok")
+
+
+def run_checks() -> list[Check]:
+    rows = [
+        Check(
+            "Python",
+            platform.python_version(),
+            "ok" if tuple(map(int, platform.python_version_tuple()[:2])) >= (3, 10) else "missing",
+        )
+    ]
+    rows += _torch_rows()
+    rows += [
+        _package_row("transformers", "core", "pip install 'transformers>=5,<6'"),
+        _package_row("ray", "core", "pip install 'ray[default]'"),
+        _package_row("vllm", "gpu", "optional: pip install 'sophiavl[gpu]' for vLLM rollouts and serving"),
+        _package_row("flash-attn", "gpu", "optional: pip install 'sophiavl[gpu]' for faster GPU training"),
+        _env_row("OPENAI_API_URL", "unset: training starts the built-in reward server"),
+        _env_row("OPENAI_API_KEY", "unset: requests go without a bearer key", secret=True),
+        _env_row("REWARD_MODEL", "unset: the recipe's reward.thinking.model is used"),
+    ]
+    from huggingface_hub import constants
+
+    rows.append(Check("HF cache", str(constants.HF_HUB_CACHE), "info"))
+    offline = bool(constants.HF_HUB_OFFLINE)
+    rows.append(
+        Check(
+            "HF offline mode",
+            "on" if offline else "off",
+            "info",
+            "downloads are refused; only cached models and data are used" if offline else "",
+        )
+    )
+    return rows

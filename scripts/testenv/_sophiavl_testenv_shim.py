@@ -7,6 +7,7 @@ import lets vLLM (and transformers' fast image processors) run on CPU. A `.pth` 
 interpreter, including processes spawned by Ray and vLLM.
 """
 
+import contextlib
 import importlib.util
 
 if importlib.util.find_spec("torchvision") is not None and importlib.util.find_spec("torch") is not None:
@@ -14,11 +15,10 @@ if importlib.util.find_spec("torchvision") is not None and importlib.util.find_s
         import torch
 
         for _name in ("nms", "qnms"):
-            try:
+            # RuntimeError: already defined (a working torchvision build, or a second import)
+            with contextlib.suppress(RuntimeError):
                 torch.library.define(
                     f"torchvision::{_name}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
                 )
-            except RuntimeError:  # already defined (a working torchvision build, or a second import)
-                pass
     except Exception:  # a hook must never break interpreter start-up
         pass

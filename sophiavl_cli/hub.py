@@ -1,0 +1,33 @@
+"""Short names for the Hugging Face repositories SophiaVL-R1 work uses.
+
+An alias is only a spelling: `resolve_model("thinking-rm")` looks the repo up in the local HF
+cache exactly as `resolve_model("bunny127/SophiaVL-R1-Thinking-Reward-Model-3B")` would.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# alias -> model repo id
+ALIASES: dict[str, str] = {
+    "sophiavl-r1-7b": "bunny127/SophiaVL-R1-7B",
+    "thinking-rm": "bunny127/SophiaVL-R1-Thinking-Reward-Model-3B",
+    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+}
+
+# alias -> (repo id, repo type); kept apart so a dataset name never resolves to a model
+DATASET_ALIASES: dict[str, tuple[str, Literal["dataset"]]] = {
+    "sophiavl-r1-130k": ("bunny127/SophiaVL-R1-130k", "dataset"),
+    "thinking-156k": ("bunny127/SophiaVL-R1-Thinking-156k", "dataset"),
+}
+
+
+def model_repo_id(ref: str) -> str:
+    """The repo id an alias stands for, or `ref` itself when it is not an alias."""
+    return ALIASES.get(ref, ref)
+
+
+def dataset_repo_id(ref: str) -> str:
+    """The dataset repo id an alias stands for, or `ref` itself when it is not an alias."""
+    return DATASET_ALIASES[ref][0] if ref in DATASET_ALIASES else ref

@@ -98,7 +98,9 @@ class ImageConfig:
         try:
             raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path}: cannot read the image processor config ({exc}); re-download the model") from exc
+            raise UserError(
+                f"{path}: cannot read the image processor config ({exc}); re-download the model"
+            ) from exc
         size = raw.get("size") or {}
         min_pixels = raw.get("min_pixels", size.get("shortest_edge", size.get("min_pixels", 56 * 56)))
         max_pixels = raw.get("max_pixels", size.get("longest_edge", size.get("max_pixels", 28 * 28 * 1280)))
@@ -115,12 +117,24 @@ class ImageConfig:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of `image`; transparent pixels become white, as in the reference processor."""
-    if image.mode == "RGB":
-        return image
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
+    """RGB view of `image`. Alpha is dropped, not composited: PIL's plain convert, as transformers'
+    Qwen2-VL processors and the released training code do, so all paths see the same pixels."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def fit_image(image: Image.Image, cfg: ImageConfig) -> Image.Image:
+    """RGB `image` resized (PIL bicubic) to its `smart_resize` size: the pixels the model sees.
+
+    Handing this image to another Qwen2-VL processor (vLLM's) makes its own resize a no-op, so
+    both sides get the same pixels whatever resize kernel they use.
+    """
+    rgb = to_rgb(image)
+    height, width = smart_resize(
+        rgb.height, rgb.width, factor=cfg.factor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels
+    )
+    if (height, width) == (rgb.height, rgb.width):
+        return rgb
+    return rgb.resize((width, height), resample=Image.Resampling.BICUBIC)
 
 
 def patchify_image(image: Image.Image, cfg: ImageConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -129,11 +143,8 @@ def patchify_image(image: Image.Image, cfg: ImageConfig) -> tuple[np.ndarray, tu
     Patch order follows the vision tower: merge windows row-major, inside each window its
     merge_size x merge_size patches row-major, so the merger sees neighbouring patches together.
     """
-    rgb = to_rgb(image)
-    height, width = smart_resize(
-        rgb.height, rgb.width, factor=cfg.factor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels
-    )
-    resized = rgb.resize((width, height), resample=Image.Resampling.BICUBIC)
+    resized = fit_image(image, cfg)
+    height, width = resized.height, resized.width
     pixels = np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)  # [C, H, W]
     scaled = (pixels.astype(np.float64) * cfg.rescale_factor).astype(np.float32)  # [C, H, W]
     mean = np.asarray(cfg.image_mean, dtype=np.float32)[:, None, None]
@@ -163,7 +174,9 @@ class EncodedPrompt:
 class VLProcessor:
     """Tokenizer + chat template + numpy image preprocessing for a Qwen2-VL / Qwen2.5-VL folder."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_config: ImageConfig, chat_template: str) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, image_config: ImageConfig, chat_template: str
+    ) -> None:
         self.tokenizer = tokenizer
         self.image_config = image_config
         self.chat_template = chat_template
@@ -180,14 +193,18 @@ class VLProcessor:
         folder = Path(path)
         config_file = folder / "preprocessor_config.json"
         if not config_file.is_file():
-            raise UserError(f"{folder}: no preprocessor_config.json; pass a Qwen2-VL or Qwen2.5-VL model folder")
+            raise UserError(
+                f"{folder}: no preprocessor_config.json; pass a Qwen2-VL or Qwen2.5-VL model folder"
+            )
         image_config = ImageConfig.from_file(config_file)
         bounds = {
             "min_pixels": image_config.min_pixels if min_pixels is None else min_pixels,
             "max_pixels": image_config.max_pixels if max_pixels is None else max_pixels,
         }
         if bounds["min_pixels"] > bounds["max_pixels"]:
-            raise UserError(f"min_pixels {bounds['min_pixels']} is above max_pixels {bounds['max_pixels']}; swap them")
+            raise UserError(
+                f"min_pixels {bounds['min_pixels']} is above max_pixels {bounds['max_pixels']}; swap them"
+            )
         image_config = dataclasses.replace(image_config, **bounds)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         return cls(tokenizer, image_config, _find_chat_template(folder, tokenizer))
@@ -197,7 +214,10 @@ class VLProcessor:
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """Render HF content-list messages to the prompt string (one `<|image_pad|>` per image)."""
         text = self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+            messages,
+            chat_template=self.chat_template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
         )
         return str(text)
 
@@ -210,13 +230,19 @@ class VLProcessor:
     def image_grid(self, height: int, width: int) -> tuple[int, int, int]:
         """(grid_t, grid_h, grid_w) an image of this size gets, without touching its pixels."""
         cfg = self.image_config
-        h, w = smart_resize(height, width, factor=cfg.factor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        h, w = smart_resize(
+            height, width, factor=cfg.factor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels
+        )
         return 1, h // cfg.patch_size, w // cfg.patch_size
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """How many `<|image_pad|>` tokens an image of this size expands to."""
         t, h, w = self.image_grid(height, width)
         return t * h * w // self.image_config.merge_size**2
+
+    def fit_image(self, image: Image.Image) -> Image.Image:
+        """`image` as RGB at the size the model sees it (see module-level `fit_image`)."""
+        return fit_image(image, self.image_config)
 
     def preprocess_images(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """Images -> (pixel_values [sum patches, C*T*P*P] float32, image_grid_thw [n, 3] int64)."""
@@ -249,8 +275,19 @@ class VLProcessor:
             else:
                 expanded.append(token)
         return EncodedPrompt(
-            input_ids=expanded, pixel_values=pixel_values, image_grid_thw=grid_thw, num_image_tokens=sum(per_image)
+            input_ids=expanded,
+            pixel_values=pixel_values,
+            image_grid_thw=grid_thw,
+            num_image_tokens=sum(per_image),
         )
+
+    def collapse_image_tokens(self, ids: list[int]) -> list[int]:
+        """Expanded ids -> one `<|image_pad|>` per image, the form vLLM expects with images.
+
+        vLLM expands each `<|image_pad|>` in `prompt_token_ids` itself; handing it ids that are
+        already expanded would expand every copy again.
+        """
+        return [t for i, t in enumerate(ids) if t != self.image_token_id or i == 0 or ids[i - 1] != t]
 
     def _special_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
@@ -268,4 +305,6 @@ def _find_chat_template(folder: Path, tokenizer: PreTrainedTokenizerBase) -> str
         return (folder / "chat_template.jinja").read_text(encoding="utf-8")
     if (folder / "chat_template.json").is_file():
         return str(json.loads((folder / "chat_template.json").read_text(encoding="utf-8"))["chat_template"])
-    raise UserError(f"{folder}: no chat template (tokenizer_config.json, chat_template.jinja or .json); add one")
+    raise UserError(
+        f"{folder}: no chat template (tokenizer_config.json, chat_template.jinja or .json); add one"
+    )

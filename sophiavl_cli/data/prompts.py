@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from sophiavl_cli.data.problem_types import normalize_problem_type
 from sophiavl_cli.errors import UserError
 
 # --------------------------------------------------------------------------- released strings
@@ -144,7 +145,7 @@ def user_text(row: Mapping[str, Any], *, preset: str = "sophiavl-r1", template: 
     """The user message text of a row (with `<image>` markers still in it)."""
     question = str(row.get("prompt") or "")
     options = list(row.get("options") or [])
-    problem_type = str(row.get("problem_type") or "")
+    problem_type = normalize_problem_type(row.get("problem_type"))
     if template is not None:
         return render_template(template, question=question, options=options, problem_type=problem_type)
     if preset == "sophiavl-r1":

@@ -1,0 +1,141 @@
+"""`sophiavl eval`: run a model on benchmarks and score it, or score existing predictions.
+
+Usage:
+    sophiavl eval --bench MathVista
+    sophiavl eval --model ./ckpt/hf --bench MathVista,MMMU,MMStar --backend vllm --output-dir runs/eval
+    sophiavl eval --bench MMMU --data ~/LMUData/MMMU_DEV_VAL.tsv --prompt sophiavl-r1 --limit 50
+    sophiavl eval --bench MathVista --judge gpt-4o-mini --judge-url https://api.openai.com/v1
+    sophiavl eval --bench MME --predictions Qwen2.5-VL-7B_MME.xlsx
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from sophiavl_cli.console import console, print_json
+from sophiavl_cli.errors import UserError
+from sophiavl_cli.eval.benchmarks import parse_bench_list
+from sophiavl_cli.eval.judge import DEFAULT_URL, JudgeSettings
+from sophiavl_cli.eval.report import EvalResult, summary_table
+from sophiavl_cli.eval.runner import MAX_PIXELS, MIN_PIXELS, EvalSettings, run_eval, score_predictions
+
+DEFAULT_MODEL = "sophiavl-r1-7b"
+
+EPILOG = (
+    "Examples:\n\n"
+    "  sophiavl eval --bench MathVista\n\n"
+    "  sophiavl eval --model builtin:tiny-qwen2.5-vl --bench ChartQA --data ChartQA_TEST.tsv --limit 8\n\n"
+    "  sophiavl eval --bench MathVista,MMMU --backend vllm --judge gpt-4o-mini\n\n"
+    "  sophiavl eval --bench MME --predictions model_MME.xlsx"
+)
+
+
+def eval_command(
+    bench: str = typer.Option(
+        ...,
+        "--bench",
+        help="Benchmarks, comma-separated: MathVista, MathVerse, "
+        "MathVision, MMMU, MMStar, ChartQA, OCRBench, MME.",
+    ),
+    model: str = typer.Option(
+        DEFAULT_MODEL, "--model", help="Model folder, builtin:NAME, alias or cached hub id."
+    ),
+    predictions: Path | None = typer.Option(
+        None,
+        "--predictions",
+        help="Score this file (.jsonl, or VLMEvalKit .xlsx/.tsv) instead of generating.",
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Benchmark data: VLMEvalKit .tsv, HF parquet file, or a folder of either."
+    ),
+    split: str | None = typer.Option(
+        None, "--split", help="Split (default: the benchmark's, e.g. testmini)."
+    ),
+    backend: str = typer.Option("hf", "--backend", help="Generation backend: hf or vllm."),
+    prompt: str = typer.Option("default", "--prompt", help="default (VLMEvalKit's) or sophiavl-r1."),
+    judge: str = typer.Option(
+        "none", "--judge", help="Judge model for MathVista/MathVerse/MathVision, or none."
+    ),
+    judge_url: str | None = typer.Option(
+        None, "--judge-url", help="OpenAI-compatible base URL (default $OPENAI_API_URL or OpenAI's)."
+    ),
+    judge_concurrency: int = typer.Option(8, "--judge-concurrency", min=1, help="Judge requests in flight."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N samples per benchmark."),
+    output_dir: Path = typer.Option(
+        Path("eval_results"), "--output-dir", help="Where predictions and scores go."
+    ),
+    max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="Generation budget per answer."),
+    min_pixels: int = typer.Option(MIN_PIXELS, "--min-pixels", help="Images below this are upscaled."),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Images above this are downscaled."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON instead of a table."),
+) -> None:
+    """Evaluate a model on benchmarks with the official scoring (or score existing predictions)."""
+    benches = parse_bench_list(bench)
+    judge_settings = _judge_settings(judge, judge_url, judge_concurrency)
+    if predictions is not None:
+        if len(benches) != 1:
+            raise UserError("--predictions scores one benchmark at a time; pass a single --bench")
+        results = [
+            score_predictions(
+                benches[0], predictions, data=data, split=split, judge=judge_settings, output_dir=output_dir
+            )
+        ]
+    else:
+        settings = EvalSettings(
+            model=model,
+            benchmarks=tuple(benches),
+            output_dir=output_dir,
+            data=data,
+            split=split,
+            backend=backend,
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            limit=limit,
+            judge=judge_settings,
+        )
+        results = _run_with_progress(settings, quiet=as_json)
+    _show(results, output_dir, as_json)
+
+
+def _judge_settings(judge: str, judge_url: str | None, concurrency: int) -> JudgeSettings | None:
+    if judge.strip().lower() in ("", "none"):
+        if judge_url:
+            raise UserError("--judge-url needs --judge MODEL (the judge model name)")
+        return None
+    url = judge_url or os.environ.get("OPENAI_API_URL") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_URL
+    return JudgeSettings(model=judge.strip(), base_url=url, concurrency=concurrency)
+
+
+def _run_with_progress(settings: EvalSettings, quiet: bool) -> list[EvalResult]:
+    if quiet:
+        return run_eval(settings)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(f"generating {name}", total=total)
+            bar.update(tasks[name], completed=done)
+
+        return run_eval(settings, progress=update)
+
+
+def _show(results: list[EvalResult], output_dir: Path, as_json: bool) -> None:
+    if as_json:
+        print_json({"results": [r.to_json() for r in results]})
+        return
+    console.print(summary_table(results))
+    for result in results:
+        if result.scoring == "rule-based":
+            console.print(
+                f"[yellow]{result.score.benchmark}: rule-based score (the official scorer uses an LLM judge; "
+                "pass --judge MODEL for the comparable number)[/]"
+            )
+    console.print(f"predictions and scores under {output_dir}/<Benchmark>/")

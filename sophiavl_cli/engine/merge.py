@@ -1,0 +1,404 @@
+"""Checkpoint -> Hugging Face folder (`sophiavl merge`): safetensors + config, tokenizer, processor.
+
+Reads a sophiavl checkpoint (`global_step_N/dcp/`, any world size) or the released SophiaVL-R1 /
+EasyR1 layout (`global_step_N/actor/model_world_size_W_rank_R.pt` + `actor/huggingface/`) in one
+plain process (no process group), and writes what `save_pretrained` would: the tensor names the
+hub checkpoints use (transformers' own `revert_weight_conversion`, e.g. `model.language_model.*`
+back to `model.*`), tied weights stored once, shards of at most `max_shard_size` with a
+`model.safetensors.index.json`, and every non-weight file of the checkpoint's `huggingface/`
+folder, the generation config included (the released merger dropped it).
+
+The checkpoint's names are checked against the model the config describes before anything is
+written: a checkpoint of another model, or a wrapper prefix that is not a known one, is an error
+naming the first mismatched keys. The output appears atomically (temp folder + rename).
+
+Usage:
+    plan = plan_merge(Path("runs/sophiavl/trust_grpo/checkpoints/global_step_40"))
+    result = run_merge(plan, advance=progress_bar.advance)   # advance(nbytes) per tensor group
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from sophiavl_cli.engine.checkpoint import (
+    DCP_DIRNAME,
+    HF_DIRNAME,
+    CheckpointManager,
+    copy_hf_files,
+    is_complete,
+    step_of,
+)
+from sophiavl_cli.engine.merge_sources import DcpSource, ReleasedSource, TensorSource, released_actor_dir
+from sophiavl_cli.errors import UserError
+
+DtypeChoice = Literal["auto", "bf16", "fp32"]
+_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+_CONFIG_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Name segments other wrappers insert (torch.compile, DDP, FSDP1, activation checkpointing).
+_WRAPPER_SEGMENTS = ("_orig_mod.", "module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+@dataclass
+class MergePlan:
+    """Everything `run_merge` needs, decided (and validated) before any byte is written."""
+
+    checkpoint: Path
+    layout: Literal["sophiavl", "released"]
+    source: TensorSource
+    hf_dir: Path
+    output: Path
+    dtype: torch.dtype
+    renames: dict[str, str]  # checkpoint name -> saved name (tied copies equal to their source are left out)
+    shards: list[list[str]]  # checkpoint names per output file
+    total_bytes: int
+    overwrite: bool = False
+    dropped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    output: Path
+    files: list[str]
+    num_tensors: int
+    total_bytes: int
+    dtype: torch.dtype
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5_000_000_000 (decimal units, as transformers), '512MiB' -> binary; plain ints are bytes."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE_RE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"--max-shard-size {text!r}: use a size like 5GB, 500MB or 2GiB")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "B").upper()])
+
+
+# --------------------------------------------------------------------------- finding checkpoints
+
+
+def find_default_checkpoint(runs_root: Path = Path("runs")) -> Path:
+    """The latest complete checkpoint of the run that most recently completed one under `runs_root`.
+
+    Runs live at `runs_root/<project>/<experiment>/checkpoints/` (any depth up to 3 is searched).
+    """
+    candidates: list[tuple[float, Path]] = []
+    for depth in ("*/checkpoints", "*/*/checkpoints", "*/*/*/checkpoints"):
+        for folder in Path(runs_root).glob(depth):
+            latest = CheckpointManager(folder).find_latest()
+            if latest is not None:
+                candidates.append((latest.stat().st_mtime, latest))
+    if not candidates:
+        raise UserError(
+            f"no complete checkpoint under {runs_root}/; pass CHECKPOINT (a global_step_N folder)"
+        )
+    return max(candidates)[1]
+
+
+def default_output(checkpoint: Path) -> Path:
+    """`<run>/merged/global_step_N` for a run's checkpoint (outlives save_limit pruning), else `<checkpoint>/merged`."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.parent.name == "checkpoints" and step_of(checkpoint) is not None:
+        return checkpoint.parent.parent / "merged" / checkpoint.name
+    return checkpoint / "merged"
+
+
+def open_checkpoint(checkpoint: Path) -> tuple[Literal["sophiavl", "released"], TensorSource, Path]:
+    """(layout, tensor source, huggingface folder) for a sophiavl or released checkpoint folder."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise UserError(f"{checkpoint}: no such folder; pass a global_step_N checkpoint folder")
+    if (checkpoint / DCP_DIRNAME / ".metadata").is_file():
+        if step_of(checkpoint) is not None and not is_complete(checkpoint):
+            raise UserError(
+                f"{checkpoint}: incomplete checkpoint (interrupted save); merge an older global_step_N"
+            )
+        return "sophiavl", DcpSource(checkpoint / DCP_DIRNAME), checkpoint / HF_DIRNAME
+    actor = released_actor_dir(checkpoint)
+    if actor is not None:
+        return "released", ReleasedSource(actor), actor / HF_DIRNAME
+    raise UserError(
+        f"{checkpoint}: neither a sophiavl checkpoint ({DCP_DIRNAME}/.metadata) nor the released layout "
+        "(actor/model_world_size_W_rank_R.pt); pass a global_step_N folder"
+    )
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_merge(
+    checkpoint: Path,
+    output: Path | None = None,
+    dtype: DtypeChoice = "auto",
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
+) -> MergePlan:
+    """Open the checkpoint, check its names against the config's model, choose dtype and shards."""
+    layout, source, hf_dir = open_checkpoint(checkpoint)
+    if not (hf_dir / "config.json").is_file():
+        raise UserError(
+            f"{hf_dir}/config.json is missing; the checkpoint needs its huggingface/ folder to merge"
+        )
+    output = Path(output) if output is not None else default_output(Path(checkpoint))
+    if output.exists() and not overwrite:
+        raise UserError(f"{output} already exists; pass --overwrite or another --output")
+    infos = source.tensors()
+    renames, tied = match_names(list(infos), hf_dir)
+    dropped = _drop_true_copies(source, renames, tied)
+    target = _target_dtype(dtype, hf_dir, infos)
+    sizes = {name: _cast_info(infos[name], target) for name in renames}
+    shards = _split(list(renames), sizes, parse_size(max_shard_size))
+    return MergePlan(
+        checkpoint=Path(checkpoint),
+        layout=layout,
+        source=source,
+        hf_dir=hf_dir,
+        output=output,
+        dtype=target,
+        renames=renames,
+        shards=shards,
+        total_bytes=sum(sizes.values()),
+        overwrite=overwrite,
+        dropped=dropped,
+    )
+
+
+def match_names(names: list[str], hf_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Map checkpoint names to saved (hub-format) names, verified against the config's model.
+
+    Accepts module names (what `get_state_dict` gives: `model.language_model.layers.0...`) and the
+    hub names older checkpoints carry (`model.layers.0...`), after removing known wrapper segments.
+    Returns (renames of every tensor, {tied target: its source} among the checkpoint's names, e.g.
+    lm_head -> embed_tokens when the config ties embeddings); raises `UserError` on mismatches.
+    """
+    from transformers.core_model_loading import revert_weight_conversion
+
+    model = _meta_model(hf_dir)
+    module_names = list(model.state_dict().keys())
+    tied = set(model.all_tied_weights_keys)  # {target: source}, empty unless the config ties weights
+    to_saved = {
+        n: next(iter(revert_weight_conversion(model, {n: torch.empty(0, device="meta")})))
+        for n in module_names
+    }
+    from_saved = {saved: module for module, saved in to_saved.items()}
+
+    renames: dict[str, str] = {}
+    modules: dict[str, str] = {}  # module name -> checkpoint name
+    unexpected: list[str] = []
+    for name in names:
+        module = _known_name(name, to_saved, from_saved) or _known_name(
+            _strip_wrappers(name), to_saved, from_saved
+        )
+        if module is None:
+            unexpected.append(name)
+        else:
+            renames[name] = to_saved[module]
+            modules[module] = name
+    missing = [n for n in module_names if n not in modules and n not in tied]
+    if unexpected or missing:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
+        raise UserError(
+            f"checkpoint tensors do not match {hf_dir}/config.json: {'; '.join(parts)}; "
+            "merge a checkpoint together with the huggingface/ folder it was trained from"
+        )
+    tied_pairs = {
+        modules[target]: modules[source]
+        for target, source in model.all_tied_weights_keys.items()
+        if target in modules and source in modules
+    }
+    return renames, tied_pairs
+
+
+def _drop_true_copies(source: TensorSource, renames: dict[str, str], tied: dict[str, str]) -> list[str]:
+    """Store a tied weight once, as save_pretrained does, but only when it really equals its source.
+
+    A checkpoint can hold both halves with different values (the model was loaded untied because
+    the files had both); transformers then keeps them apart, so the merge keeps both too.
+    """
+    dropped = []
+    for target, origin in tied.items():
+        pair = source.load([target, origin])
+        if torch.equal(pair[target], pair[origin]):
+            del renames[target]
+            dropped.append(target)
+    return dropped
+
+
+def _known_name(name: str, to_saved: dict[str, str], from_saved: dict[str, str]) -> str | None:
+    """The module name `name` stands for, whether it is a module name or a hub (saved) name."""
+    return name if name in to_saved else from_saved.get(name)
+
+
+def _strip_wrappers(name: str) -> str:
+    """Remove wrapper segments (`_orig_mod.`, `module.`, ...) at the start or after a dot."""
+    for segment in _WRAPPER_SEGMENTS:
+        name = re.sub(rf"(^|\.){re.escape(segment)}", r"\1", name)
+    return name
+
+
+def _meta_model(hf_dir: Path) -> Any:
+    """The config's model with no memory behind it: only its parameter names and tied weights matter."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(str(hf_dir))
+    architectures = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, architectures[0], None) if architectures else None
+    if cls is None:
+        raise UserError(
+            f"{hf_dir}/config.json: unknown architectures {architectures}; transformers cannot build it"
+        )
+    with torch.device("meta"):
+        return cls._from_config(config)
+
+
+def _target_dtype(choice: DtypeChoice, hf_dir: Path, infos: dict[str, Any]) -> torch.dtype:
+    """bf16 / fp32 as asked; auto: the dtype config.json declares, else the dtype the weights were saved in."""
+    if choice in _DTYPES:
+        return _DTYPES[choice]
+    if choice != "auto":
+        raise UserError(f"--dtype {choice}: use auto, bf16 or fp32")
+    config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    declared = config.get("dtype") or config.get("torch_dtype")
+    if declared in _CONFIG_DTYPES:
+        return _CONFIG_DTYPES[declared]
+    floats = [info.dtype for info in infos.values() if info.dtype.is_floating_point]
+    return max(set(floats), key=floats.count) if floats else torch.float32
+
+
+def _cast_info(info: Any, dtype: torch.dtype) -> int:
+    return (info.nbytes // info.dtype.itemsize) * (
+        dtype.itemsize if info.dtype.is_floating_point else info.dtype.itemsize
+    )
+
+
+def _split(names: list[str], sizes: dict[str, int], limit: int) -> list[list[str]]:
+    """Greedy shards in name order; a tensor bigger than the limit gets a file of its own."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name in sorted(names, key=_natural_key):
+        if shards[-1] and used + sizes[name] > limit:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += sizes[name]
+    return shards
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def run_merge(plan: MergePlan, advance: Callable[[int], None] | None = None) -> MergeResult:
+    """Write the planned folder into a temp folder beside the output, then rename it into place."""
+    from safetensors.torch import save_file
+
+    plan.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = plan.output.parent / f".tmp-{plan.output.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        files = _shard_names(len(plan.shards))
+        weight_map: dict[str, str] = {}
+        for filename, names in zip(files, plan.shards, strict=True):
+            tensors = {}
+            for name, tensor in plan.source.load(names).items():
+                if tensor.is_floating_point():
+                    tensor = tensor.to(plan.dtype)
+                tensors[plan.renames[name]] = tensor.contiguous()
+                if advance is not None:
+                    advance(tensor.numel() * tensor.element_size())
+            save_file(tensors, str(tmp / filename), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(tensors, filename))
+            del tensors
+        if len(files) > 1:
+            index = {
+                "metadata": {"total_size": plan.total_bytes},
+                "weight_map": dict(sorted(weight_map.items())),
+            }
+            (tmp / "model.safetensors.index.json").write_text(
+                json.dumps(index, indent=2) + "\n", encoding="utf-8"
+            )
+        copy_hf_files(plan.hf_dir, tmp)
+        _set_config_dtype(tmp / "config.json", plan.dtype)
+        if plan.output.exists():
+            stale = plan.output.parent / f".tmp-old-{plan.output.name}-{os.getpid()}"
+            os.rename(plan.output, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        os.rename(tmp, plan.output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return MergeResult(
+        output=plan.output,
+        files=sorted(p.name for p in plan.output.iterdir()),
+        num_tensors=len(plan.renames),
+        total_bytes=plan.total_bytes,
+        dtype=plan.dtype,
+    )
+
+
+def merge_checkpoint(
+    checkpoint: Path,
+    output: Path | None = None,
+    dtype: DtypeChoice = "auto",
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
+) -> MergeResult:
+    """`plan_merge` + `run_merge` without progress reporting."""
+    return run_merge(plan_merge(checkpoint, output, dtype, max_shard_size, overwrite))
+
+
+def _shard_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def _set_config_dtype(config_path: Path, dtype: torch.dtype) -> None:
+    """Declare the written dtype wherever the config declares one (top level and sub-configs)."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    name = str(dtype).removeprefix("torch.")
+
+    def update(section: dict[str, Any]) -> bool:
+        found = False
+        for key in ("dtype", "torch_dtype"):
+            if key in section:
+                section[key] = name
+                found = True
+        for value in section.values():
+            if isinstance(value, dict):
+                update(value)
+        return found
+
+    if not update(config):
+        config["dtype"] = name
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,0 +1,177 @@
+"""Where `sophiavl merge` reads full tensors from: a sophiavl DCP checkpoint or the released layout.
+
+Both readers run in one plain process with no process group, whatever world size wrote the
+checkpoint, and hand out a few tensors at a time, so merging a 7B model needs about one output
+shard of memory rather than the whole model.
+
+- `DcpSource`: the `model.*` entries of `global_step_N/dcp/` (written by `save_sharded`). DCP keeps
+  every shard's global offsets in `.metadata`, so loading into a full-size empty tensor with
+  `no_dist=True` reassembles it.
+- `ReleasedSource`: the released SophiaVL-R1 / EasyR1 `actor/model_world_size_W_rank_R.pt` files,
+  one FSDP state dict of DTensors per rank. A `Shard(d)` tensor is the concatenation of the ranks'
+  local pieces along d, in mesh order; a `Replicate` one is any rank's copy; a plain tensor is
+  taken as replicated. Files are memory-mapped and read with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.tensor import DTensor, Replicate, Shard
+
+from sophiavl_cli.engine.checkpoint import single_process_ok
+from sophiavl_cli.errors import UserError
+
+MODEL_SECTION = "model."  # save_sharded stores {"model": ..., "optimizer": ...}
+RELEASED_FILE_RE = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count * self.dtype.itemsize
+
+
+class TensorSource(Protocol):
+    """Full tensors of a checkpoint, by parameter name."""
+
+    label: str
+
+    def tensors(self) -> dict[str, TensorInfo]: ...
+
+    def load(self, names: list[str]) -> dict[str, torch.Tensor]: ...
+
+
+class DcpSource:
+    """The model section of a DCP checkpoint folder (`.metadata` + `*.distcp`)."""
+
+    label = "sophiavl DCP checkpoint"
+
+    def __init__(self, dcp_dir: Path) -> None:
+        self.dcp_dir = Path(dcp_dir)
+        if not (self.dcp_dir / ".metadata").is_file():
+            raise UserError(f"{self.dcp_dir}: no .metadata; this is not a complete DCP checkpoint")
+        metadata = FileSystemReader(str(self.dcp_dir)).read_metadata()
+        self._infos: dict[str, TensorInfo] = {
+            key[len(MODEL_SECTION) :]: TensorInfo(tuple(entry.size), entry.properties.dtype)
+            for key, entry in metadata.state_dict_metadata.items()
+            if key.startswith(MODEL_SECTION) and isinstance(entry, TensorStorageMetadata)
+        }
+        if not self._infos:
+            raise UserError(f"{self.dcp_dir}: the checkpoint holds no model tensors (no 'model.*' entries)")
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        return dict(self._infos)
+
+    def load(self, names: list[str]) -> dict[str, torch.Tensor]:
+        state = {
+            MODEL_SECTION + n: torch.empty(self._infos[n].shape, dtype=self._infos[n].dtype) for n in names
+        }
+        with single_process_ok():
+            dcp.load(state, storage_reader=FileSystemReader(str(self.dcp_dir)), no_dist=True)
+        return {name[len(MODEL_SECTION) :]: tensor for name, tensor in state.items()}
+
+
+class ReleasedSource:
+    """`model_world_size_W_rank_R.pt` files (one per rank) of the released EasyR1 layout."""
+
+    label = "released SophiaVL/EasyR1 checkpoint"
+
+    def __init__(self, actor_dir: Path) -> None:
+        self.actor_dir = Path(actor_dir)
+        found = {}
+        for file in self.actor_dir.iterdir():
+            match = RELEASED_FILE_RE.match(file.name)
+            if match:
+                found[(int(match.group(1)), int(match.group(2)))] = file
+        sizes = {world for world, _ in found}
+        if len(sizes) != 1:
+            raise UserError(
+                f"{self.actor_dir}: expected model_world_size_W_rank_R.pt files of one world size, found "
+                f"{sorted(p.name for p in found.values()) or 'none'}"
+            )
+        world = sizes.pop()
+        missing = [rank for rank in range(world) if (world, rank) not in found]
+        if missing:
+            raise UserError(
+                f"{self.actor_dir}: model_world_size_{world}_rank_{missing[0]}.pt is missing; copy every rank's file"
+            )
+        with _quiet_device_mesh():
+            self._ranks = [
+                torch.load(found[(world, r)], map_location="cpu", mmap=True, weights_only=True)
+                for r in range(world)
+            ]
+        self._infos = {name: _info(value) for name, value in self._ranks[0].items() if torch.is_tensor(value)}
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        return dict(self._infos)
+
+    def load(self, names: list[str]) -> dict[str, torch.Tensor]:
+        return {name: self._full(name) for name in names}
+
+    def _full(self, name: str) -> torch.Tensor:
+        value = self._ranks[0][name]
+        if not isinstance(value, DTensor):
+            return value.detach().clone()
+        shard_dims = [(i, p) for i, p in enumerate(value.placements) if not isinstance(p, Replicate)]
+        if not shard_dims:
+            return value._local_tensor.detach().clone()
+        if len(shard_dims) > 1 or type(shard_dims[0][1]) is not Shard:
+            raise UserError(
+                f"{self.actor_dir}: {name} has placements {value.placements}; only one Shard(d) is supported"
+            )
+        mesh_dim, placement = shard_dims[0]
+        mesh = value.device_mesh.mesh
+        other = [0] * mesh.dim()
+        ranks = [
+            int(mesh[(*other[:mesh_dim], i, *other[mesh_dim + 1 :])]) for i in range(mesh.shape[mesh_dim])
+        ]
+        pieces = [self._ranks[r][name]._local_tensor for r in ranks]
+        full = torch.cat(pieces, dim=placement.dim)
+        if tuple(full.shape) != tuple(value.shape):
+            raise UserError(
+                f"{self.actor_dir}: {name} reassembles to {tuple(full.shape)}, expected {tuple(value.shape)}; "
+                "the rank files come from different runs"
+            )
+        return full
+
+
+def _info(value: torch.Tensor) -> TensorInfo:
+    return TensorInfo(tuple(value.shape), value.dtype)
+
+
+@contextmanager
+def _quiet_device_mesh() -> Iterator[None]:
+    """Unpickling a DeviceMesh without process groups logs a torch.compile warning per tensor; irrelevant here."""
+    logger = logging.getLogger("torch.distributed.device_mesh")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def released_actor_dir(path: Path) -> Path | None:
+    """The folder holding `model_world_size_*` files: `path` itself or `path/actor`; None if neither."""
+    for candidate in (Path(path), Path(path) / "actor"):
+        if candidate.is_dir() and any(RELEASED_FILE_RE.match(p.name) for p in candidate.iterdir()):
+            return candidate
+    return None

@@ -1,0 +1,178 @@
+"""`sophiavl infer`: answer one question about images, or a JSON-lines file of them.
+
+Usage:
+    sophiavl infer --image chart.png --type numerical --prompt "What is the highest bar?"
+    sophiavl infer --model builtin:tiny-qwen2.5-vl --image x.png --type "multiple choice" \
+        --prompt "Which is larger?" --options "A. 3;B. 5" --json
+    sophiavl infer --input requests.jsonl --output answers.jsonl --backend vllm
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sophiavl_cli.console import console, print_json
+from sophiavl_cli.errors import UserError
+from sophiavl_cli.infer import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    GenerationSettings,
+    Inferencer,
+    InferRequest,
+    InferResult,
+)
+
+EPILOG = (
+    "Question types: numerical, 'multiple choice' (or multiple_choice), free-form, OCR, text. "
+    "Without --model, SophiaVL-R1-7B is taken from the local HF cache (`sophiavl download` fetches it). "
+    'Batch rows: {"id": ..., "images": [...], "prompt": ..., "type": ..., "options": [...]}.'
+)
+
+
+def infer(
+    model: str = typer.Option(
+        None,
+        "--model",
+        help="Folder, alias, owner/name in the HF cache, or builtin:NAME (default: sophiavl-r1-7b).",
+    ),
+    image: list[str] = typer.Option(None, "--image", help="Local image file (repeatable, in prompt order)."),
+    prompt: str = typer.Option(None, "--prompt", help="The question."),
+    type_: str = typer.Option(None, "--type", help="numerical | 'multiple choice' | free-form | OCR | text."),
+    options: str = typer.Option(None, "--options", help='Multiple-choice options: "A. ..;B. ..".'),
+    backend: str = typer.Option("hf", "--backend", help="hf (transformers) or vllm."),
+    max_new_tokens: int = typer.Option(2048, "--max-new-tokens", help="Tokens to generate at most."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (the released setting)."),
+    preset: str = typer.Option("sophiavl-r1", "--preset", help="sophiavl-r1 (training prompt) or none."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of panels."),
+    input_: Path = typer.Option(None, "--input", help="Batch mode: JSON-lines requests."),
+    output: Path = typer.Option(
+        None, "--output", help="Batch mode: JSON-lines answers (appended; resumable)."
+    ),
+    min_pixels: int = typer.Option(
+        DEFAULT_MIN_PIXELS, "--min-pixels", help="Smaller images are upscaled to this."
+    ),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, "--max-pixels", help="Larger images are downscaled to this."
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", help="hf backend: prompts per generate call."),
+) -> None:
+    """Answer a question about images with a SophiaVL-R1-style model (reasoning and answer shown apart)."""
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature)
+    batch = input_ is not None or output is not None
+    if batch:
+        if input_ is None or output is None:
+            raise UserError("batch mode needs both --input requests.jsonl and --output answers.jsonl")
+        if image or prompt or type_ or options:
+            raise UserError(
+                "--input takes the questions from the file: drop --image/--prompt/--type/--options"
+            )
+    else:
+        if not prompt or not type_:
+            raise UserError("give --prompt and --type (and --image for image questions), or --input/--output")
+        request = InferRequest.create(prompt=prompt, problem_type=type_, images=image or [], options=options)
+    with console.status("loading the model", spinner="dots") if not json_out else nullcontext():
+        inferencer = Inferencer(
+            model,
+            backend=backend,  # type: ignore[arg-type]  # checked by Inferencer
+            preset=preset,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            batch_size=batch_size,
+        )
+    try:
+        if batch:
+            _run_batch(inferencer, input_, output, settings, json_out)  # type: ignore[arg-type]
+        else:
+            _run_single(inferencer, request, settings, json_out)
+    finally:
+        inferencer.close()
+
+
+def _run_single(
+    inferencer: Inferencer, request: InferRequest, settings: GenerationSettings, json_out: bool
+) -> None:
+    start = time.perf_counter()
+    result = inferencer.generate([request], settings)[0]
+    generate_s = time.perf_counter() - start
+    timing = {
+        "load_s": round(inferencer.load_seconds, 3),
+        "generate_s": round(generate_s, 3),
+        "tokens_per_s": round(result.completion_tokens / generate_s, 2) if generate_s > 0 else 0.0,
+    }
+    if json_out:
+        print_json(
+            {
+                "model": inferencer.model_ref,
+                "model_path": str(inferencer.model_path),
+                "backend": inferencer.backend.name,
+                "preset": inferencer.preset,
+                **result.to_json(),
+                "timing": timing,
+            }
+        )
+        return
+    render_result(result, inferencer.model_ref, inferencer.backend.name, timing)
+
+
+def render_result(result: InferResult, model: str, backend: str, timing: dict[str, float]) -> None:
+    """Reasoning and answer in separate panels, then the extracted answer and the costs."""
+    if result.reasoning is not None:
+        console.print(
+            Panel(escape(result.reasoning) or "[dim](empty)[/]", title="reasoning", border_style="cyan")
+        )
+    console.print(
+        Panel(escape(result.answer_text) or "[dim](empty)[/]", title="answer", border_style="green")
+    )
+    if result.answer is not None:
+        console.print(f"[bold]extracted answer:[/] {escape(result.answer)}")
+    else:
+        console.print("[yellow]no <answer>...</answer> in the response[/] (format check failed)")
+    cut = " [yellow](hit --max-new-tokens)[/]" if result.finish_reason == "length" else ""
+    console.print(
+        f"[dim]{escape(model)} | {backend} | prompt {result.prompt_tokens} tokens "
+        f"({result.image_tokens} image) | generated {result.completion_tokens} tokens{cut} in "
+        f"{timing['generate_s']:.2f} s ({timing['tokens_per_s']:.1f} tok/s) | load {timing['load_s']:.1f} s[/]"
+    )
+
+
+def _run_batch(
+    inferencer: Inferencer, input_: Path, output: Path, settings: GenerationSettings, json_out: bool
+) -> None:
+    from sophiavl_cli.infer_batch import run_batch
+
+    with Progress(
+        TextColumn("answering"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=json_out,
+    ) as progress:
+        task = progress.add_task("rows", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        summary = run_batch(inferencer, input_, output, settings, on_progress=on_progress)
+    if json_out:
+        print_json(
+            {
+                "input": str(input_),
+                "output": str(output),
+                "backend": inferencer.backend.name,
+                **summary.to_json(),
+            }
+        )
+        return
+    console.print(
+        f"[green]{summary.answered} answered[/], {summary.skipped} already in {escape(str(output))} "
+        f"({summary.total} rows); {summary.answers_per_s:.2f} answers/s, {summary.tokens_per_s:.1f} tokens/s"
+    )

@@ -9,6 +9,7 @@ Usage:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -16,7 +17,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from sophiavl_cli.console import console
-from sophiavl_cli.engine.merge import DtypeChoice, find_default_checkpoint, plan_merge, run_merge
+
+if TYPE_CHECKING:  # the merge library pulls in torch.distributed.checkpoint (~2 s): import it when merging
+    from sophiavl_cli.engine.merge import DtypeChoice
 
 
 def merge(
@@ -43,6 +46,8 @@ def merge(
     ),
 ) -> None:
     """Merge a sharded checkpoint into safetensors + config, tokenizer, processor and generation config."""
+    from sophiavl_cli.engine.merge import find_default_checkpoint, plan_merge, run_merge
+
     if checkpoint is None:
         checkpoint = find_default_checkpoint(runs_dir)
         console.print(

@@ -182,6 +182,11 @@ class RolloutConfig(Section):
     enable_sleep_mode: bool = Field(
         True, description="Free vLLM's KV cache and weights during the update (GPU)."
     )
+    kv_cache_memory_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="vLLM KV-cache size in bytes; replaces gpu_memory_utilization. Unset on CPU: 128 MiB.",
+    )
     limit_images: int = Field(1, ge=0, description="Max images per prompt given to the rollout engine.")
     val_temperature: float = Field(
         0.0, ge=0, description="Temperature for validation generations (0 = greedy)."
@@ -237,6 +242,10 @@ class RewardConfig(Section):
         default_factory=dict,
         description="problem_type -> 'path/to/file.py:function' for extra question types.",
     )
+    format_gate: bool = Field(
+        True,
+        description="false scores the <answer> content (or the whole response) without requiring the <think>/<answer> format; for custom rewards and smoke tests.",
+    )
     thinking: ThinkingRewardConfig = Field(
         default_factory=ThinkingRewardConfig, description="Thinking reward model client."
     )
@@ -278,6 +287,11 @@ class TrainerConfig(Section):
     save_freq: int = Field(300, description="Checkpoint every this many steps; -1 only at the end.")
     save_limit: int = Field(-1, description="Keep at most this many checkpoints; -1 keeps all.")
     seed: int = Field(1, description="Seed of model init, sampling and every RNG the run owns.")
+    collective_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds a worker waits in one collective before failing (a dead peer is caught sooner by Ray).",
+    )
 
 
 # --------------------------------------------------------------------------- recipe

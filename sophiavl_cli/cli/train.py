@@ -1,0 +1,89 @@
+"""`sophiavl train RECIPE [overrides...] [--ray-address ADDR] [--resume auto|PATH|none]`.
+
+Usage:
+    sophiavl train recipes/quickstart.yaml
+    sophiavl train recipes/fullsets.yaml trainer.max_steps=20 worker.rollout.n=4
+    sophiavl train recipes/fullsets.yaml --ray-address 10.0.0.1:6379      # a cluster from `ray start`
+    sophiavl train recipes/quickstart.yaml --resume none                    # ignore old checkpoints
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from sophiavl_cli.console import console, fail
+from sophiavl_cli.errors import UserError
+
+EPILOG = (
+    "Examples: sophiavl train recipes/quickstart.yaml | sophiavl train recipes/fullsets.yaml "
+    "trainer.max_steps=20 --ray-address HEAD_IP:6379 | sophiavl train RECIPE --resume none"
+)
+SUMMARY_KEYS = (
+    "reward/outcome",
+    "reward/thinking",
+    "reward/final",
+    "trust/gamma",
+    "actor/pg_loss",
+    "actor/kl",
+    "actor/entropy",
+    "actor/grad_norm",
+    "response/length_mean",
+    "val/outcome",
+    "timing/step",
+)
+
+
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/quickstart.yaml."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. trainer.max_steps=2."),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="Join this Ray cluster (from `ray start --head`) instead of starting one."
+    ),
+    resume: str = typer.Option(
+        "auto", "--resume", help="auto: latest complete checkpoint of the run dir; a checkpoint path; none."
+    ),
+) -> None:
+    """Train a vision-language policy with Trust-GRPO on Ray + FSDP2."""
+    from sophiavl_cli.config import load_recipe
+    from sophiavl_cli.engine.cluster import WorkerFailure
+    from sophiavl_cli.engine.driver import run_dir_of
+    from sophiavl_cli.engine.driver import train as run_training
+
+    loaded = load_recipe(recipe, overrides or [])  # batch sizes that do not divide fail here, before Ray
+    if resume not in ("auto", "none") and not Path(resume).exists():
+        raise UserError(f"--resume {resume}: no such path; pass auto, none or a checkpoint folder")
+    t = loaded.trainer
+    console.print(
+        f"[bold]sophiavl train[/] {recipe}: {loaded.worker.actor.model_path}, {t.nnodes} x "
+        f"{t.n_workers_per_node} workers, {loaded.data.rollout_batch_size} prompts x {loaded.worker.rollout.n} "
+        f"rollouts per step -> {run_dir_of(loaded)}",
+        soft_wrap=True,
+    )
+    try:
+        result = run_training(
+            loaded,
+            ray_address=ray_address,
+            resume=resume,
+            status=lambda text: console.print(f"[dim]{text}[/]"),
+        )
+    except WorkerFailure as exc:
+        fail(str(exc))
+        sys.exit(1)
+    table = Table(
+        title=f"{'stopped' if result.interrupted else 'done'}: steps {result.first_step}-{result.last_step} "
+        f"of {result.total_steps} in {result.seconds:.0f} s"
+    )
+    table.add_column("metric (last step)")
+    table.add_column("value", justify="right")
+    for key in SUMMARY_KEYS:
+        if key in result.last_metrics:
+            table.add_row(key, f"{result.last_metrics[key]:.4g}")
+    table.add_row("checkpoint", str(result.checkpoint) if result.checkpoint else "-")
+    console.print(table)
+    console.print(f"run dir: [bold]{result.run_dir}[/]", soft_wrap=True)  # one line: copy-pasteable
+    if result.interrupted:
+        sys.exit(130)  # like any command stopped by Ctrl-C, after the checkpoint is safe

@@ -1,0 +1,184 @@
+"""Split a step's sequences across ranks and into micro-batches, as plain numpy.
+
+Pure logic (no torch, no Ray) so the rules that keep ranks in lock-step are unit-tested:
+
+- every rank gets the same number of sequences (so every rank runs the same number of
+  micro-batches, i.e. the same FSDP collectives), and the token counts are balanced between
+  ranks so no rank waits long for the slowest one;
+- a micro-batch is laid out as `[left-padded prompt | right-padded response]`, so the response
+  of every row starts at the same column and its log-probs are one slice of the logits;
+- a micro-batch with no image still runs the vision tower on a small dummy image: FSDP2 shards
+  the vision blocks, and a rank that skipped them while another ran them would pair different
+  collectives (gloo aborts, NCCL hangs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TrainSequence:
+    """One rollout as the workers train on it (what crosses Ray: lists and numpy arrays)."""
+
+    index: int  # position in the step's batch: prompt_index * n + sample_index
+    prompt_ids: list[int]
+    response_ids: list[int]
+    pixel_values: np.ndarray | None  # float32 [patches, patch_dim]
+    image_grid_thw: np.ndarray | None  # int64 [images, 3]
+    advantage: float = 0.0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.response_ids)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Padded arrays for one forward pass. Response tokens sit at columns [prompt_width:]."""
+
+    indices: list[int]  # TrainSequence.index of every row
+    input_ids: np.ndarray  # int64 [B, P + R]
+    attention_mask: np.ndarray  # int64 [B, P + R]
+    response_mask: np.ndarray  # float32 [B, R]
+    prompt_width: int  # P
+    pixel_values: np.ndarray | None  # float32 [patches, patch_dim]; None -> run a dummy image
+    image_grid_thw: np.ndarray | None  # int64 [images, 3]
+    advantages: np.ndarray  # float32 [B]
+
+    @property
+    def num_response_tokens(self) -> int:
+        return int(self.response_mask.sum())
+
+
+def balance_across_ranks(token_counts: Seq[int], world_size: int) -> list[list[int]]:
+    """Positions of `token_counts` per rank: equal counts per rank, token sums as even as possible.
+
+    Greedy longest-first: each sequence, longest first (ties by position), goes to the rank with
+    the fewest tokens among those not yet full. Each rank's positions come back sorted, so the
+    result depends only on the inputs.
+
+    Example:
+        >>> balance_across_ranks([10, 1, 9, 2], 2)
+        [[0, 1], [2, 3]]
+    """
+    if world_size <= 0:
+        raise ValueError("world_size must be positive")
+    if len(token_counts) % world_size:
+        raise ValueError(f"{len(token_counts)} sequences cannot be split evenly over {world_size} ranks")
+    capacity = len(token_counts) // world_size
+    loads = [0] * world_size
+    assigned: list[list[int]] = [[] for _ in range(world_size)]
+    order = sorted(range(len(token_counts)), key=lambda i: (-token_counts[i], i))
+    for position in order:
+        open_ranks = [r for r in range(world_size) if len(assigned[r]) < capacity]
+        rank = min(open_ranks, key=lambda r: (loads[r], r))
+        assigned[rank].append(position)
+        loads[rank] += token_counts[position]
+    return [sorted(positions) for positions in assigned]
+
+
+def spread_across_ranks(costs: Seq[float], world_size: int) -> list[list[int]]:
+    """Positions per rank when the count need not divide: sizes differ by at most one, costs balanced.
+
+    Used for generation, where a rank may get one prompt more than another (or none at all).
+
+    Example:
+        >>> spread_across_ranks([5, 1, 3], 2)
+        [[0], [1, 2]]
+    """
+    if world_size <= 0:
+        raise ValueError("world_size must be positive")
+    capacity = -(-len(costs) // world_size)
+    loads = [0.0] * world_size
+    assigned: list[list[int]] = [[] for _ in range(world_size)]
+    for position in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min((r for r in range(world_size) if len(assigned[r]) < capacity), key=lambda r: (loads[r], r))
+        assigned[rank].append(position)
+        loads[rank] += costs[position]
+    return [sorted(positions) for positions in assigned]
+
+
+def chunk(items: Seq[int], size: int) -> list[list[int]]:
+    """Consecutive chunks of `size` (the last may be shorter)."""
+    if size <= 0:
+        raise ValueError("chunk size must be positive")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def pad_left(rows: Seq[Seq[int]], pad_id: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows right-aligned in a [B, width] array, plus the mask of real tokens."""
+    width = max((len(r) for r in rows), default=0) if width is None else width
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = row
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def pad_right(rows: Seq[Seq[int]], pad_id: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows left-aligned in a [B, width] array, plus the mask of real tokens."""
+    width = max((len(r) for r in rows), default=0) if width is None else width
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def build_micro_batch(sequences: Seq[TrainSequence], pad_id: int) -> MicroBatch:
+    """Pad a few sequences into one `[prompt | response]` batch, images in row order."""
+    prompt_ids, prompt_mask = pad_left([s.prompt_ids for s in sequences], pad_id)
+    response_ids, response_mask = pad_right([s.response_ids for s in sequences], pad_id)
+    with_images = [s for s in sequences if s.pixel_values is not None and s.image_grid_thw is not None]
+    pixel_values = np.concatenate([s.pixel_values for s in with_images]) if with_images else None  # type: ignore[misc]
+    grids = np.concatenate([s.image_grid_thw for s in with_images]) if with_images else None  # type: ignore[misc]
+    return MicroBatch(
+        indices=[s.index for s in sequences],
+        input_ids=np.concatenate([prompt_ids, response_ids], axis=1),
+        attention_mask=np.concatenate([prompt_mask, response_mask], axis=1),
+        response_mask=response_mask.astype(np.float32),
+        prompt_width=prompt_ids.shape[1],
+        pixel_values=pixel_values,
+        image_grid_thw=grids,
+        advantages=np.asarray([s.advantage for s in sequences], dtype=np.float32),
+    )
+
+
+def micro_batches(sequences: Seq[TrainSequence], size: int, pad_id: int) -> list[MicroBatch]:
+    """The rank's sequences, in order, as padded micro-batches of `size` rows."""
+    return [
+        build_micro_batch([sequences[i] for i in rows], pad_id) for rows in chunk(range(len(sequences)), size)
+    ]
+
+
+def dummy_image(patch_dim: int, merge_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest image the vision tower accepts: one merge window of zero patches.
+
+    Run (and multiplied by zero in the loss) on micro-batches without images, so every rank
+    performs the vision tower's collectives the same number of times in the same order.
+    """
+    pixel_values = np.zeros((merge_size * merge_size, patch_dim), dtype=np.float32)
+    grid = np.asarray([[1, merge_size, merge_size]], dtype=np.int64)
+    return pixel_values, grid
+
+
+def minibatch_slices(num_prompts: int, prompts_per_update: int, n: int) -> list[list[int]]:
+    """Sequence indices of each optimizer step: consecutive groups of `prompts_per_update` prompts.
+
+    Whole groups stay in one optimizer step, so every group's advantages are used together.
+
+    Example:
+        >>> minibatch_slices(4, 2, 2)
+        [[0, 1, 2, 3], [4, 5, 6, 7]]
+    """
+    if num_prompts % prompts_per_update:
+        raise ValueError(f"{num_prompts} prompts do not split into updates of {prompts_per_update}")
+    per = prompts_per_update * n
+    return [list(range(start, start + per)) for start in range(0, num_prompts * n, per)]

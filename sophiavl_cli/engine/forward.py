@@ -1,0 +1,84 @@
+"""Forward passes over `[prompt | response]` micro-batches: the logits of the response tokens.
+
+Shared by the old-log-prob, reference and update passes so all three see exactly the same
+inputs. Qwen2.5-VL computes its multimodal (mrope) positions itself from `input_ids`,
+`mm_token_type_ids`, `image_grid_thw` and the attention mask, which handles the left padding of
+prompts; only the response positions' logits are computed (`logits_to_keep`).
+
+Micro-batches without images run the vision tower on a dummy image at the point where a real
+image would run (a pre-hook on the language model) and add `0 * sum(features)` to the logits:
+every rank then all-gathers (and reduce-scatters) the FSDP2 vision blocks in the same order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sophiavl_cli.engine.batching import MicroBatch, dummy_image
+
+
+class ResponseForward:
+    """Builds model inputs from a `MicroBatch` and returns logits over its response tokens."""
+
+    def __init__(self, config: Any, device: torch.device) -> None:
+        self.device = device
+        self.image_token_id = int(getattr(config, "image_token_id", -1))
+        vision = getattr(config, "vision_config", None)
+        self.has_vision = vision is not None
+        if vision is not None:
+            patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+            self.dummy = dummy_image(patch_dim, vision.spatial_merge_size)
+
+    def inputs(self, mb: MicroBatch) -> dict[str, torch.Tensor]:
+        input_ids = torch.tensor(mb.input_ids, device=self.device)  # [B, P + R]
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": torch.tensor(mb.attention_mask, device=self.device),  # [B, P + R]
+            "mm_token_type_ids": (input_ids == self.image_token_id).to(torch.int32),  # [B, P + R]
+        }
+        if mb.pixel_values is not None and mb.image_grid_thw is not None:
+            inputs["pixel_values"] = torch.tensor(mb.pixel_values, device=self.device)  # [patches, D]
+            inputs["image_grid_thw"] = torch.tensor(mb.image_grid_thw, device=self.device)  # [images, 3]
+        return inputs
+
+    def logits(self, model: nn.Module, mb: MicroBatch) -> torch.Tensor:
+        """Logits predicting each response token, in the model's dtype: [B, R, V]."""
+        num_response = mb.response_mask.shape[1]
+        dummy_features: list[torch.Tensor] = []
+        handle = None
+        if self.has_vision and mb.pixel_values is None:
+            handle = _language_model(model).register_forward_pre_hook(
+                lambda *_: dummy_features.append(self._run_dummy(model))
+            )
+        try:
+            out = model(**self.inputs(mb), use_cache=False, logits_to_keep=num_response + 1)
+        finally:
+            if handle is not None:
+                handle.remove()
+        logits = out.logits[:, :-1]  # [B, R, V]: position t predicts token t + 1
+        if dummy_features:
+            logits = logits + 0.0 * dummy_features[0].to(logits.dtype)
+        return logits
+
+    def _run_dummy(self, model: nn.Module) -> torch.Tensor:
+        pixels, grid = (torch.tensor(a, device=self.device) for a in self.dummy)
+        features = _vl_model(model).get_image_features(pixels, grid, return_dict=True).pooler_output
+        return sum(f.float().sum() for f in features)  # scalar, connected to every vision block
+
+
+def response_tokens(mb: MicroBatch, device: torch.device) -> torch.Tensor:
+    """The response token ids of a micro-batch: [B, R]."""
+    return torch.tensor(mb.input_ids[:, mb.prompt_width :], device=device)
+
+
+def _vl_model(model: nn.Module) -> nn.Module:
+    """The inner multimodal model (`model.model` in transformers 5 Qwen2/2.5-VL)."""
+    return getattr(model, "model", model)
+
+
+def _language_model(model: nn.Module) -> nn.Module:
+    inner = _vl_model(model)
+    return getattr(inner, "language_model", inner)

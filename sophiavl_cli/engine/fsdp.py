@@ -1,0 +1,85 @@
+"""Process group and FSDP2 sharding for the workers.
+
+One process group per run: gloo on CPU, NCCL on GPU, with a short timeout so a collective
+waiting on a dead peer fails in seconds instead of hanging (the driver sees the dead actor
+first and ends the run). The policy and the reference model are sharded with
+`torch.distributed.fsdp.fully_shard`: one unit per transformer block (the classes the model
+lists in `_no_split_modules`: decoder layers and vision blocks for Qwen2.5-VL), then the root.
+FSDP2 keeps parameter names unchanged, so state dicts, DCP checkpoints and weight sync all use
+the transformers names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+
+def init_process_group(
+    rank: int, world_size: int, master_addr: str, master_port: int, device: str, timeout_s: float
+) -> None:
+    """Join the run's process group through env-var rendezvous (set by the driver per rank)."""
+    os.environ.update(
+        MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size)
+    )
+    backend = "nccl" if device == "cuda" else "gloo"
+    dist.init_process_group(
+        backend=backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
+    )
+
+
+def close_process_group() -> None:
+    """Barrier, then destroy: destroying while a peer is still mid-collective aborts sporadically."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def block_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules to shard one by one: instances of the classes the model marks as unsplittable."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names and m is not model]
+
+
+def shard_model(model: nn.Module, *, param_dtype: torch.dtype | None = None) -> nn.Module:
+    """FSDP2-shard `model` in place over the default process group: each block, then the root.
+
+    `param_dtype` (bf16 on GPU) is the compute dtype; the sharded master weights and the gradient
+    reduction stay in the dtype the model was loaded in (fp32).
+    """
+    policy = (
+        MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
+    )
+    kwargs = {"mp_policy": policy} if policy is not None else {}
+    for module in block_modules(model):
+        fully_shard(module, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def full_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) for every parameter, gathering one at a time (collective: all ranks iterate)."""
+    for name, param in model.named_parameters():
+        data = param.data
+        yield name, data.full_tensor() if isinstance(data, DTensor) else data
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    """Clip gradients by their global norm; returns the norm before clipping as a float.
+
+    With FSDP2 the norm comes back as a DTensor: `full_tensor()` makes it a plain tensor first.
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return float(norm.item())

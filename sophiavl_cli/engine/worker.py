@@ -1,0 +1,322 @@
+"""The worker: one Ray actor per rank holding the FSDP2 policy, the frozen reference and a rollout engine.
+
+Methods are short adapters called by the driver on every rank at once (the FSDP ones are
+collective): take plain inputs (lists, numpy arrays), run torch, return plain outputs and
+`(name -> float)` metrics. State kept between calls within a step: the rank's sequences and
+their old / reference log-probs, so only advantages cross Ray for the update.
+
+Lifecycle: `__init__` (no torch work) -> `rendezvous_address` on rank 0 -> `setup` on all ->
+per step `generate`, `set_sequences`, `compute_old_logprobs`, `compute_ref_logprobs`, `update`,
+`sync_weights` -> `save_checkpoint` / `load_checkpoint` -> `shutdown`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sophiavl_cli.algo.losses import token_logprobs
+from sophiavl_cli.config.recipe import Recipe
+from sophiavl_cli.engine import fsdp
+from sophiavl_cli.engine.batching import MicroBatch, TrainSequence, chunk, micro_batches
+from sophiavl_cli.engine.forward import ResponseForward, response_tokens
+from sophiavl_cli.engine.objective import ObjectiveConfig, actor_objective
+from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams, build_rollout_engine
+from sophiavl_cli.engine.rollout.base import derive_seed
+from sophiavl_cli.engine.schedule import lr_multiplier
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to build itself (sent once, plain and picklable)."""
+
+    recipe: Recipe
+    model_dir: str
+    master_addr: str
+    master_port: int
+    device: str  # "cpu" | "cuda"
+    optimizer_steps_total: int
+    need_ref: bool
+    eos_token_ids: list[int]
+    pad_token_id: int
+    collective_timeout_s: float
+
+
+class TrainWorker:
+    """One rank. Created by `cluster.WorkerGroup` as a Ray actor."""
+
+    def __init__(self, rank: int, world_size: int, env: dict[str, str], num_threads: int) -> None:
+        os.environ.update(env)
+        torch.set_num_threads(max(1, num_threads))
+        self.rank = rank
+        self.world_size = world_size
+        self._sequences: list[TrainSequence] = []
+        self._old_logp: dict[int, np.ndarray] = {}
+        self._ref_logp: dict[int, np.ndarray] = {}
+        self.optimizer_step = 0
+
+    # ---- setup -------------------------------------------------------------------------------
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """This node's IP and a free port, for rank 0 to host the process-group store."""
+        host = _node_ip()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("", 0))
+            return host, int(sock.getsockname()[1])
+
+    def describe(self) -> dict[str, object]:
+        """Rank, host and pid: written to the run dir's workers.json, for debugging and kill tests."""
+        return {"rank": self.rank, "host": _node_ip(), "pid": os.getpid()}
+
+    def setup(self, spec: WorkerSpec) -> dict[str, float]:
+        """Join the process group, load and shard the policy (and reference), build the rollout copy."""
+        from transformers.utils import logging as hf_logging
+
+        from sophiavl_cli.models.loading import load_vl_model
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        start = time.perf_counter()
+        self.spec = spec
+        self.recipe = spec.recipe
+        actor = spec.recipe.worker.actor
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if spec.device == "cuda"
+            else torch.device("cpu")
+        )
+        fsdp.init_process_group(
+            self.rank,
+            self.world_size,
+            spec.master_addr,
+            spec.master_port,
+            spec.device,
+            spec.collective_timeout_s,
+        )
+        torch.manual_seed(derive_seed(spec.recipe.trainer.seed, self.rank))
+        compute_dtype = torch.bfloat16 if spec.device == "cuda" and actor.dtype in ("auto", "bf16") else None
+
+        self.policy = load_vl_model(spec.model_dir, dtype=torch.float32, device=self.device)
+        self.policy.train()
+        if actor.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if actor.freeze_vision_tower:
+            visual = getattr(getattr(self.policy, "model", self.policy), "visual", None)
+            for param in visual.parameters() if visual is not None else []:
+                param.requires_grad_(False)
+        fsdp.shard_model(self.policy, param_dtype=compute_dtype)
+
+        self.ref = None
+        if spec.need_ref:
+            self.ref = load_vl_model(spec.model_dir, dtype=torch.float32, device=self.device)
+            for param in self.ref.parameters():
+                param.requires_grad_(False)
+            fsdp.shard_model(self.ref, param_dtype=compute_dtype)
+
+        self.rollout = build_rollout_engine(
+            spec.recipe,
+            spec.model_dir,
+            dtype=compute_dtype or torch.float32,
+            device=self.device,
+            eos_token_ids=spec.eos_token_ids,
+            pad_token_id=spec.pad_token_id,
+        )
+        optim = actor.optim
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.policy.parameters() if p.requires_grad],
+            lr=optim.lr,
+            betas=optim.betas,
+            weight_decay=optim.weight_decay,
+        )
+        self.forward = ResponseForward(self.policy.config, self.device)
+        self.objective = ObjectiveConfig.from_recipe(spec.recipe, use_kl=spec.need_ref)
+        dist.barrier()
+        return {"setup_s": time.perf_counter() - start}
+
+    # ---- rollout -----------------------------------------------------------------------------
+
+    def generate(
+        self, prompts: list[RolloutPrompt], n: int, sampling: SamplingParams, seed: int
+    ) -> list[RolloutOutput]:
+        """Local generation on the rollout copy (no collectives)."""
+        return self.rollout.generate(prompts, n, sampling, seed)
+
+    def sync_weights(self) -> float:
+        """Stream the policy's full tensors into the rollout copy (collective). Returns seconds."""
+        start = time.perf_counter()
+        self.rollout.sync_weights(fsdp.full_tensors(self.policy))
+        return time.perf_counter() - start
+
+    # ---- experience --------------------------------------------------------------------------
+
+    def set_sequences(self, sequences: list[TrainSequence]) -> int:
+        """This rank's sequences for the step, in update order (optimizer step by optimizer step)."""
+        self._sequences = list(sequences)
+        self._old_logp, self._ref_logp = {}, {}
+        return len(self._sequences)
+
+    @torch.no_grad()
+    def compute_old_logprobs(self) -> dict[str, float]:
+        """Log-probs of the sampled tokens under the current policy (temperature-scaled logits)."""
+        self._old_logp = self._logprobs(self.policy)
+        return {}
+
+    @torch.no_grad()
+    def compute_ref_logprobs(self) -> dict[str, float]:
+        """Log-probs under the frozen reference; a no-op when the KL term is off."""
+        if self.ref is not None:
+            self._ref_logp = self._logprobs(self.ref)
+        return {}
+
+    def _logprobs(self, model: torch.nn.Module) -> dict[int, np.ndarray]:
+        size = self.recipe.worker.actor.micro_batch_size_per_device_for_experience
+        temperature = self._temperature()
+        was_training = model.training
+        model.eval()
+        out: dict[int, np.ndarray] = {}
+        for mb in micro_batches(self._sequences, size, self.spec.pad_token_id):
+            logits = self.forward.logits(model, mb)  # [B, R, V]
+            logp = (
+                token_logprobs(logits, response_tokens(mb, self.device), temperature).cpu().numpy()
+            )  # [B, R]
+            lengths = mb.response_mask.sum(axis=1).astype(int)
+            for row, index in enumerate(mb.indices):
+                out[index] = logp[row, : lengths[row]].astype(np.float32)
+        model.train(was_training)
+        return out
+
+    # ---- update ------------------------------------------------------------------------------
+
+    def update(self, advantages: list[float], num_updates: int) -> dict[str, float]:
+        """PPO epochs x `num_updates` optimizer steps over this rank's sequences; returns mean metrics."""
+        if len(advantages) != len(self._sequences):
+            raise ValueError(
+                f"rank {self.rank}: {len(advantages)} advantages for {len(self._sequences)} sequences"
+            )
+        sequences = [_with_advantage(s, a) for s, a in zip(self._sequences, advantages, strict=True)]
+        per_update = len(sequences) // num_updates
+        history: dict[str, list[float]] = {}
+        self.policy.train()
+        for _ in range(self.recipe.worker.actor.ppo_epochs):
+            for rows in chunk(range(len(sequences)), per_update):
+                metrics = self._optimizer_step([sequences[i] for i in rows])
+                for key, value in metrics.items():
+                    history.setdefault(key, []).append(value)
+        return {key: float(np.mean(values)) for key, values in history.items()}
+
+    def _optimizer_step(self, sequences: list[TrainSequence]) -> dict[str, float]:
+        actor = self.recipe.worker.actor
+        mbs = micro_batches(sequences, actor.micro_batch_size_per_device_for_update, self.spec.pad_token_id)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        nonfinite = False
+        for mb in mbs:
+            loss, metrics = self._micro_batch_loss(mb)
+            nonfinite |= not bool(torch.isfinite(loss.detach()))
+            (loss / len(mbs)).backward()
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value / len(mbs)
+        grad_norm = fsdp.clip_grad_norm(self.policy, actor.max_grad_norm)
+        flag = torch.tensor([1.0 if nonfinite or not math.isfinite(grad_norm) else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank skips together, or none does
+        lr = actor.optim.lr * lr_multiplier(
+            self.optimizer_step,
+            self.spec.optimizer_steps_total,
+            kind=actor.optim.lr_scheduler,
+            warmup_ratio=actor.optim.lr_warmup_ratio,
+        )
+        skipped = bool(flag.item())
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+        self.optimizer_step += 1
+        return {**sums, "grad_norm": grad_norm, "lr": lr, "skipped": float(skipped)}
+
+    def _micro_batch_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.forward.logits(self.policy, mb)  # [B, R, V]
+        tokens = response_tokens(mb, self.device)  # [B, R]
+        mask = torch.tensor(mb.response_mask, device=self.device)  # [B, R]
+        old = torch.tensor(_stack(self._old_logp, mb), device=self.device)  # [B, R]
+        ref = torch.tensor(_stack(self._ref_logp, mb), device=self.device) if self._ref_logp else None
+        advantages = torch.tensor(mb.advantages, device=self.device)  # [B]
+        return actor_objective(self.objective, logits, tokens, mask, old, ref, advantages)
+
+    def _temperature(self) -> float:
+        temperature = self.recipe.worker.rollout.temperature
+        return temperature if temperature > 0 else 1.0
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self, step_dir: str) -> None:
+        """Write this rank's model/optimizer shards and RNG state into `step_dir` (collective)."""
+        from sophiavl_cli.engine.checkpoint import save_rank_extras, save_sharded
+        from sophiavl_cli.engine.rng import capture_rng
+
+        save_sharded(Path(step_dir), self.policy, self.optimizer)
+        save_rank_extras(
+            Path(step_dir),
+            self.rank,
+            {"rng": capture_rng(), "optimizer_step": self.optimizer_step},
+            self.world_size,
+        )
+        dist.barrier()
+
+    def load_checkpoint(self, step_dir: str, step: int, optimizer_step: int) -> None:
+        """Load shards (any saved world size), restore RNG when the layout matches, refresh the rollout copy."""
+        from sophiavl_cli.engine.checkpoint import load_rank_extras, load_sharded
+        from sophiavl_cli.engine.rng import restore_rng
+
+        load_sharded(Path(step_dir), self.policy, self.optimizer)
+        extras = load_rank_extras(Path(step_dir), self.rank, self.world_size)
+        if extras is not None:
+            restore_rng(extras["rng"])
+        else:  # another world size: continue deterministically from the seeds
+            torch.manual_seed(derive_seed(self.recipe.trainer.seed, step, self.rank))
+        self.optimizer_step = optimizer_step
+        self.sync_weights()
+
+    def shutdown(self) -> None:
+        close = getattr(getattr(self, "rollout", None), "close", None)
+        if close is not None:  # vLLM leaves its groups (and the default one) itself, before we do
+            close()
+        fsdp.close_process_group()
+
+
+def _with_advantage(sequence: TrainSequence, advantage: float) -> TrainSequence:
+    return TrainSequence(
+        index=sequence.index,
+        prompt_ids=sequence.prompt_ids,
+        response_ids=sequence.response_ids,
+        pixel_values=sequence.pixel_values,
+        image_grid_thw=sequence.image_grid_thw,
+        advantage=float(advantage),
+    )
+
+
+def _stack(per_sequence: dict[int, np.ndarray], mb: MicroBatch) -> np.ndarray:
+    """Per-sequence arrays of the micro-batch's rows, right-padded to its response width: [B, R]."""
+    out = np.zeros(mb.response_mask.shape, dtype=np.float32)
+    for row, index in enumerate(mb.indices):
+        values = per_sequence[index]
+        out[row, : len(values)] = values
+    return out
+
+
+def _node_ip() -> str:
+    try:
+        import ray
+
+        return str(ray.util.get_node_ip_address())
+    except Exception:  # outside Ray (unit use): loopback
+        return "127.0.0.1"

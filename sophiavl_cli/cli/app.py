@@ -13,7 +13,13 @@ import sys
 import typer
 
 from sophiavl_cli import __version__
-from sophiavl_cli.cli import doctor, recipe
+from sophiavl_cli.cli import dataset, doctor, recipe
+from sophiavl_cli.cli import download as download_cli
+from sophiavl_cli.cli import eval as eval_cli
+from sophiavl_cli.cli import infer as infer_cli
+from sophiavl_cli.cli import merge as merge_cli
+from sophiavl_cli.cli import serve_reward as serve_reward_cli
+from sophiavl_cli.cli import train as train_cli
 from sophiavl_cli.console import fail
 from sophiavl_cli.errors import UserError
 
@@ -44,6 +50,14 @@ def _root(
 
 app.command("doctor")(doctor.doctor)
 app.add_typer(recipe.app, name="recipe")
+app.command("register-dataset")(dataset.register_dataset)
+app.add_typer(dataset.app, name="dataset")
+app.command("serve-reward")(serve_reward_cli.serve_reward)
+app.command("merge")(merge_cli.merge)
+app.command("train", epilog=train_cli.EPILOG)(train_cli.train)
+app.command("download")(download_cli.download_command)
+app.command("infer", epilog=infer_cli.EPILOG)(infer_cli.infer)
+app.command("eval", epilog=eval_cli.EPILOG)(eval_cli.eval_command)
 
 
 def main(argv: list[str] | None = None) -> None:

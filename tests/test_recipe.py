@@ -75,7 +75,7 @@ def test_later_overrides_win_and_the_input_is_not_mutated() -> None:
 
 @pytest.mark.parametrize("bad", ["trainer.max_steps", "=3", "trainer..x=1"])
 def test_malformed_override_says_how_to_write_it(bad: str) -> None:
-    with pytest.raises(UserError, match="section.key=value"):
+    with pytest.raises(UserError, match=r"section\.key=value"):
         load_recipe(None, [bad])
 
 

@@ -73,8 +73,9 @@ def train(
     except WorkerFailure as exc:
         fail(str(exc))
         sys.exit(1)
+    finished = result.last_step >= result.total_steps and not result.interrupted
     table = Table(
-        title=f"{'stopped' if result.interrupted else 'done'}: steps {result.first_step}-{result.last_step} "
+        title=f"{'done' if finished else 'stopped'}: steps {result.first_step}-{result.last_step} "
         f"of {result.total_steps} in {result.seconds:.0f} s"
     )
     table.add_column("metric (last step)")
@@ -85,5 +86,7 @@ def train(
     table.add_row("checkpoint", str(result.checkpoint) if result.checkpoint else "-")
     console.print(table)
     console.print(f"run dir: [bold]{result.run_dir}[/]", soft_wrap=True)  # one line: copy-pasteable
+    if not finished:
+        console.print("continue: the same command again (--resume auto is the default)", soft_wrap=True)
     if result.interrupted:
         sys.exit(130)  # like any command stopped by Ctrl-C, after the checkpoint is safe

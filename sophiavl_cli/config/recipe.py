@@ -262,6 +262,15 @@ class TrainerConfig(Section):
     max_steps: int | None = Field(
         None, gt=0, description="Stop after this many steps (overrides epochs when smaller)."
     )
+    stop_after_steps: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "End this invocation after this many steps (counted from where it started or resumed), with a "
+            "checkpoint; schedules still span the whole run. Rerun with --resume auto to continue "
+            "(jobs with a time limit, exact-resume checks). null runs to the end."
+        ),
+    )
     nnodes: int = Field(1, gt=0, description="Nodes in the Ray cluster to use.")
     n_workers_per_node: int = Field(
         8, gt=0, description="Worker actors (ranks) per node: GPUs per node on GPU."

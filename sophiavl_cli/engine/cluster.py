@@ -182,5 +182,5 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     for line in reversed(text):
         if line.strip() and not line.startswith(" "):
-            return line.strip()[:300]
+            return line.strip()[:500]  # room for a one-line hint naming several recipe keys
     return type(exc).__name__

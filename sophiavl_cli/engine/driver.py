@@ -172,7 +172,7 @@ def train(
         timer = StepTimer()
         saved_step = start_step
         stack.enter_context(loggers.progress(total_steps, start_step))
-        for step in range(start_step + 1, total_steps + 1):
+        for step in range(start_step + 1, last_step_of_this_run(recipe, start_step, total_steps) + 1):
             timer.reset()
             metrics = run_step(ctx, loader.next_batch(), step, timer)
             metrics |= timer.metrics()
@@ -200,6 +200,17 @@ def train(
             plot_curves(metrics_file, run_dir / "curves")
     result.seconds = time.perf_counter() - started_at
     return result
+
+
+def last_step_of_this_run(recipe: Recipe, start_step: int, total_steps: int) -> int:
+    """The step this invocation ends after: the run's last, or earlier with `trainer.stop_after_steps`.
+
+    Stopping early changes nothing but where the loop ends (the end-of-loop save writes the
+    checkpoint): the LR and annealing schedules still span `total_steps`, so a run cut into
+    pieces and resumed is the same run.
+    """
+    stop_after = recipe.trainer.stop_after_steps
+    return total_steps if stop_after is None else min(total_steps, start_step + stop_after)
 
 
 def load_data(recipe: Recipe, builder: PromptBuilder, say: Any) -> tuple[Any, list[dict[str, Any]]]:

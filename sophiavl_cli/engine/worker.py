@@ -29,6 +29,7 @@ from sophiavl_cli.engine import fsdp
 from sophiavl_cli.engine.batching import MicroBatch, TrainSequence, chunk, micro_batches
 from sophiavl_cli.engine.forward import ResponseForward, response_tokens
 from sophiavl_cli.engine.objective import ObjectiveConfig, actor_objective
+from sophiavl_cli.engine.oom import explain_oom
 from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams, build_rollout_engine
 from sophiavl_cli.engine.rollout.base import derive_seed
 from sophiavl_cli.engine.schedule import lr_multiplier
@@ -147,7 +148,8 @@ class TrainWorker:
         self, prompts: list[RolloutPrompt], n: int, sampling: SamplingParams, seed: int
     ) -> list[RolloutOutput]:
         """Local generation on the rollout copy (no collectives)."""
-        return self.rollout.generate(prompts, n, sampling, seed)
+        with explain_oom("generate", self.recipe, self.spec.device):
+            return self.rollout.generate(prompts, n, sampling, seed)
 
     def sync_weights(self) -> float:
         """Stream the policy's full tensors into the rollout copy (collective). Returns seconds."""
@@ -166,14 +168,16 @@ class TrainWorker:
     @torch.no_grad()
     def compute_old_logprobs(self) -> dict[str, float]:
         """Log-probs of the sampled tokens under the current policy (temperature-scaled logits)."""
-        self._old_logp = self._logprobs(self.policy)
+        with explain_oom("old log-probs", self.recipe, self.spec.device):
+            self._old_logp = self._logprobs(self.policy)
         return {}
 
     @torch.no_grad()
     def compute_ref_logprobs(self) -> dict[str, float]:
         """Log-probs under the frozen reference; a no-op when the KL term is off."""
         if self.ref is not None:
-            self._ref_logp = self._logprobs(self.ref)
+            with explain_oom("ref log-probs", self.recipe, self.spec.device):
+                self._ref_logp = self._logprobs(self.ref)
         return {}
 
     def _logprobs(self, model: torch.nn.Module) -> dict[int, np.ndarray]:
@@ -205,11 +209,12 @@ class TrainWorker:
         per_update = len(sequences) // num_updates
         history: dict[str, list[float]] = {}
         self.policy.train()
-        for _ in range(self.recipe.worker.actor.ppo_epochs):
-            for rows in chunk(range(len(sequences)), per_update):
-                metrics = self._optimizer_step([sequences[i] for i in rows])
-                for key, value in metrics.items():
-                    history.setdefault(key, []).append(value)
+        with explain_oom("update", self.recipe, self.spec.device):
+            for _ in range(self.recipe.worker.actor.ppo_epochs):
+                for rows in chunk(range(len(sequences)), per_update):
+                    metrics = self._optimizer_step([sequences[i] for i in rows])
+                    for key, value in metrics.items():
+                        history.setdefault(key, []).append(value)
         return {key: float(np.mean(values)) for key, values in history.items()}
 
     def _optimizer_step(self, sequences: list[TrainSequence]) -> dict[str, float]:

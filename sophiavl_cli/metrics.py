@@ -153,8 +153,40 @@ _define("timing/step", "sum", "Whole training step, validation excluded.", "s")
 _define("timing/val", "sum", "Validation run after this step.", "s")
 _define("perf/tokens", "sum", "Prompt + response tokens trained on this step.", "tokens")
 _define("perf/response_tokens", "sum", "Response tokens generated this step.", "tokens")
+_define(
+    "perf/update_tokens",
+    "sum",
+    "Tokens the update's forward + backward passes ran over: perf/tokens x worker.actor.ppo_epochs.",
+    "tokens",
+)
+_define(
+    "perf/update_flops",
+    "sum",
+    "Model FLOPs of the update (3 x forward: 2 x matmul weights + attention, per token; no recompute).",
+    "FLOP",
+)
 _define("perf/tokens_per_s", "last", "perf/tokens / timing/step.", "tokens/s")
+_define(
+    "perf/tokens_per_s_per_worker",
+    "last",
+    "perf/tokens / timing/step / world size: the whole step's tokens/s per GPU (EasyR1's figure).",
+    "tokens/s",
+)
 _define("perf/gen_tokens_per_s", "last", "perf/response_tokens / timing/gen.", "tokens/s")
+_define("perf/gen_tokens_per_s_per_worker", "last", "perf/gen_tokens_per_s / world size.", "tokens/s")
+_define(
+    "perf/update_tokens_per_s_per_worker",
+    "last",
+    "perf/update_tokens / timing/update / world size: trained tokens/s per GPU.",
+    "tokens/s",
+)
+_define(
+    "perf/mfu",
+    "last",
+    "Model FLOPs utilisation of the update: perf/update_flops / (timing/update x world size x peak "
+    "bf16 FLOP/s). Logged when the GPU is known (H100/H200/H800/A100/A800) or SOPHIAVL_PEAK_FLOPS is set.",
+    "fraction",
+)
 _define("train/epoch", "last", "Epoch of the training data the step drew from (0-based).", "epoch")
 
 # ----------------------------------------------------------------------------- validation

@@ -150,11 +150,20 @@ class ActorConfig(Section):
     micro_batch_size_per_device_for_experience: int = Field(
         4, gt=0, description="Sequences per forward in log-prob passes."
     )
+    max_tokens_per_micro_batch: int | None = Field(
+        None,
+        gt=0,
+        description="Token budget (padding included) per micro-batch in the update and log-prob passes; "
+        "replaces the micro_batch_size_* row counts. Unset: fixed row counts.",
+    )
     ppo_epochs: int = Field(1, gt=0, description="Passes over each rollout batch.")
     clip_ratio: float = Field(0.2, gt=0, description="PPO clip epsilon.")
     entropy_coef: float = Field(1e-3, ge=0, description="Entropy bonus weight (subtracted from the loss).")
     max_grad_norm: float = Field(4.0, gt=0, description="Gradient-norm clip.")
-    padding_free: bool = Field(True, description="Pack sequences without padding in training forwards.")
+    padding_free: bool = Field(
+        True,
+        description="Pack sequences without padding in training forwards (GPU with flash-attn installed).",
+    )
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in backward to save memory."
     )
@@ -191,6 +200,22 @@ class RolloutConfig(Section):
     val_temperature: float = Field(
         0.0, ge=0, description="Temperature for validation generations (0 = greedy)."
     )
+    use_rollout_logprobs: bool = Field(
+        False,
+        description="Use the rollout engine's sampled-token log-probs as old log-probs (skips the old "
+        "pass). Needs top_p 1 and top_k -1.",
+    )
+
+    @model_validator(mode="after")
+    def _rollout_logprobs_are_the_full_distribution(self) -> RolloutConfig:
+        """With top-p/top-k the engine's log-probs are of the truncated distribution, not the policy's."""
+        if self.use_rollout_logprobs and (self.top_p < 1 or self.top_k not in (-1, 0)):
+            raise ValueError(
+                f"worker.rollout.use_rollout_logprobs needs worker.rollout.top_p=1 and worker.rollout.top_k=-1 "
+                f"(got top_p={self.top_p}, top_k={self.top_k}): the engine's log-probs would be of the "
+                "truncated distribution, not the policy's"
+            )
+        return self
 
 
 class RefConfig(Section):

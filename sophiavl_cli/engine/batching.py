@@ -30,6 +30,7 @@ class TrainSequence:
     pixel_values: np.ndarray | None  # float32 [patches, patch_dim]
     image_grid_thw: np.ndarray | None  # int64 [images, 3]
     advantage: float = 0.0
+    old_logprobs: np.ndarray | None = None  # float32 [len(response_ids)]: the rollout's, when opted in
 
     @property
     def num_tokens(self) -> int:
@@ -156,6 +157,71 @@ def micro_batches(sequences: Seq[TrainSequence], size: int, pad_id: int) -> list
     return [
         build_micro_batch([sequences[i] for i in rows], pad_id) for rows in chunk(range(len(sequences)), size)
     ]
+
+
+def padded_tokens(lengths: Seq[tuple[int, int]]) -> int:
+    """Tokens of one `[left-padded prompt | right-padded response]` batch of (prompt, response) lengths."""
+    if not lengths:
+        return 0
+    return len(lengths) * (max(p for p, _ in lengths) + max(r for _, r in lengths))
+
+
+def token_budget_groups(
+    lengths: Seq[tuple[int, int]], max_tokens: int, count: int | None = None
+) -> list[list[int]]:
+    """Positions of (prompt, response) `lengths` grouped into micro-batches of at most `max_tokens`.
+
+    The budget counts padding (`padded_tokens`), which is what a forward pass costs. Sequences go
+    longest first (ties by position), each into the current group while it still fits, else into
+    a new one; a sequence longer than the budget on its own gets a micro-batch of its own. With
+    `count` (at least the number this needs, at most one per sequence) the groups with the most
+    rows are halved until there are exactly `count`: every rank must run the same number of
+    micro-batches, so the driver asks each for the largest count any rank needs.
+
+    Example:
+        >>> token_budget_groups([(2, 2), (2, 6), (2, 1), (2, 2)], 16)
+        [[1, 0], [3, 2]]
+    """
+    if max_tokens <= 0:
+        raise ValueError("max_tokens must be positive")
+    groups: list[list[int]] = []
+    for position in sorted(range(len(lengths)), key=lambda i: (-sum(lengths[i]), i)):
+        current = groups[-1] if groups else None
+        if current is not None and padded_tokens([lengths[i] for i in [*current, position]]) <= max_tokens:
+            current.append(position)
+        else:
+            groups.append([position])
+    if count is None:
+        return groups
+    if not len(groups) <= count <= len(lengths):
+        raise ValueError(
+            f"{len(lengths)} sequences cannot make {count} micro-batches of at most {max_tokens} tokens "
+            f"(they need at least {len(groups)})"
+        )
+    while len(groups) < count:
+        largest = max(range(len(groups)), key=lambda g: (len(groups[g]), -g))
+        rows = groups[largest]
+        groups[largest : largest + 1] = [rows[: len(rows) // 2], rows[len(rows) // 2 :]]
+    return groups
+
+
+def shared_micro_batch_count(per_rank: Seq[Seq[tuple[int, int]]], max_tokens: int) -> int:
+    """How many micro-batches every rank runs: the most that any rank's sequences need.
+
+    Example:
+        >>> shared_micro_batch_count([[(2, 2), (2, 2)], [(2, 6), (2, 6)]], 16)
+        2
+    """
+    return max(len(token_budget_groups(lengths, max_tokens)) for lengths in per_rank)
+
+
+def budget_micro_batches(
+    sequences: Seq[TrainSequence], max_tokens: int, count: int, pad_id: int
+) -> list[MicroBatch]:
+    """The rank's sequences as exactly `count` padded micro-batches of at most `max_tokens` each."""
+    lengths = [(len(s.prompt_ids), len(s.response_ids)) for s in sequences]
+    groups = token_budget_groups(lengths, max_tokens, count)
+    return [build_micro_batch([sequences[i] for i in rows], pad_id) for rows in groups]
 
 
 def dummy_image(patch_dim: int, merge_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ Usage:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ from sophiavl_cli.engine.prompting import PromptBuilder
 from sophiavl_cli.engine.rm_service import ThinkingService
 from sophiavl_cli.engine.rollout import check_backend
 from sophiavl_cli.engine.step import StepContext, run_step
+from sophiavl_cli.engine.throughput import FlopsModel, peak_flops, throughput_metrics
 from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.validation import validate
 from sophiavl_cli.engine.worker import WorkerSpec
@@ -122,7 +124,9 @@ def train(
         stack.callback(group.shutdown)
         spec = _worker_spec(recipe, model_dir, group, device, total_steps, processor)
         group.run("setup", spec)
-        _write_atomic(run_dir / "workers.json", json.dumps(group.run("describe"), indent=1) + "\n")
+        workers = group.run("describe")
+        _write_atomic(run_dir / "workers.json", json.dumps(workers, indent=1) + "\n")
+        peak = peak_flops(str(workers[0]["device_name"]), os.environ.get("SOPHIAVL_PEAK_FLOPS"))
         if checkpoint is not None:
             say(f"resuming from {checkpoint}")
             group.run("load_checkpoint", str(checkpoint), start_step, optimizer_step)
@@ -139,6 +143,7 @@ def train(
             total_steps=total_steps,
             use_ref=spec.need_ref,
             dump_dir=run_dir / "rollouts",
+            flops=FlopsModel.from_config(_model_config(model_dir)),
         )
         loggers = build_loggers(recipe, run_dir, resume_step=start_step)
         stack.callback(loggers.close)
@@ -176,7 +181,7 @@ def train(
             timer.reset()
             metrics = run_step(ctx, loader.next_batch(), step, timer)
             metrics |= timer.metrics()
-            metrics |= _throughput(metrics)
+            metrics |= throughput_metrics(metrics, recipe.world_size, peak)
             metrics["train/epoch"] = float(loader.epoch)
             if val_rows and recipe.trainer.val_freq > 0 and _due(step, recipe.trainer.val_freq, total_steps):
                 val_start = time.perf_counter()
@@ -237,8 +242,10 @@ def ignored_options(recipe: Recipe, device: str) -> list[str]:
     """One line per recipe option this run cannot honour (said once, at start)."""
     actor = recipe.worker.actor
     notes = []
-    if device == "cuda" and actor.padding_free:
-        notes.append("worker.actor.padding_free: packing is not implemented yet; micro-batches are padded")
+    if device == "cuda" and actor.padding_free and importlib.util.find_spec("flash_attn") is None:
+        notes.append(
+            "worker.actor.padding_free: needs flash-attn installed (packing under sdpa is slower); padded"
+        )
     if device == "cuda" and (actor.fsdp.offload_params or actor.fsdp.offload_optimizer):
         notes.append("worker.actor.fsdp.offload_*: CPU offload is not implemented yet; ignored")
     if not actor.fsdp.full_shard:
@@ -251,15 +258,11 @@ def _due(step: int, every: int, total: int) -> bool:
     return step == total or (every > 0 and step % every == 0)
 
 
-def _throughput(metrics: dict[str, float]) -> dict[str, float]:
-    step_s = metrics.get("timing/step", 0.0)
-    gen_s = metrics.get("timing/gen", 0.0)
-    out = {}
-    if step_s > 0:
-        out["perf/tokens_per_s"] = metrics.get("perf/tokens", 0.0) / step_s
-    if gen_s > 0:
-        out["perf/gen_tokens_per_s"] = metrics.get("perf/response_tokens", 0.0) / gen_s
-    return out
+def _model_config(model_dir: Path) -> object:
+    """The policy's transformers config (for its FLOPs per token)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(model_dir))
 
 
 def _resolve_device(device: str) -> str:

@@ -5,6 +5,14 @@ inputs. Qwen2.5-VL computes its multimodal (mrope) positions itself from `input_
 `mm_token_type_ids`, `image_grid_thw` and the attention mask, which handles the left padding of
 prompts; only the response positions' logits are computed (`logits_to_keep`).
 
+Padding-free (`packed=True`): the rows' real tokens are concatenated into one `[1, T]` row with
+per-sequence positions (`[4, 1, T]`: text positions restarting at 0 for each sequence, then the
+three mrope rows); transformers derives the sequence boundaries from the restarts (a block-
+diagonal causal mask under sdpa/eager, `cu_seqlens` under flash-attention 2). Only with
+flash-attention 2 does this save work: sdpa builds a dense `[T, T]` mask, so the worker packs
+only when flash-attention 2 runs. The logits come back in the padded `[B, R, V]` layout (zeros
+at padding), so the loss code is the same for both.
+
 Micro-batches without images run the vision tower on a dummy image at the point where a real
 image would run (a pre-hook on the language model) and add `0 * sum(features)` to the logits:
 every rank then all-gathers (and reduce-scatters) the FSDP2 vision blocks in the same order.
@@ -23,8 +31,9 @@ from sophiavl_cli.engine.batching import MicroBatch, dummy_image
 class ResponseForward:
     """Builds model inputs from a `MicroBatch` and returns logits over its response tokens."""
 
-    def __init__(self, config: Any, device: torch.device) -> None:
+    def __init__(self, config: Any, device: torch.device, *, packed: bool = False) -> None:
         self.device = device
+        self.packed = packed
         self.image_token_id = int(getattr(config, "image_token_id", -1))
         vision = getattr(config, "vision_config", None)
         self.has_vision = vision is not None
@@ -54,14 +63,55 @@ class ResponseForward:
                 lambda *_: dummy_features.append(self._run_dummy(model))
             )
         try:
-            out = model(**self.inputs(mb), use_cache=False, logits_to_keep=num_response + 1)
+            if self.packed:
+                logits = self._packed_logits(model, mb)  # [B, R, V]
+            else:
+                out = model(**self.inputs(mb), use_cache=False, logits_to_keep=num_response + 1)
+                logits = out.logits[:, :-1]  # [B, R, V]: position t predicts token t + 1
         finally:
             if handle is not None:
                 handle.remove()
-        logits = out.logits[:, :-1]  # [B, R, V]: position t predicts token t + 1
         if dummy_features:
             logits = logits + 0.0 * dummy_features[0].to(logits.dtype)
         return logits
+
+    def _packed_logits(self, model: nn.Module, mb: MicroBatch) -> torch.Tensor:
+        """The padded batch's real tokens as one packed row; logits scattered back to [B, R, V]."""
+        inputs = self.inputs(mb)
+        keep = inputs["attention_mask"].bool()  # [B, L]
+        positions = self._positions(model, inputs)  # [3, B, L]
+        lengths = keep.sum(dim=1)  # [B]
+        text = torch.cat([torch.arange(int(n), device=self.device) for n in lengths])  # [T]
+        position_ids = torch.cat([text[None], positions[:, keep]], dim=0)[:, None]  # [4, 1, T]
+        starts = torch.cumsum(lengths, 0) - lengths  # [B]: each sequence's offset in the packed row
+        prompt_lengths = keep[:, : mb.prompt_width].sum(dim=1)  # [B]
+        response_mask = torch.tensor(mb.response_mask, device=self.device).bool()  # [B, R]
+        rows, cols = response_mask.nonzero(as_tuple=True)  # response tokens, row-major
+        predicting = starts[rows] + prompt_lengths[rows] - 1 + cols  # [K]: the position before each token
+        packed = {
+            "input_ids": inputs["input_ids"][keep][None],  # [1, T]
+            "mm_token_type_ids": inputs["mm_token_type_ids"][keep][None],  # [1, T]
+            "position_ids": position_ids,
+        }
+        if "pixel_values" in inputs:
+            packed |= {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
+        out = model(**packed, use_cache=False, logits_to_keep=predicting)  # logits [1, K, V]
+        logits = out.logits.new_zeros((*response_mask.shape, out.logits.shape[-1]))  # [B, R, V]
+        return logits.index_put((rows, cols), out.logits[0])
+
+    def _positions(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """mrope positions of the padded batch, [3, B, L]: the model's own rule (1D for text rows)."""
+        mask = inputs["attention_mask"]
+        if "image_grid_thw" in inputs:
+            positions, _ = _vl_model(model).get_rope_index(
+                inputs["input_ids"],
+                inputs["mm_token_type_ids"],
+                inputs["image_grid_thw"],
+                attention_mask=mask,
+            )
+            return positions
+        text = (mask.cumsum(dim=1) - 1).clamp(min=0)  # [B, L]
+        return text[None].expand(3, -1, -1)
 
     def _run_dummy(self, model: nn.Module) -> torch.Tensor:
         pixels, grid = (torch.tensor(a, device=self.device) for a in self.dummy)

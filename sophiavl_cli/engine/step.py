@@ -28,12 +28,14 @@ from sophiavl_cli.engine.batching import (
     TrainSequence,
     balance_across_ranks,
     minibatch_slices,
+    shared_micro_batch_count,
     spread_across_ranks,
 )
 from sophiavl_cli.engine.cluster import WorkerGroup
 from sophiavl_cli.engine.prompting import BuiltPrompt, PromptBuilder
 from sophiavl_cli.engine.rewarding import combine, reward_metrics, score_outcomes, thinking_requests
 from sophiavl_cli.engine.rollout import RolloutOutput, SamplingParams, derive_seed
+from sophiavl_cli.engine.throughput import FlopsModel
 from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.rewards.failure_policy import FailureMonitor
@@ -55,6 +57,7 @@ class StepContext:
     total_steps: int
     use_ref: bool
     dump_dir: Path | None = None  # decoded rollouts go here every trainer.rollout_dump_freq steps
+    flops: FlopsModel | None = None  # the policy's shape, for perf/update_flops (MFU)
 
     @property
     def n(self) -> int:
@@ -67,6 +70,7 @@ class StepContext:
             temperature=rollout.val_temperature if validation else rollout.temperature,
             top_p=1.0 if validation else rollout.top_p,
             top_k=-1 if validation else rollout.top_k,
+            return_logprobs=rollout.use_rollout_logprobs and not validation,
         )
 
 
@@ -118,12 +122,16 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
             response_ids=o.response_ids,
             pixel_values=owner[i].prompt.pixel_values,
             image_grid_thw=owner[i].prompt.image_grid_thw,
+            old_logprobs=o.logprobs if recipe.worker.rollout.use_rollout_logprobs else None,
         )
         for i, o in enumerate(outputs)
     ]
     shards = shard_sequences(sequences, recipe, ctx.group.world_size)
+    plan = micro_batch_plan(sequences, shards, recipe)
     with timer("old"):
-        futures = ctx.group.call_each("set_sequences", [([sequences[i] for i in shard],) for shard in shards])
+        futures = ctx.group.call_each(
+            "set_sequences", [([sequences[i] for i in shard], *plan) for shard in shards]
+        )
         ctx.group.wait(futures, "set_sequences")
         ctx.group.run("compute_old_logprobs")
     if ctx.use_ref:
@@ -173,6 +181,10 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
         write_jsonl(ctx.dump_dir / f"step_{step:06d}.jsonl", records)
     metrics["perf/tokens"] = float(sum(s.num_tokens for s in sequences))
     metrics["perf/response_tokens"] = float(sum(len(o.response_ids) for o in outputs))
+    epochs = recipe.worker.actor.ppo_epochs
+    metrics["perf/update_tokens"] = metrics["perf/tokens"] * epochs
+    if ctx.flops is not None:
+        metrics["perf/update_flops"] = epochs * ctx.flops.training_flops(s.num_tokens for s in sequences)
     return metrics
 
 
@@ -197,6 +209,30 @@ def shard_sequences(sequences: list[TrainSequence], recipe: Recipe, world_size: 
         for rank, positions in enumerate(balanced):
             shards[rank].extend(rows[p] for p in positions)
     return shards
+
+
+def micro_batch_plan(
+    sequences: list[TrainSequence], shards: list[list[int]], recipe: Recipe
+) -> tuple[int | None, list[int] | None]:
+    """(log-prob pass, per optimizer step) micro-batch counts every rank runs under the token budget.
+
+    (None, None) without `worker.actor.max_tokens_per_micro_batch`: fixed row counts. With it,
+    each count is the most any rank needs, so every rank runs the same FSDP collectives.
+    """
+    budget = recipe.worker.actor.max_tokens_per_micro_batch
+    if budget is None:
+        return None, None
+
+    def lengths(positions: list[int]) -> list[tuple[int, int]]:
+        return [(len(sequences[i].prompt_ids), len(sequences[i].response_ids)) for i in positions]
+
+    experience = shared_micro_batch_count([lengths(shard) for shard in shards], budget)
+    per_update = len(shards[0]) // (recipe.data.rollout_batch_size // recipe.worker.actor.global_batch_size)
+    update = [
+        shared_micro_batch_count([lengths(shard[start : start + per_update]) for shard in shards], budget)
+        for start in range(0, len(shards[0]), per_update)
+    ]
+    return experience, update
 
 
 def actor_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:

@@ -16,7 +16,7 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,13 @@ import torch.distributed as dist
 from sophiavl_cli.algo.losses import token_logprobs
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.engine import fsdp
-from sophiavl_cli.engine.batching import MicroBatch, TrainSequence, chunk, micro_batches
+from sophiavl_cli.engine.batching import (
+    MicroBatch,
+    TrainSequence,
+    budget_micro_batches,
+    chunk,
+    micro_batches,
+)
 from sophiavl_cli.engine.forward import ResponseForward, response_tokens
 from sophiavl_cli.engine.objective import ObjectiveConfig, actor_objective
 from sophiavl_cli.engine.oom import explain_oom
@@ -60,6 +66,8 @@ class TrainWorker:
         self.rank = rank
         self.world_size = world_size
         self._sequences: list[TrainSequence] = []
+        self._experience_count: int | None = None  # micro-batches per log-prob pass (token budget)
+        self._update_counts: list[int] | None = None  # micro-batches per optimizer step (token budget)
         self._old_logp: dict[int, np.ndarray] = {}
         self._ref_logp: dict[int, np.ndarray] = {}
         self.optimizer_step = 0
@@ -74,8 +82,10 @@ class TrainWorker:
             return host, int(sock.getsockname()[1])
 
     def describe(self) -> dict[str, object]:
-        """Rank, host and pid: written to the run dir's workers.json, for debugging and kill tests."""
-        return {"rank": self.rank, "host": _node_ip(), "pid": os.getpid()}
+        """Rank, host, pid and device: written to the run dir's workers.json (debugging, kill tests, MFU)."""
+        cuda = getattr(self, "device", torch.device("cpu")).type == "cuda"
+        device_name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
+        return {"rank": self.rank, "host": _node_ip(), "pid": os.getpid(), "device_name": device_name}
 
     def setup(self, spec: WorkerSpec) -> dict[str, float]:
         """Join the process group, load and shard the policy (and reference), build the rollout copy."""
@@ -137,7 +147,9 @@ class TrainWorker:
             betas=optim.betas,
             weight_decay=optim.weight_decay,
         )
-        self.forward = ResponseForward(self.policy.config, self.device)
+        # packing pays off only with flash-attention 2's varlen kernels (sdpa would build a [T, T] mask)
+        packed = actor.padding_free and self.policy.config._attn_implementation == "flash_attention_2"
+        self.forward = ResponseForward(self.policy.config, self.device, packed=packed)
         self.objective = ObjectiveConfig.from_recipe(spec.recipe, use_kl=spec.need_ref)
         dist.barrier()
         return {"setup_s": time.perf_counter() - start}
@@ -159,15 +171,38 @@ class TrainWorker:
 
     # ---- experience --------------------------------------------------------------------------
 
-    def set_sequences(self, sequences: list[TrainSequence]) -> int:
-        """This rank's sequences for the step, in update order (optimizer step by optimizer step)."""
+    def set_sequences(
+        self,
+        sequences: list[TrainSequence],
+        experience_count: int | None = None,
+        update_counts: list[int] | None = None,
+    ) -> int:
+        """This rank's sequences for the step, in update order (optimizer step by optimizer step).
+
+        With a token budget the driver also says how many micro-batches every rank runs in the
+        log-prob passes and in each optimizer step (the same on all ranks; see `step.micro_batch_plan`).
+        """
         self._sequences = list(sequences)
+        self._experience_count, self._update_counts = experience_count, update_counts
         self._old_logp, self._ref_logp = {}, {}
         return len(self._sequences)
 
     @torch.no_grad()
     def compute_old_logprobs(self) -> dict[str, float]:
-        """Log-probs of the sampled tokens under the current policy (temperature-scaled logits)."""
+        """Log-probs of the sampled tokens under the current policy (temperature-scaled logits).
+
+        With `worker.rollout.use_rollout_logprobs` the rollout engine's own log-probs are used:
+        the rollout copy holds the same weights as the policy (synced after every step), so the
+        forward pass would recompute the same numbers. No collective runs then, on any rank.
+        """
+        if self.recipe.worker.rollout.use_rollout_logprobs:
+            missing = [s.index for s in self._sequences if s.old_logprobs is None]
+            if missing:
+                raise ValueError(
+                    f"rank {self.rank}: the rollout returned no log-probs for rows {missing[:5]}"
+                )
+            self._old_logp = {s.index: np.asarray(s.old_logprobs, np.float32) for s in self._sequences}
+            return {}
         with explain_oom("old log-probs", self.recipe, self.spec.device):
             self._old_logp = self._logprobs(self.policy)
         return {}
@@ -186,7 +221,7 @@ class TrainWorker:
         was_training = model.training
         model.eval()
         out: dict[int, np.ndarray] = {}
-        for mb in micro_batches(self._sequences, size, self.spec.pad_token_id):
+        for mb in self._micro_batches(self._sequences, size, self._experience_count):
             logits = self.forward.logits(model, mb)  # [B, R, V]
             logp = (
                 token_logprobs(logits, response_tokens(mb, self.device), temperature).cpu().numpy()
@@ -209,17 +244,27 @@ class TrainWorker:
         per_update = len(sequences) // num_updates
         history: dict[str, list[float]] = {}
         self.policy.train()
+        counts = self._update_counts or [None] * num_updates
         with explain_oom("update", self.recipe, self.spec.device):
             for _ in range(self.recipe.worker.actor.ppo_epochs):
-                for rows in chunk(range(len(sequences)), per_update):
-                    metrics = self._optimizer_step([sequences[i] for i in rows])
+                for rows, count in zip(chunk(range(len(sequences)), per_update), counts, strict=True):
+                    metrics = self._optimizer_step([sequences[i] for i in rows], count)
                     for key, value in metrics.items():
                         history.setdefault(key, []).append(value)
         return {key: float(np.mean(values)) for key, values in history.items()}
 
-    def _optimizer_step(self, sequences: list[TrainSequence]) -> dict[str, float]:
+    def _micro_batches(
+        self, sequences: list[TrainSequence], size: int, count: int | None
+    ) -> list[MicroBatch]:
+        """`count` micro-batches under the token budget when one is set, else rows of `size`."""
+        budget = self.recipe.worker.actor.max_tokens_per_micro_batch
+        if budget is None or count is None:
+            return micro_batches(sequences, size, self.spec.pad_token_id)
+        return budget_micro_batches(sequences, budget, count, self.spec.pad_token_id)
+
+    def _optimizer_step(self, sequences: list[TrainSequence], count: int | None = None) -> dict[str, float]:
         actor = self.recipe.worker.actor
-        mbs = micro_batches(sequences, actor.micro_batch_size_per_device_for_update, self.spec.pad_token_id)
+        mbs = self._micro_batches(sequences, actor.micro_batch_size_per_device_for_update, count)
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         nonfinite = False
@@ -299,14 +344,7 @@ class TrainWorker:
 
 
 def _with_advantage(sequence: TrainSequence, advantage: float) -> TrainSequence:
-    return TrainSequence(
-        index=sequence.index,
-        prompt_ids=sequence.prompt_ids,
-        response_ids=sequence.response_ids,
-        pixel_values=sequence.pixel_values,
-        image_grid_thw=sequence.image_grid_thw,
-        advantage=float(advantage),
-    )
+    return replace(sequence, advantage=float(advantage))
 
 
 def _stack(per_sequence: dict[int, np.ndarray], mb: MicroBatch) -> np.ndarray:

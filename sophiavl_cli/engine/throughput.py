@@ -1,0 +1,131 @@
+"""Throughput and model-FLOPs utilisation (MFU) of a training step, as pure arithmetic.
+
+MFU counts *model* FLOPs (what the maths of the model needs), not hardware FLOPs: activation
+recomputation under gradient checkpointing is not counted, so two runs of the same model are
+comparable whatever their memory settings (PaLM's definition; verl/EasyR1 report the same).
+
+Per token of a sequence of length S, the language model's forward pass costs
+
+    2 * N_matmul            (every weight matrix: a multiply and an add per weight)
+  + 4 * L * d_attn * S      (QK^T and attention x V over the whole sequence, per layer)
+
+with N_matmul the weights of the decoder's linear layers plus the LM head (the input embedding
+is a lookup, not a matmul) and d_attn = heads x head_dim. Backward costs twice the forward, so a
+trained token costs 3x. The vision tower's FLOPs on image patches are left out: MFU is a slight
+underestimate on image-heavy batches, never an overestimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+# Dense (no sparsity) bf16 tensor-core peak per GPU, FLOP/s, from the vendors' datasheets.
+# Matched by substring of torch.cuda.get_device_name(), first match wins (PCIe before SXM).
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("H800", 989e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+)
+
+
+@dataclass(frozen=True)
+class FlopsModel:
+    """The shape numbers of a decoder that its FLOPs depend on."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> FlopsModel:
+        """From a transformers config; a VL config's language part is its `text_config`."""
+        text = getattr(config, "text_config", None) or config
+        heads = int(text.num_attention_heads)
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        return cls(
+            num_layers=int(text.num_hidden_layers),
+            hidden_size=int(text.hidden_size),
+            num_heads=heads,
+            num_kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
+            head_dim=int(head_dim),
+            intermediate_size=int(text.intermediate_size),
+            vocab_size=int(text.vocab_size),
+        )
+
+    @property
+    def attention_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def matmul_params(self) -> int:
+        """Weights of the decoder's linear layers (q, k, v, o, gate, up, down) plus the LM head."""
+        h, q, kv = self.hidden_size, self.attention_dim, self.num_kv_heads * self.head_dim
+        per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size
+        return self.num_layers * per_layer + self.vocab_size * h
+
+    def forward_flops(self, seq_len: int) -> float:
+        """FLOPs of one forward pass over a sequence of `seq_len` tokens (all of them)."""
+        per_token = 2 * self.matmul_params + 4 * self.num_layers * self.attention_dim * seq_len
+        return float(per_token) * seq_len
+
+    def training_flops(self, seq_lens: Iterable[int]) -> float:
+        """FLOPs of forward + backward (3x forward) over sequences of these lengths."""
+        return 3.0 * sum(self.forward_flops(n) for n in seq_lens)
+
+
+def peak_flops(device_name: str, override: str | None = None) -> float | None:
+    """Peak dense bf16 FLOP/s of one device: `override` (SOPHIAVL_PEAK_FLOPS) if set, else the table.
+
+    None when the device is unknown (a CPU, or a GPU not in the table): MFU is then not logged.
+    """
+    if override:
+        try:
+            value = float(override)
+        except ValueError:
+            raise ValueError(f"SOPHIAVL_PEAK_FLOPS={override!r} is not a number; use e.g. 989e12") from None
+        if value <= 0:
+            raise ValueError(f"SOPHIAVL_PEAK_FLOPS={override!r} must be positive")
+        return value
+    for fragment, flops in PEAK_BF16_FLOPS:
+        if fragment.lower() in device_name.lower():
+            return flops
+    return None
+
+
+def throughput_metrics(metrics: dict[str, float], world_size: int, peak: float | None) -> dict[str, float]:
+    """The perf/* rates of one step from its token counts, FLOPs and `timing/*` seconds.
+
+    `peak` is one device's peak FLOP/s (None: no MFU). Rates whose phase did not run are absent.
+    """
+    step_s = metrics.get("timing/step", 0.0)
+    gen_s = metrics.get("timing/gen", 0.0)
+    update_s = metrics.get("timing/update", 0.0)
+    tokens = metrics.get("perf/tokens", 0.0)
+    out: dict[str, float] = {}
+    if step_s > 0:
+        out["perf/tokens_per_s"] = tokens / step_s
+        out["perf/tokens_per_s_per_worker"] = tokens / step_s / world_size
+    if gen_s > 0:
+        out["perf/gen_tokens_per_s"] = metrics.get("perf/response_tokens", 0.0) / gen_s
+        out["perf/gen_tokens_per_s_per_worker"] = out["perf/gen_tokens_per_s"] / world_size
+    if update_s > 0:
+        trained = metrics.get("perf/update_tokens", 0.0)
+        out["perf/update_tokens_per_s_per_worker"] = trained / update_s / world_size
+        flops = metrics.get("perf/update_flops")
+        if peak is not None and flops is not None:
+            out["perf/mfu"] = mfu(flops, update_s, world_size, peak)
+    return out
+
+
+def mfu(flops: float, seconds: float, num_devices: int, peak: float) -> float:
+    """Share of the devices' peak FLOP/s that `flops` of model work in `seconds` used."""
+    return flops / (seconds * num_devices * peak)

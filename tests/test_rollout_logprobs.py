@@ -1,0 +1,111 @@
+"""The rollout's own log-probs as old log-probs, and token-budget micro-batches, on a real one-rank worker."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from sophiavl_cli.config import load_recipe
+from sophiavl_cli.engine.batching import TrainSequence, shared_micro_batch_count
+from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
+from sophiavl_cli.engine.worker import TrainWorker, WorkerSpec
+
+PROMPT = [5, 17, 42, 8, 99, 3]
+TEMPERATURE = 0.7
+
+
+def _worker(model_dir, *overrides: str) -> TrainWorker:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    recipe = load_recipe(
+        None,
+        [
+            "trainer.n_workers_per_node=1",
+            "data.rollout_batch_size=1",
+            "worker.actor.global_batch_size=1",
+            "worker.rollout.n=4",
+            "worker.actor.micro_batch_size_per_device_for_update=2",
+            "worker.actor.micro_batch_size_per_device_for_experience=2",
+            "worker.actor.gradient_checkpointing=false",
+            f"worker.rollout.temperature={TEMPERATURE}",
+            "worker.rollout.top_p=1.0",
+            "algorithm.kl_coef=0",
+            *overrides,
+        ],
+    )
+    worker = TrainWorker(0, 1, {}, 1)
+    worker.setup(
+        WorkerSpec(
+            recipe=recipe,
+            model_dir=str(model_dir),
+            master_addr="127.0.0.1",
+            master_port=port,
+            device="cpu",
+            optimizer_steps_total=10,
+            need_ref=False,
+            eos_token_ids=[0],
+            pad_token_id=0,
+            collective_timeout_s=60,
+        )
+    )
+    return worker
+
+
+def _rollouts(worker: TrainWorker) -> list:
+    sampling = SamplingParams(max_tokens=6, temperature=TEMPERATURE, return_logprobs=True)
+    prompts = [RolloutPrompt(index=0, prompt_ids=PROMPT), RolloutPrompt(index=1, prompt_ids=PROMPT[:3])]
+    return worker.generate(prompts, 2, sampling, seed=11)
+
+
+def _sequences(outputs: list, *, with_logprobs: bool) -> list[TrainSequence]:
+    return [
+        TrainSequence(
+            index=i,
+            prompt_ids=PROMPT if o.prompt_index == 0 else PROMPT[:3],
+            response_ids=o.response_ids,
+            pixel_values=None,
+            image_grid_thw=None,
+            old_logprobs=o.logprobs if with_logprobs else None,
+        )
+        for i, o in enumerate(outputs)
+    ]
+
+
+def test_rollout_logprobs_replace_the_old_pass_and_match_a_token_budget_recompute(tiny_model_dir):
+    torch.set_num_threads(1)
+    budget = 2 * (len(PROMPT) + 6)  # two rows of the longest shape: micro-batches of unequal row counts
+    worker = _worker(tiny_model_dir, f"worker.actor.max_tokens_per_micro_batch={budget}")
+    try:
+        outputs = _rollouts(worker)
+        sequences = _sequences(outputs, with_logprobs=False)
+        lengths = [(len(s.prompt_ids), len(s.response_ids)) for s in sequences]
+        count = shared_micro_batch_count([lengths], budget)
+        assert 1 < count < len(sequences)
+        worker.set_sequences(sequences, count, [count])
+        worker.compute_old_logprobs()
+        recomputed = dict(worker._old_logp)
+        for i, out in enumerate(outputs):  # hf's temperature-scaled sampling log-probs = the policy's
+            np.testing.assert_allclose(recomputed[i], out.logprobs, atol=1e-5)
+        metrics = worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)
+        assert metrics["skipped"] == 0.0 and metrics["grad_norm"] > 0
+    finally:
+        worker.shutdown()
+
+    worker = _worker(tiny_model_dir, "worker.rollout.use_rollout_logprobs=true")
+    try:
+        outputs = _rollouts(worker)
+        worker.set_sequences(_sequences(outputs, with_logprobs=True))
+        worker.compute_old_logprobs()
+        for i, out in enumerate(outputs):
+            np.testing.assert_array_equal(worker._old_logp[i], out.logprobs)
+        assert worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)["approx_kl"] < 1e-8
+
+        worker.set_sequences(_sequences(outputs, with_logprobs=False))
+        with pytest.raises(ValueError, match="no log-probs"):
+            worker.compute_old_logprobs()
+    finally:
+        worker.shutdown()

@@ -1,0 +1,90 @@
+"""FLOPs per token, peak FLOP/s lookup and the perf/* rates (pure arithmetic, one real tiny model)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from sophiavl_cli.engine.throughput import FlopsModel, mfu, peak_flops, throughput_metrics
+from sophiavl_cli.metrics import metric
+
+QWEN25_VL_3B_TEXT = SimpleNamespace(  # public config.json numbers of Qwen2.5-VL-3B-Instruct
+    num_hidden_layers=36,
+    hidden_size=2048,
+    num_attention_heads=16,
+    num_key_value_heads=2,
+    intermediate_size=11008,
+    vocab_size=151936,
+)
+
+
+def test_matmul_params_equal_the_tiny_models_linear_weights_plus_lm_head():
+    import torch
+
+    from sophiavl_cli.models.loading import load_vl_model
+    from sophiavl_cli.models.resolve import resolve_model
+
+    model = load_vl_model(
+        resolve_model("builtin:tiny-qwen2.5-vl"), dtype=torch.float32, device=torch.device("cpu")
+    )
+    language = model.model.language_model
+    linear = sum(m.weight.numel() for m in language.modules() if isinstance(m, torch.nn.Linear))
+    assert FlopsModel.from_config(model.config).matmul_params == linear + model.lm_head.weight.numel()
+
+
+def test_a_3b_sized_decoder_has_about_three_billion_matmul_weights():
+    shape = FlopsModel.from_config(SimpleNamespace(text_config=QWEN25_VL_3B_TEXT))
+    assert shape.head_dim == 128 and shape.num_kv_heads == 2
+    assert 2.9e9 < shape.matmul_params < 3.2e9
+
+
+def test_training_flops_are_three_forwards_of_six_n_plus_the_attention_term():
+    shape = FlopsModel(
+        num_layers=2,
+        hidden_size=4,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=2,
+        intermediate_size=8,
+        vocab_size=10,
+    )
+    # per layer: q 4*4 + k,v 2*4*2 + o 4*4 + mlp 3*4*8 = 16 + 16 + 16 + 96 = 144; x2 layers + lm head 40
+    assert shape.matmul_params == 2 * 144 + 40
+    seq = 5
+    forward = (2 * 328 + 4 * 2 * 4 * seq) * seq
+    assert shape.forward_flops(seq) == forward
+    assert shape.training_flops([seq, seq]) == 6 * forward
+
+
+def test_peak_flops_come_from_the_device_name_or_the_override():
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA H200") == 989e12
+    assert peak_flops("NVIDIA A800-SXM4-80GB") == 312e12
+    assert peak_flops("cpu") is None
+    assert peak_flops("cpu", "1e12") == 1e12
+    with pytest.raises(ValueError, match="SOPHIAVL_PEAK_FLOPS"):
+        peak_flops("cpu", "fast")
+
+
+def test_throughput_metrics_divide_by_phase_time_and_world_size_and_are_registered():
+    step = {
+        "timing/step": 10.0,
+        "timing/gen": 4.0,
+        "timing/update": 2.0,
+        "perf/tokens": 1000.0,
+        "perf/response_tokens": 400.0,
+        "perf/update_tokens": 1000.0,
+        "perf/update_flops": 8e12,
+    }
+    out = throughput_metrics(step, world_size=2, peak=1e12)
+    assert out["perf/tokens_per_s"] == 100.0
+    assert out["perf/tokens_per_s_per_worker"] == 50.0
+    assert out["perf/gen_tokens_per_s"] == 100.0
+    assert out["perf/gen_tokens_per_s_per_worker"] == 50.0
+    assert out["perf/update_tokens_per_s_per_worker"] == 250.0
+    assert out["perf/mfu"] == pytest.approx(2.0) == mfu(8e12, 2.0, 2, 1e12)
+    for key in out:
+        metric(key)  # raises for an unregistered key
+    assert "perf/mfu" not in throughput_metrics(step, world_size=2, peak=None)

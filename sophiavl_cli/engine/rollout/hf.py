@@ -27,6 +27,13 @@ class HFRollout:
         self.eos_token_ids = list(eos_token_ids)
         self.pad_token_id = pad_token_id
         self.image_token_id = int(getattr(model.config, "image_token_id", -1))
+        # Placeholders the processor expands into vision features: one sampled into a response would
+        # make the training forward find more image tokens than image features (and fail).
+        self.placeholder_token_ids = [
+            int(token)
+            for token in (self.image_token_id, getattr(model.config, "video_token_id", None))
+            if token is not None and int(token) >= 0
+        ]
         for param in self.model.parameters():
             param.requires_grad_(False)
 
@@ -44,6 +51,8 @@ class HFRollout:
             "return_dict_in_generate": True,
             "output_logits": sampling.return_logprobs,
         }
+        if self.placeholder_token_ids:
+            kwargs["suppress_tokens"] = self.placeholder_token_ids
         if not sampling.greedy:
             kwargs.update(
                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=max(sampling.top_k, 0)

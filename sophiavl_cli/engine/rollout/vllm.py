@@ -140,6 +140,15 @@ class VLLMRollout:
         self.eos_token_ids = list(eos_token_ids)
         self.sleep_mode = self.on_cuda and cfg.enable_sleep_mode
         self.processor = VLProcessor.from_pretrained(model_dir, min_pixels=min_pixels, max_pixels=max_pixels)
+        # A sampled image/video placeholder makes the training forward fail ("image features and image
+        # tokens do not match"). The hf backend suppresses them at sampling time; here a logit bias would
+        # also shift vLLM's processed log-probs away from the trainer's, so such a response is cut just
+        # before the placeholder instead (rare for trained models; the tokens kept are exact samples).
+        self.placeholder_token_ids = {
+            t
+            for t in (self.processor.image_token_id, self.processor.video_token_id)
+            if t is not None and t >= 0
+        }
         kwargs = engine_kwargs(
             cfg,
             model_dir,
@@ -244,6 +253,10 @@ class VLLMRollout:
                     [entry[token].logprob for entry, token in zip(completion.logprobs, ids, strict=True)],
                     dtype=np.float32,
                 )
+            cut = next((i for i, t in enumerate(ids) if t in self.placeholder_token_ids), None)
+            if cut is not None:
+                ids = ids[:cut]
+                logprobs = None if logprobs is None else logprobs[:cut]
             outputs.append(
                 RolloutOutput(
                     prompt_index=prompt.index,

@@ -34,3 +34,21 @@ def tiny_model_dir() -> Path:
     from sophiavl_cli.models import resolve_model
 
     return resolve_model("builtin:tiny-qwen2.5-vl")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_leftover_process_group():
+    """An in-process vLLM engine initialises torch's default process group and leaves it behind when
+    the module's engine fixture is torn down; the next module's in-process worker then cannot create
+    its own. Module-scoped autouse fixtures tear down after the module's other fixtures."""
+    yield
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    parallel_state = sys.modules.get("vllm.distributed.parallel_state")
+    if parallel_state is not None:  # vLLM's own cleanup, so its exit-time shutdown finds nothing left to do
+        parallel_state.cleanup_dist_env_and_memory()
+    if dist.is_initialized():
+        dist.destroy_process_group()

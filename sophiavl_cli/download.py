@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Literal
 
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.hub import ALIASES, DATASET_ALIASES
+from sophiavl_cli.hub import ALIASES, DATASET_ALIASES, DEFAULT_MODEL
 
 RepoType = Literal["model", "dataset"]
-DEFAULT_NAME = "sophiavl-r1-7b"
+DEFAULT_NAME = DEFAULT_MODEL
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DATA = ("demo",)
 FREE_SPACE_MARGIN = 64 * 1024 * 1024  # leave room for the cache's metadata and the temp file of a blob

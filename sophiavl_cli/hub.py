@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+# The model most users come for: what `infer`, `eval` and a bare `download` use when no model is named.
+DEFAULT_MODEL = "sophiavl-r1-7b"
+# The name the released thinking reward model is served under (vLLM --served-model-name).
+RM_SERVED_NAME = "thinking-reward-model"
+
 # alias -> model repo id
 ALIASES: dict[str, str] = {
     "sophiavl-r1-7b": "bunny127/SophiaVL-R1-7B",

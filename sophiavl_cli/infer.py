@@ -30,8 +30,8 @@ from PIL import Image
 from sophiavl_cli.config.recipe import DataConfig
 from sophiavl_cli.data.problem_types import PROBLEM_TYPES, normalize_problem_type
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.hub import DEFAULT_MODEL
 
-DEFAULT_MODEL = "sophiavl-r1-7b"
 BACKENDS = ("hf", "vllm")
 PRESETS = ("sophiavl-r1", "none")
 DEFAULT_MIN_PIXELS: int = DataConfig.model_fields["min_pixels"].default

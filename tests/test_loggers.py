@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
@@ -143,11 +144,7 @@ def test_null_logger_writes_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["wandb", "swanlab"])
 def test_missing_tracker_names_the_extra_that_installs_it(tmp_path: Path, name: str) -> None:
-    try:
-        __import__(name)
-    except ImportError:
-        pass
-    else:
+    if importlib.util.find_spec(name) is not None:
         pytest.skip(f"{name} is installed here")
     with pytest.raises(
         MissingExtraError, match=rf"trainer.logger: {name} needs `{name}`.*sophiavl\[loggers\]"

@@ -8,18 +8,17 @@ test is skipped on a machine with that much memory). The rest checks the wording
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import psutil
 import pytest
 import torch
+from worker_fixtures import cpu_worker_spec
 
 from sophiavl_cli.config import load_recipe
 from sophiavl_cli.engine.batching import TrainSequence
 from sophiavl_cli.engine.cluster import _first_line
 from sophiavl_cli.engine.oom import WorkerOutOfMemory, explain_oom, is_out_of_memory, oom_message
-from sophiavl_cli.engine.worker import TrainWorker, WorkerSpec
+from sophiavl_cli.engine.worker import TrainWorker
 
 HUGE_RESPONSE = 800_000  # tokens: the padded attention mask needs ~6.4e11 bytes
 
@@ -46,21 +45,7 @@ def worker(tiny_model_dir):
     if psutil.virtual_memory().total + psutil.swap_memory().total > 5e11:
         pytest.skip("this machine could try to allocate the 640 GB mask instead of refusing it")
     torch.set_num_threads(1)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    spec = WorkerSpec(
-        recipe=_recipe(),
-        model_dir=str(tiny_model_dir),
-        master_addr="127.0.0.1",
-        master_port=port,
-        device="cpu",
-        optimizer_steps_total=10,
-        need_ref=False,
-        eos_token_ids=[0],
-        pad_token_id=0,
-        collective_timeout_s=60,
-    )
+    spec = cpu_worker_spec(_recipe(), tiny_model_dir)
     rank0 = TrainWorker(0, 1, {}, 1)
     rank0.setup(spec)
     yield rank0

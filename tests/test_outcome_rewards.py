@@ -257,10 +257,6 @@ def iou(answer: str, ground_truth: str) -> float:
     return inter / (max(b, d) - min(a, c))
 
 
-def _helper():
-    pass
-
-
 def two_args_required(answer, ground_truth, extra):
     return 1.0
 

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
+from worker_fixtures import cpu_worker_spec
 
 from sophiavl_cli.config import load_recipe
 from sophiavl_cli.engine.batching import TrainSequence, shared_micro_batch_count
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
-from sophiavl_cli.engine.worker import TrainWorker, WorkerSpec
+from sophiavl_cli.engine.worker import TrainWorker
 
 PROMPT = [5, 17, 42, 8, 99, 3]
 TEMPERATURE = 0.7
 
 
 def _worker(model_dir, *overrides: str) -> TrainWorker:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     recipe = load_recipe(
         None,
         [
@@ -38,20 +34,7 @@ def _worker(model_dir, *overrides: str) -> TrainWorker:
         ],
     )
     worker = TrainWorker(0, 1, {}, 1)
-    worker.setup(
-        WorkerSpec(
-            recipe=recipe,
-            model_dir=str(model_dir),
-            master_addr="127.0.0.1",
-            master_port=port,
-            device="cpu",
-            optimizer_steps_total=10,
-            need_ref=False,
-            eos_token_ids=[0],
-            pad_token_id=0,
-            collective_timeout_s=60,
-        )
-    )
+    worker.setup(cpu_worker_spec(recipe, model_dir))
     return worker
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 
 import numpy as np
 import pytest
 import torch
+from worker_fixtures import cpu_worker_spec, free_port
 
 from sophiavl_cli.config import load_recipe
 from sophiavl_cli.engine.batching import TrainSequence
@@ -21,12 +21,6 @@ from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
 from sophiavl_cli.engine.worker import TrainWorker, WorkerSpec
 
 PROMPT = [5, 6, 7, 8, 9]
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _spec(model_dir, world_size: int, port: int, *overrides: str) -> WorkerSpec:
@@ -44,25 +38,14 @@ def _spec(model_dir, world_size: int, port: int, *overrides: str) -> WorkerSpec:
             *overrides,
         ],
     )
-    return WorkerSpec(
-        recipe=recipe,
-        model_dir=str(model_dir),
-        master_addr="127.0.0.1",
-        master_port=port,
-        device="cpu",
-        optimizer_steps_total=10,
-        need_ref=recipe.algorithm.kl_coef > 0,
-        eos_token_ids=[0],
-        pad_token_id=0,
-        collective_timeout_s=60,
-    )
+    return cpu_worker_spec(recipe, model_dir, port=port)
 
 
 @pytest.fixture
 def worker(tiny_model_dir):
     torch.set_num_threads(1)
     rank0 = TrainWorker(0, 1, {}, 1)
-    rank0.setup(_spec(tiny_model_dir, 1, _port(), "algorithm.kl_coef=0"))
+    rank0.setup(_spec(tiny_model_dir, 1, free_port(), "algorithm.kl_coef=0"))
     yield rank0
     rank0.shutdown()
 

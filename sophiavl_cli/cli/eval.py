@@ -22,8 +22,7 @@ from sophiavl_cli.eval.benchmarks import parse_bench_list
 from sophiavl_cli.eval.judge import DEFAULT_URL, JudgeSettings
 from sophiavl_cli.eval.report import EvalResult, summary_table
 from sophiavl_cli.eval.runner import MAX_PIXELS, MIN_PIXELS, EvalSettings, run_eval, score_predictions
-
-DEFAULT_MODEL = "sophiavl-r1-7b"
+from sophiavl_cli.hub import DEFAULT_MODEL
 
 EPILOG = (
     "Examples:\n\n"

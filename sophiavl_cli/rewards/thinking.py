@@ -45,6 +45,7 @@ import aiohttp
 from PIL import Image
 
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.hub import RM_SERVED_NAME
 from sophiavl_cli.rewards.rm_outcome import (
     RETRYABLE,
     Attempt,
@@ -68,7 +69,7 @@ __all__ = ["RETRYABLE", "ThinkingResult", "ThinkingRewardClient", "ThinkingSampl
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "thinking-reward-model"  # the name the released RM was served under
+DEFAULT_MODEL = RM_SERVED_NAME
 _JSON = "application/json"
 
 

@@ -22,8 +22,10 @@ import argparse
 import logging
 import os
 
+from sophiavl_cli.hub import RM_SERVED_NAME
+
 API_KEY_ENV = "SOPHIAVL_REWARD_API_KEY"
-DEFAULT_SERVED_NAME = "thinking-reward-model"
+DEFAULT_SERVED_NAME = RM_SERVED_NAME
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a few multi-megapixel PNGs, base64-encoded
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from sophiavl_cli.errors import MissingExtraError
+from sophiavl_cli.hub import RM_SERVED_NAME
 from sophiavl_cli.optional import EXTRAS
 from sophiavl_cli.serving.process import spawn, stop_group
 
@@ -46,7 +47,7 @@ def vllm_command(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    served_model_name: str = "thinking-reward-model",
+    served_model_name: str = RM_SERVED_NAME,
     max_model_len: int | None = None,
     limit_images: int = 4,
     dtype: str = "auto",

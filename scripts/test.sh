@@ -8,4 +8,5 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_
 export RAY_USAGE_STATS_ENABLED=0 VLLM_ENABLE_V1_MULTIPROCESSING=0 PYTHONUNBUFFERED=1
 cd "$root"
 "$venv/bin/ruff" check sophiavl_cli tests benchmarks scripts
+"$venv/bin/ruff" format --check sophiavl_cli tests benchmarks scripts
 exec "$venv/bin/python" -m pytest "$@"

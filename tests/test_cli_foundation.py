@@ -17,8 +17,14 @@ def sophiavl(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     import os
 
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sophiavl_cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sophiavl_cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def test_version_prints_the_package_version() -> None:
@@ -28,11 +34,25 @@ def test_version_prints_the_package_version() -> None:
 
 def test_doctor_reports_each_component_and_never_prints_the_key() -> None:
     secret = "sk-test-very-secret-value"
-    result = sophiavl("doctor", "--json", env={"OPENAI_API_KEY": secret, "REWARD_MODEL": "thinking-reward-model"})
+    result = sophiavl(
+        "doctor", "--json", env={"OPENAI_API_KEY": secret, "REWARD_MODEL": "thinking-reward-model"}
+    )
     assert secret not in result.stdout + result.stderr
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
-    for name in ("Python", "torch", "CUDA", "transformers", "ray", "vllm", "flash-attn", "OPENAI_API_URL",
-                 "OPENAI_API_KEY", "REWARD_MODEL", "HF cache", "HF offline mode"):
+    for name in (
+        "Python",
+        "torch",
+        "CUDA",
+        "transformers",
+        "ray",
+        "vllm",
+        "flash-attn",
+        "OPENAI_API_URL",
+        "OPENAI_API_KEY",
+        "REWARD_MODEL",
+        "HF cache",
+        "HF offline mode",
+    ):
         assert name in checks
     assert checks["OPENAI_API_KEY"]["value"] == "set"
     assert checks["REWARD_MODEL"]["value"] == "thinking-reward-model"

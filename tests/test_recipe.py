@@ -58,8 +58,15 @@ def test_wrong_type_names_the_yaml_path_and_the_file(tmp_path: Path) -> None:
 def test_overrides_are_coerced_to_the_field_types() -> None:
     recipe = load_recipe(
         ROOT / "recipes" / "quickstart.yaml",
-        ["trainer.max_steps=2", "worker.rollout.n=2", "algorithm.trust.mode=release", "data.shuffle=false",
-         "worker.actor.optim.lr=3e-4", "algorithm.trust.horizon=500", "trainer.logger=[jsonl]"],
+        [
+            "trainer.max_steps=2",
+            "worker.rollout.n=2",
+            "algorithm.trust.mode=release",
+            "data.shuffle=false",
+            "worker.actor.optim.lr=3e-4",
+            "algorithm.trust.horizon=500",
+            "trainer.logger=[jsonl]",
+        ],
     )
     assert recipe.trainer.max_steps == 2 and recipe.worker.rollout.n == 2
     assert recipe.algorithm.trust.mode == "release" and recipe.data.shuffle is False
@@ -86,8 +93,15 @@ def test_override_into_a_value_is_rejected() -> None:
 
 def test_batch_sizes_that_do_not_divide_are_rejected_naming_the_keys() -> None:
     with pytest.raises(UserError, match="world size"):
-        load_recipe(None, ["trainer.n_workers_per_node=3", "worker.actor.global_batch_size=4", "worker.rollout.n=2",
-                           "data.rollout_batch_size=4"])
+        load_recipe(
+            None,
+            [
+                "trainer.n_workers_per_node=3",
+                "worker.actor.global_batch_size=4",
+                "worker.rollout.n=2",
+                "data.rollout_batch_size=4",
+            ],
+        )
     with pytest.raises(UserError, match=r"data\.rollout_batch_size .* worker\.actor\.global_batch_size"):
         load_recipe(None, ["data.rollout_batch_size=10", "worker.actor.global_batch_size=4"])
 
@@ -114,4 +128,6 @@ def test_schema_exports_every_section_with_descriptions() -> None:
 
 def test_recipe_reference_doc_is_generated_from_the_code() -> None:
     committed = (ROOT / "docs" / "recipes.md").read_text(encoding="utf-8")
-    assert committed == render_markdown(), "regenerate: python -m sophiavl_cli.config.reference > docs/recipes.md"
+    assert committed == render_markdown(), (
+        "regenerate: python -m sophiavl_cli.config.reference > docs/recipes.md"
+    )

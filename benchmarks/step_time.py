@@ -167,7 +167,7 @@ def trl_worker(rows_file: Path, result_file: Path, steps: int) -> None:
     except ImportError:
         raise SystemExit("TRL is not installed: pip install 'sophiavl[bench]'") from None
     from datasets import Dataset
-    from transformers import AutoProcessor, TrainerCallback
+    from transformers import TrainerCallback
     from transformers.utils import logging as hf_logging
 
     from sophiavl_cli.data.images import load_image
@@ -265,7 +265,7 @@ def trl_worker(rows_file: Path, result_file: Path, steps: int) -> None:
             seed=1,
             disable_tqdm=True,
         )
-        processor = AutoProcessor.from_pretrained(model_dir, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+        processor = image_only_processor(model_dir)
         trainer = TimedGRPOTrainer(
             model=load_vl_model(model_dir, dtype=torch.float32, device="cpu"),
             reward_funcs=outcome,
@@ -279,6 +279,30 @@ def trl_worker(rows_file: Path, result_file: Path, steps: int) -> None:
     for i, record in enumerate(per_step):  # num_tokens is cumulative
         record["tokens"] = tokens[i] - (tokens[i - 1] if i else 0.0) if i < len(tokens) else float("nan")
     result_file.write_text(json.dumps(per_step), encoding="utf-8")
+
+
+def image_only_processor(model_dir: Path) -> Any:
+    """Qwen2.5-VL's processor for TRL without its video half, on transformers' PIL image processor.
+
+    `AutoProcessor` also builds the Qwen2-VL video processor, which needs torchvision; PyPI's
+    torchvision wheels are CUDA builds pinned to one torch release, so a CPU-torch venv either
+    lacks torchvision or pulls a mismatched torch with it. The benchmark feeds no video, and the
+    PIL image processor resizes exactly as sophiavl's own image path does (PIL bicubic), so both
+    sides see the same pixels.
+    """
+    from transformers import AutoTokenizer, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    class ImageOnlyProcessor(Qwen2_5_VLProcessor):
+        @classmethod
+        def get_attributes(cls) -> list[str]:
+            return ["image_processor", "tokenizer"]
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    images = Qwen2VLImageProcessorPil.from_pretrained(model_dir, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    return ImageOnlyProcessor(
+        image_processor=images, tokenizer=tokenizer, chat_template=tokenizer.chat_template
+    )
 
 
 # ----------------------------------------------------------------------------- the report

@@ -39,6 +39,7 @@ from sophiavl_cli.engine.oom import explain_oom
 from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams, build_rollout_engine
 from sophiavl_cli.engine.rollout.base import derive_seed
 from sophiavl_cli.engine.schedule import lr_multiplier
+from sophiavl_cli.engine.weight_sync import stream_full_tensors
 
 
 @dataclass(frozen=True)
@@ -164,9 +165,12 @@ class TrainWorker:
             return self.rollout.generate(prompts, n, sampling, seed)
 
     def sync_weights(self) -> float:
-        """Stream the policy's full tensors into the rollout copy (collective). Returns seconds."""
+        """Stream the policy's full tensors into the rollout copy, gathered in buckets (collective).
+
+        Returns seconds."""
         start = time.perf_counter()
-        self.rollout.sync_weights(fsdp.full_tensors(self.policy))
+        bucket_bytes = self.recipe.worker.rollout.weight_sync_bucket_mb << 20
+        self.rollout.sync_weights(stream_full_tensors(self.policy, bucket_bytes))
         return time.perf_counter() - start
 
     # ---- experience --------------------------------------------------------------------------

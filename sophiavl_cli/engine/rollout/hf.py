@@ -2,10 +2,11 @@
 
 Each worker keeps one unsharded copy of the policy for generation (the FSDP-sharded policy
 cannot generate without a collective per token), refreshed from the FSDP full tensors after
-every optimizer step. Prompts are generated one at a time with their `n` samples as one batch
-(identical prompts: no padding), under a seed derived from (run seed, step, prompt index):
-the tokens a prompt gets do not depend on the rank or the batch it lands in. Slow on purpose:
-this backend is for CPU and debugging; throughput comes from vLLM on GPU.
+every optimizer step. All of a rank's prompts x n samples go through one left-padded `generate`
+(`models.batch_generation`), each row sampled from its own generator seeded with (run seed,
+step, prompt index, sample index): the tokens a prompt gets do not depend on the rank or on the
+other prompts of the batch. This backend is for CPU and debugging; throughput comes from vLLM
+on GPU.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 from sophiavl_cli.engine.rollout.base import RolloutOutput, RolloutPrompt, SamplingParams, derive_seed
+from sophiavl_cli.models.batch_generation import PromptRow, RowSampling, generate_rows
 
 
 class HFRollout:
@@ -41,74 +43,61 @@ class HFRollout:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def generation_config(self, sampling: SamplingParams) -> GenerationConfig:
-        """Only what we ask for: the model folder's generation defaults do not leak in."""
-        kwargs: dict[str, object] = {
-            "max_new_tokens": sampling.max_tokens,
-            "eos_token_id": self.eos_token_ids,
-            "pad_token_id": self.pad_token_id,
-            "do_sample": not sampling.greedy,
-            "return_dict_in_generate": True,
-            "output_logits": sampling.return_logprobs,
-        }
-        if self.placeholder_token_ids:
-            kwargs["suppress_tokens"] = self.placeholder_token_ids
-        if not sampling.greedy:
-            kwargs.update(
-                temperature=sampling.temperature, top_p=sampling.top_p, top_k=max(sampling.top_k, 0)
-            )
-        return GenerationConfig(**kwargs)
-
     @torch.no_grad()
     def generate(
         self, prompts: list[RolloutPrompt], n: int, sampling: SamplingParams, seed: int
     ) -> list[RolloutOutput]:
-        """`n` samples per prompt; `seed` is the step's seed, mixed with each prompt's index."""
-        config = self.generation_config(sampling)
-        outputs: list[RolloutOutput] = []
-        for prompt in prompts:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive_seed(seed, prompt.index))
-                outputs.extend(self._generate_one(prompt, n, sampling, config))
-        return outputs
-
-    def _generate_one(
-        self, prompt: RolloutPrompt, n: int, sampling: SamplingParams, config: GenerationConfig
-    ) -> list[RolloutOutput]:
-        device = self.device
-        input_ids = torch.tensor([prompt.prompt_ids] * n, dtype=torch.long, device=device)  # [n, P]
-        inputs: dict[str, torch.Tensor] = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "mm_token_type_ids": (input_ids == self.image_token_id).to(torch.int32),
-        }
-        if prompt.pixel_values is not None and prompt.image_grid_thw is not None:
-            pixels = torch.tensor(prompt.pixel_values, device=device, dtype=self.model.dtype)
-            grid = torch.tensor(prompt.image_grid_thw, device=device)
-            inputs["pixel_values"] = pixels.repeat(n, 1)  # [n * patches, patch_dim]
-            inputs["image_grid_thw"] = grid.repeat(n, 1)  # [n * images, 3]
-        result = self.model.generate(**inputs, generation_config=config)
-        new_tokens = result.sequences[:, input_ids.shape[1] :]  # [n, R]
+        """`n` samples per prompt in one batched `generate`; sample k of prompt i draws from its own
+        generator seeded with (step seed, i, k)."""
+        if not prompts:
+            return []
+        rows = [
+            PromptRow(prompt.prompt_ids, prompt.pixel_values, prompt.image_grid_thw)
+            for prompt in prompts
+            for _ in range(n)
+        ]
+        row_sampling = [
+            RowSampling(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=max(sampling.top_k, 0),
+                seed=derive_seed(seed, prompt.index, k),
+            )
+            for prompt in prompts
+            for k in range(n)
+        ]
+        batch = generate_rows(
+            self.model,
+            rows,
+            row_sampling,
+            max_new_tokens=sampling.max_tokens,
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            image_token_id=self.image_token_id,
+            suppress_token_ids=self.placeholder_token_ids,
+            return_logits=sampling.return_logprobs,
+        )
         token_logprobs = None
-        if sampling.return_logprobs and result.logits:
-            logits = torch.stack(result.logits, dim=1).float()  # [n, R, V]
+        if batch.logits is not None:
             scale = 1.0 if sampling.greedy else sampling.temperature
-            logp = torch.log_softmax(logits / scale, dim=-1)
-            token_logprobs = logp.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1).cpu().numpy()  # [n, R]
-        outputs = []
-        for k in range(n):
-            row = new_tokens[k].tolist()
-            length = _length_through_eos(row, self.eos_token_ids)
+            logp = torch.log_softmax(batch.logits / scale, dim=-1)  # [B, R, V]
+            token_logprobs = (
+                logp.gather(-1, batch.new_tokens.unsqueeze(-1)).squeeze(-1).cpu().numpy()
+            )  # [B, R]
+        outputs: list[RolloutOutput] = []
+        for r, tokens in enumerate(batch.new_tokens.tolist()):
+            prompt, k = prompts[r // n], r % n
+            length = _length_through_eos(tokens, self.eos_token_ids)
             truncated = length is None
-            length = len(row) if length is None else length
+            length = len(tokens) if length is None else length
             outputs.append(
                 RolloutOutput(
                     prompt_index=prompt.index,
                     sample_index=k,
-                    response_ids=row[:length],
+                    response_ids=tokens[:length],
                     logprobs=None
                     if token_logprobs is None
-                    else token_logprobs[k, :length].astype(np.float32),
+                    else token_logprobs[r, :length].astype(np.float32),
                     truncated=truncated,
                 )
             )

@@ -134,8 +134,17 @@ def medians(records: list[dict[str, float]]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- TRL (in a subprocess)
 
 
-def run_trl(rows: Path, steps: int, warmup: int) -> list[dict[str, float]]:
-    """TRL in a fresh process; seconds per table row for each counted step, plus tokens."""
+def run_trl(
+    rows: Path, steps: int, warmup: int, omp_wait_policy: str | None = None
+) -> list[dict[str, float]]:
+    """TRL in a fresh process; seconds per table row for each counted step, plus tokens.
+
+    `omp_wait_policy` (OMP_WAIT_POLICY for that process): TRL runs one process with 2 torch
+    threads, whose OpenMP workers spin between parallel regions by default; on a machine whose
+    cores are oversubscribed by other jobs the spinning threads get descheduled and every
+    parallel region waits for them (measured here at load ~15 on 2 cores: ~20 s per step spinning,
+    ~2 s passive, ~3 s with one thread). sophiavl's workers run one thread each and do not hit this.
+    """
     with tempfile.TemporaryDirectory(prefix="trl-bench-") as tmp:
         result_file = Path(tmp) / "trl.json"
         command = [
@@ -147,7 +156,8 @@ def run_trl(rows: Path, steps: int, warmup: int) -> list[dict[str, float]]:
             "--steps",
             str(steps),
         ]
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        env = {**os.environ, **({"OMP_WAIT_POLICY": omp_wait_policy} if omp_wait_policy else {})}
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
         if result.returncode != 0:
             raise SystemExit(f"TRL run failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
         per_step = json.loads(result_file.read_text())
@@ -346,6 +356,12 @@ def main() -> None:
     parser.add_argument("--skip-trl", action="store_true", help="only the sophiavl runs")
     parser.add_argument("--skip-rm", action="store_true", help="no thinking-RM overlap runs")
     parser.add_argument(
+        "--trl-omp-wait-policy",
+        choices=["passive", "active"],
+        default=None,
+        help="OMP_WAIT_POLICY for the TRL process (passive on a shared, oversubscribed machine)",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="sophiavl recipe override"
     )
     parser.add_argument("--trl-worker", nargs=2, type=Path, default=None, help=argparse.SUPPRESS)
@@ -372,7 +388,7 @@ def main() -> None:
             for side in sides if round_ % 2 == 0 else sides[::-1]:
                 console.print(f"[dim]round {round_ + 1}: {side} ...[/]")
                 if side == "TRL":
-                    records = run_trl(rows, args.steps, args.warmup)
+                    records = run_trl(rows, args.steps, args.warmup, args.trl_omp_wait_policy)
                     theirs += records
                 else:
                     out = tmp / f"sophiavl-{round_}"

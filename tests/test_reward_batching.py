@@ -128,14 +128,12 @@ def test_a_bad_request_in_a_batch_fails_alone(engine: HFRewardEngine) -> None:
     assert getattr(results[1], "status", None) == 400 and "positions" in results[1].message
 
 
-def test_a_seeded_sampled_request_matches_transformers_own_sampling(engine: HFRewardEngine) -> None:
-    """Differential: a batch of one draws exactly what `torch.manual_seed(seed)` + transformers'
-    sampling (temperature and top-p warpers, multinomial) draws, with and without the choice mask."""
+def test_greedy_requests_answer_as_transformers_generate_did_before_batching(engine: HFRewardEngine) -> None:
+    """Differential against the one-request path the server had: a plain greedy `generate` with the
+    choice mask as a logits processor gives the same text, constrained and free."""
     for constrained in (False, True):
         extra = {"structured_outputs": {"choice": list(SCORE_CHOICES)}} if constrained else {"max_tokens": 12}
-        request = parse_chat_request(
-            body(1) | {"temperature": 0.7, "top_p": 0.8, "seed": 7} | extra, max_images=8
-        )
+        request = parse_chat_request(body(1) | {"temperature": 0} | extra, max_images=8)
         ours = engine.generate(request)
         encoded = engine.processor.encode(
             engine.processor.apply_chat_template(request.messages), request.images
@@ -152,12 +150,8 @@ def test_a_seeded_sampled_request_matches_transformers_own_sampling(engine: HFRe
             max_new_tokens=budget,
             eos_token_id=engine.eos_token_ids,
             pad_token_id=engine.pad_token_id,
-            do_sample=True,
-            temperature=0.7,
-            top_p=0.8,
-            top_k=0,
+            do_sample=False,
         )
-        torch.manual_seed(7)
         reference = engine.model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -171,6 +165,27 @@ def test_a_seeded_sampled_request_matches_transformers_own_sampling(engine: HFRe
             (i + 1 for i, t in enumerate(reference) if t in engine.eos_token_ids), len(reference)
         )
         assert ours.completion_tokens == completion
-        reference_text = engine.processor.decode(reference[:completion])
-        assert ours.text == reference_text
+        assert ours.text == engine.processor.decode(reference[:completion])
         assert ours.text in SCORE_CHOICES if constrained else True
+
+
+def test_per_row_sampling_draws_from_transformers_warped_distribution() -> None:
+    """20,000 rows, each with its own seed, one draw each: the frequencies are the softmax of the
+    logits after transformers' temperature and top-p warpers, and masked tokens never come up."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from sophiavl_cli.models.batch_generation import RowSampler, RowSampling
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5]])  # [1, V]
+    rows = 20_000
+    sampler = RowSampler([RowSampling(temperature=0.7, top_p=0.8, seed=seed) for seed in range(rows)])
+    chosen = sampler(torch.zeros((rows, 1), dtype=torch.long), logits.expand(rows, -1).clone()).argmax(dim=-1)
+    warped = TopPLogitsWarper(0.8)(None, TemperatureLogitsWarper(0.7)(None, logits.clone()))
+    expected = torch.softmax(warped, dim=-1)[0]  # [V]
+    observed = torch.bincount(chosen, minlength=6).double() / rows
+    assert observed[expected == 0].sum() == 0  # the -inf token and those top-p cut
+    assert torch.allclose(observed, expected.double(), atol=0.015), (observed, expected)
+    again = RowSampler([RowSampling(temperature=0.7, top_p=0.8, seed=seed) for seed in range(rows)])
+    assert torch.equal(
+        again(torch.zeros((rows, 1), dtype=torch.long), logits.expand(rows, -1).clone()).argmax(-1), chosen
+    )

@@ -4,11 +4,10 @@ Why: a batched `generate` is much faster than one call per prompt, but transform
 whole batch from the global RNG, so a row's tokens would depend on which other rows share its
 batch. Here `generate` runs greedy and a last logits processor (`RowSampler`) picks every row's
 token itself: temperature, top-k, top-p (transformers' own warpers, in transformers' order),
-then one multinomial draw from that row's `torch.Generator`. Each row draws exactly once per
-decoding step whatever the other rows do, so a row's tokens depend only on its prompt, its
-sampling settings and its seed (up to float rounding of the padded batch, which moves a draw only
-when it lands on a probability boundary). A batch of one with seed s samples exactly what
-`torch.manual_seed(s)` + transformers' sampling does.
+then one uniform draw from that row's `torch.Generator`, mapped through the row's cumulative
+distribution. Each row draws exactly once per decoding step whatever the other rows do, so a
+row's tokens depend only on its prompt, its sampling settings and its seed (up to float rounding
+of the padded batch, which moves a draw only when it lands on a probability boundary).
 
 Prompts of different lengths are left-padded (the batch's new tokens start at one column), with
 the images of all rows concatenated in row order, as Qwen2-VL-family models take them.
@@ -57,52 +56,61 @@ class RowSampling:
 class RowSampler:
     """The last logits processor of a greedy `generate`: samples each row, returns a one-hot mask.
 
-    The returned scores are 0 at the chosen token and -inf elsewhere, so greedy's argmax takes
-    it. Raw logits (`output_logits=True`) are untouched, for log-probs.
+    Rows sharing sampling settings go through transformers' warpers together; each sampled row
+    then draws one uniform number from its own generator and takes the token where that number
+    falls in the row's cumulative distribution (inverse-CDF sampling, in float64: one batched
+    search instead of a `torch.multinomial` call per row, which cost ~1/6 of a tiny model's
+    decoding step here). The returned scores are 0 at the chosen token and -inf elsewhere, so
+    greedy's argmax takes it. Raw logits (`output_logits=True`) are untouched, for log-probs.
     """
 
     def __init__(self, rows: Sequence[RowSampling]) -> None:
         self.rows = list(rows)
-        # transformers' own warpers, in the order `generate` applies them when sampling
-        self.warpers: list[LogitsProcessorList] = []
-        for row in self.rows:
-            warpers = LogitsProcessorList()
+        self.seeds = [row.seed if row.seed is not None else _fresh_seed() for row in self.rows]
+        groups: dict[tuple[float, int, float], list[int]] = {}
+        for r, row in enumerate(self.rows):
             if not row.greedy:
-                if row.temperature != 1.0:
-                    warpers.append(TemperatureLogitsWarper(row.temperature))
-                if row.top_k > 0:
-                    warpers.append(TopKLogitsWarper(top_k=row.top_k))
-                if row.top_p < 1.0:
-                    warpers.append(TopPLogitsWarper(top_p=row.top_p))
-            self.warpers.append(warpers)
-        seeds = [row.seed if row.seed is not None else _fresh_seed() for row in self.rows]
-        self.seeds = seeds
-        self.generators: list[torch.Generator | None] = []
+                groups.setdefault((row.temperature, row.top_k, row.top_p), []).append(r)
+        # transformers' own warpers, in the order `generate` applies them when sampling
+        self.groups: list[tuple[list[int], LogitsProcessorList]] = []
+        for (temperature, top_k, top_p), members in groups.items():
+            warpers = LogitsProcessorList()
+            if temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(temperature))
+            if top_k > 0:
+                warpers.append(TopKLogitsWarper(top_k=top_k))
+            if top_p < 1.0:
+                warpers.append(TopPLogitsWarper(top_p=top_p))
+            self.groups.append((members, warpers))
+        self.greedy_rows = [r for r, row in enumerate(self.rows) if row.greedy]
+        self.generators: dict[int, torch.Generator] = {}
 
-    def _generator(self, row: int, device: torch.device) -> torch.Generator:
-        if not self.generators:
-            self.generators = [
-                None if spec.greedy else torch.Generator(device=device).manual_seed(seed)
-                for spec, seed in zip(self.rows, self.seeds, strict=True)
-            ]
-        generator = self.generators[row]
-        assert generator is not None
-        return generator
+    def _uniforms(self, rows: list[int], device: torch.device) -> torch.Tensor:
+        """One draw in [0, 1) per row, each from that row's generator (created on first use)."""
+        draws = []
+        for r in rows:
+            generator = self.generators.get(r)
+            if generator is None:
+                generator = self.generators[r] = torch.Generator(device=device).manual_seed(self.seeds[r])
+            draws.append(torch.rand((), generator=generator, device=device, dtype=torch.float64))
+        return torch.stack(draws)  # [rows]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[0] != len(self.rows):
             raise ValueError(f"RowSampler was built for {len(self.rows)} rows, got {scores.shape[0]}")
         chosen = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)  # [B]
-        for r, spec in enumerate(self.rows):
-            row_scores = scores[r : r + 1]  # [1, V]
-            if spec.greedy:
-                chosen[r] = row_scores.argmax(dim=-1)[0]
-                continue
-            row_scores = self.warpers[r](input_ids[r : r + 1], row_scores)
-            probs = torch.softmax(row_scores, dim=-1)
-            chosen[r] = torch.multinomial(probs, num_samples=1, generator=self._generator(r, scores.device))[
-                0, 0
-            ]
+        if self.greedy_rows:
+            index = torch.tensor(self.greedy_rows, device=scores.device)
+            chosen[index] = scores[index].argmax(dim=-1)
+        for members, warpers in self.groups:
+            index = torch.tensor(members, device=scores.device)
+            warped = warpers(input_ids[index], scores[index])  # [G, V]
+            cdf = torch.softmax(warped.double(), dim=-1).cumsum(dim=-1)  # [G, V]
+            targets = self._uniforms(members, scores.device) * cdf[:, -1]  # [G]
+            picked = torch.searchsorted(cdf, targets.unsqueeze(1), right=True).squeeze(1)  # [G]
+            # rounding can put a target at the very top: take the row's last token with mass
+            last = (cdf < cdf[:, -1:]).sum(dim=-1)  # [G], index of the first token reaching the total
+            chosen[index] = torch.minimum(picked, last)
         picked = torch.full_like(scores, float("-inf"))
         picked[torch.arange(scores.shape[0], device=scores.device), chosen] = 0.0
         return picked

@@ -31,6 +31,7 @@ PAPER_SCORES: dict[str, dict[str, float]] = {
     "MMMU": {SOPHIAVL: 61.3, QWEN: 57.4},
     "MME": {SOPHIAVL: 2403.8, QWEN: 2306.0},
     "ChartQA": {SOPHIAVL: 88.5, QWEN: 86.3},
+    "MMBench": {SOPHIAVL: 85.4, QWEN: 83.3},
     "MMStar": {SOPHIAVL: 66.7, QWEN: 64.3},
 }
 

@@ -27,7 +27,7 @@ from typing import Any
 from sophiavl_cli.data.prompts import SYSTEM_PROMPT, sophiavl_user_text
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks.base import Benchmark, Sample
-from sophiavl_cli.eval.data import load_samples, open_image
+from sophiavl_cli.eval.data import load_samples, open_image, resolve_data
 from sophiavl_cli.eval.generation import BACKENDS, HFGenerator, Request, VLLMGenerator
 from sophiavl_cli.eval.judge import Judge, JudgeSettings
 from sophiavl_cli.eval.matching import answer_text
@@ -215,7 +215,7 @@ def _generator(settings: EvalSettings, model_path: Path, max_images: int) -> Gen
 
 
 def _samples_for(bench: Benchmark, settings: EvalSettings) -> list[Sample]:
-    data = settings.data
+    data = resolve_data(settings.data)
     if data is not None and len(settings.benchmarks) > 1 and data.is_dir():
         for candidate in (data / f"{bench.tsv_name}.tsv", data / bench.name, data / bench.tsv_name):
             if candidate.exists():

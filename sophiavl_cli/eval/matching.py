@@ -136,6 +136,8 @@ def py_float(text: str) -> float | None:
 def parse_list_literal(text: str) -> list[str] | None:
     """Items of a Python/JSON list literal of strings or numbers, read without `eval`.
 
+    Python literals go through `ast.literal_eval` (escapes such as `\\n` decoded as upstream's
+    `eval` would); other bracketed lists (JSON `true`, bare words) through a small tokenizer.
     Returns None when `text` is not a bracketed list.
 
     Example:
@@ -145,6 +147,12 @@ def parse_list_literal(text: str) -> list[str] | None:
     text = text.strip()
     if len(text) < 2 or text[0] != "[" or text[-1] != "]":
         return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = None
+    if isinstance(value, list):
+        return [str(item) for item in value]
     body = text[1:-1]
     items: list[str] = []
     pos = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from sophiavl_cli.errors import UserError
@@ -91,7 +92,8 @@ class MMBench(Benchmark):
             return self.item(sample, False, "", "unmatched")
         return self.item(sample, letter == sample.answer, letter, "rule")
 
-    def aggregate(self, samples: Sequence[Sample], items: Sequence[ItemScore]) -> BenchScore:
+    def circular(self, samples: Sequence[Sample], items: Sequence[ItemScore]) -> dict[int, ItemScore]:
+        """Question (index % 1e6) -> its unrotated row's score, 1 only when every rotation is right."""
         by_index = {s.index: s for s in samples}
         rows: dict[int, list[ItemScore]] = defaultdict(list)
         main: dict[int, ItemScore] = {}
@@ -100,26 +102,28 @@ class MMBench(Benchmark):
             rows[group].append(item)
             if int(float(item.index)) == group:
                 main[group] = item
-        circular = [
-            ItemScore(
-                item.index, float(all(r.score for r in rows[group])), item.extracted, item.method, item.groups
-            )
+        return {
+            group: replace(item, score=float(all(r.score for r in rows[group])))
             for group, item in main.items()
-        ]
-        plain = list(main.values())
+        }
+
+    def aggregate(self, samples: Sequence[Sample], items: Sequence[ItemScore]) -> BenchScore:
+        by_group = self.circular(samples, items)
+        circular = list(by_group.values())
+        unrotated = [item for item in items if int(float(item.index)) in by_group]
         return BenchScore(
             benchmark=self.name,
             metric=self.metric,
-            score=100.0 * sum(i.score for i in circular) / len(circular) if circular else 0.0,
+            score=_pct(circular),
             unit=self.unit,
             num_items=len(circular),
             breakdown=breakdown(circular),
-            extra={
-                "accuracy (unrotated rows)": 100.0 * sum(i.score for i in plain) / len(plain)
-                if plain
-                else 0.0
-            },
+            extra={"accuracy (unrotated rows)": _pct(unrotated)},
         )
+
+
+def _pct(items: Sequence[ItemScore]) -> float:
+    return 100.0 * sum(item.score for item in items) / len(items) if items else 0.0
 
 
 BENCHMARK = MMBench()

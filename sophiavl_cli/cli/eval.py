@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sophiavl_cli.console import console, print_json
+from sophiavl_cli.console import console, err_console, print_json
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks import parse_bench_list
 from sophiavl_cli.eval.judge import DEFAULT_URL, JudgeSettings
@@ -26,6 +27,7 @@ from sophiavl_cli.hub import DEFAULT_MODEL
 
 EPILOG = (
     "Examples:\n\n"
+    "  sophiavl eval --bench MathVista --model builtin:tiny-qwen2.5-vl --data builtin\n\n"
     "  sophiavl eval --bench MathVista\n\n"
     "  sophiavl eval --model builtin:tiny-qwen2.5-vl --bench ChartQA --data ChartQA_TEST.tsv --limit 8\n\n"
     "  sophiavl eval --bench MathVista,MMMU --backend vllm --judge gpt-4o-mini\n\n"
@@ -38,7 +40,7 @@ def eval_command(
         ...,
         "--bench",
         help="Benchmarks, comma-separated: MathVista, MathVerse, "
-        "MathVision, MMMU, MMStar, ChartQA, OCRBench, MME.",
+        "MathVision, MMMU, MMStar, MMBench, ChartQA, OCRBench, MME.",
     ),
     model: str = typer.Option(
         DEFAULT_MODEL, "--model", help="Model folder, builtin:NAME, alias or cached hub id."
@@ -49,7 +51,10 @@ def eval_command(
         help="Score this file (.jsonl, or VLMEvalKit .xlsx/.tsv) instead of generating.",
     ),
     data: Path | None = typer.Option(
-        None, "--data", help="Benchmark data: VLMEvalKit .tsv, HF parquet file, or a folder of either."
+        None,
+        "--data",
+        help="Benchmark data: VLMEvalKit .tsv, HF parquet file, a folder of either, or `builtin` "
+        "(a few sample rows of every benchmark, to try the command).",
     ),
     split: str | None = typer.Option(
         None, "--split", help="Split (default: the benchmark's, e.g. testmini)."
@@ -70,6 +75,16 @@ def eval_command(
     max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="Generation budget per answer."),
     min_pixels: int = typer.Option(MIN_PIXELS, "--min-pixels", help="Images below this are upscaled."),
     max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Images above this are downscaled."),
+    lenient: bool = typer.Option(
+        False,
+        "--lenient",
+        help="Score with our documented departures from the official rules (docs/eval.md).",
+    ),
+    allow_partial: bool = typer.Option(
+        False,
+        "--allow-partial",
+        help="With --predictions: score even when items have no prediction (coverage is shown beside the score).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON instead of a table."),
 ) -> None:
     """Evaluate a model on benchmarks with the official scoring (or score existing predictions)."""
@@ -80,7 +95,15 @@ def eval_command(
             raise UserError("--predictions scores one benchmark at a time; pass a single --bench")
         results = [
             score_predictions(
-                benches[0], predictions, data=data, split=split, judge=judge_settings, output_dir=output_dir
+                benches[0],
+                predictions,
+                data=data,
+                split=split,
+                judge=judge_settings,
+                output_dir=output_dir,
+                allow_partial=allow_partial,
+                lenient=lenient,
+                warn=lambda line: err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True),
             )
         ]
     else:
@@ -97,6 +120,7 @@ def eval_command(
             max_pixels=max_pixels,
             limit=limit,
             judge=judge_settings,
+            lenient=lenient,
         )
         results = _run_with_progress(settings, quiet=as_json)
     _show(results, output_dir, as_json)
@@ -132,6 +156,11 @@ def _show(results: list[EvalResult], output_dir: Path, as_json: bool) -> None:
         return
     console.print(summary_table(results))
     for result in results:
+        if result.partial:
+            console.print(
+                f"[yellow]{result.score.benchmark}: {result.answered} of {result.num_samples} items scored "
+                f"({result.coverage:.0f}% coverage, --allow-partial); not comparable to a full run[/]"
+            )
         if result.scoring == "rule-based":
             console.print(
                 f"[yellow]{result.score.benchmark}: rule-based score (the official scorer uses an LLM judge; "

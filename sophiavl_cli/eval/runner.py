@@ -62,6 +62,7 @@ class EvalSettings:
     judge: JudgeSettings | None = None
     max_model_len: int | None = None
     vllm_options: Mapping[str, Any] | None = None  # extra `vllm.LLM` arguments (tests, tuning)
+    lenient: bool = False  # score with our documented departures from the official rules
 
     def generation_settings(self) -> dict[str, Any]:
         """The settings that change what the model generates (part of every cache key)."""
@@ -290,7 +291,10 @@ def _score(
     responses: dict[str, str],
     settings: EvalSettings,
     folder: Path,
+    *,
+    duplicates: int = 0,
 ) -> EvalResult:
+    bench = bench.configured(lenient=settings.lenient)
     judge = Judge(settings.judge, folder / JUDGE_CACHE_FILE) if settings.judge and bench.uses_judge else None
     try:
         items = score_items(bench, samples, responses, judge)
@@ -306,6 +310,9 @@ def _score(
         prompt=settings.prompt,
         split=settings.split or bench.default_split,
         num_samples=len(samples),
+        answered=len(scored),
+        duplicates=duplicates,
+        lenient=settings.lenient,
     )
     write_result(result, folder)
     return result
@@ -319,15 +326,32 @@ def score_predictions(
     split: str | None = None,
     judge: JudgeSettings | None = None,
     output_dir: Path | None = None,
+    allow_partial: bool = False,
+    lenient: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> EvalResult:
-    """Score an existing predictions file (no model); reports go to `output_dir/<Benchmark>/`."""
-    from sophiavl_cli.eval.predictions import pair_with_samples, read_predictions
+    """Score an existing predictions file (no model); reports go to `output_dir/<Benchmark>/`.
 
+    Items of the data without a prediction stop the run (a score over part of a benchmark is not
+    comparable) unless `allow_partial`; then the coverage is reported beside the score. Duplicate
+    indexes are reported through `warn`.
+    """
+    from sophiavl_cli.eval.predictions import coverage_problem, data_pool, pair_with_samples, read_predictions
+
+    bench = bench.configured(lenient=lenient)
     predictions = read_predictions(predictions_path, bench)
     samples = None
     if predictions.samples is None:
         samples = load_samples(bench, data, split)
-    paired = pair_with_samples(bench, predictions, samples)
+    pool = data_pool(bench, predictions, samples)
+    paired = pair_with_samples(bench, predictions, pool)
+    problem = coverage_problem(bench, predictions, pool)
+    if len(paired) < len(pool) and not allow_partial:
+        raise UserError(
+            f"{problem}; pass --allow-partial to score what is there (coverage is shown beside it)"
+        )
+    if problem and warn is not None:
+        warn(problem)
     folder = (output_dir or predictions_path.parent) / bench.name
     settings = EvalSettings(
         model=predictions_path.name,
@@ -336,5 +360,8 @@ def score_predictions(
         split=split,
         prompt="(from predictions file)",
         judge=judge,
+        lenient=lenient,
     )
-    return _score(bench, paired, predictions.responses, settings, folder)
+    return _score(
+        bench, pool, predictions.responses, settings, folder, duplicates=len(predictions.duplicates)
+    )

@@ -60,6 +60,13 @@ def eval_command(
         None, "--split", help="Split (default: the benchmark's, e.g. testmini)."
     ),
     backend: str = typer.Option("hf", "--backend", help="Generation backend: hf or vllm."),
+    shards: int | None = typer.Option(
+        None,
+        "--shards",
+        min=1,
+        help="Generation processes, one Ray actor each (default: one per GPU group with vllm, else 1).",
+    ),
+    tensor_parallel: int = typer.Option(1, "--tensor-parallel", min=1, help="GPUs per vLLM engine."),
     prompt: str = typer.Option("default", "--prompt", help="default (VLMEvalKit's) or sophiavl-r1."),
     judge: str = typer.Option(
         "none", "--judge", help="Judge model for MathVista/MathVerse/MathVision, or none."
@@ -121,6 +128,8 @@ def eval_command(
             limit=limit,
             judge=judge_settings,
             lenient=lenient,
+            shards=shards,
+            tensor_parallel=tensor_parallel,
         )
         results = _run_with_progress(settings, quiet=as_json)
     _show(results, output_dir, as_json)

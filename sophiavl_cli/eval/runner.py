@@ -33,6 +33,7 @@ from sophiavl_cli.eval.judge import Judge, JudgeSettings
 from sophiavl_cli.eval.matching import answer_text
 from sophiavl_cli.eval.report import EvalResult, make_result, write_result
 from sophiavl_cli.eval.scoring import score_items, scoring_label
+from sophiavl_cli.eval.sharding import SHARD_GLOB, ShardPool, default_shards, merge, plan
 
 PROMPTS = ("default", "sophiavl-r1")
 MIN_PIXELS = 1280 * 28 * 28
@@ -63,6 +64,8 @@ class EvalSettings:
     max_model_len: int | None = None
     vllm_options: Mapping[str, Any] | None = None  # extra `vllm.LLM` arguments (tests, tuning)
     lenient: bool = False  # score with our documented departures from the official rules
+    shards: int | None = None  # generation processes (None: one per GPU group with vllm, else 1)
+    tensor_parallel: int = 1  # GPUs per vLLM engine
 
     def generation_settings(self) -> dict[str, Any]:
         """The settings that change what the model generates (part of every cache key)."""
@@ -170,27 +173,63 @@ def run_eval(settings: EvalSettings, progress: Progress | None = None) -> list[E
     # all data is loaded (and checked) before the model is
     loaded = [(b, _samples_for(b, settings)) for b in settings.benchmarks]
     max_images = max((len(s.images) for _, samples in loaded for s in samples), default=1)
+    num_shards = settings.shards or default_shards(settings.backend, settings.tensor_parallel)
     generator: Generator | None = None
+    pool: ShardPool | None = None
     results: list[EvalResult] = []
-    for bench, samples in loaded:
-        folder = settings.output_dir / bench.name
-        responses = _cached_responses(bench, samples, settings, str(model_path), folder)
-        missing = [s for s in samples if s.index not in responses]
-        if missing:
-            generator = generator or _generator(settings, model_path, max_images)
-            _generate(
-                bench,
-                missing,
-                settings,
-                str(model_path),
-                generator,
-                folder,
-                responses,
-                progress,
-                len(samples),
-            )
-        results.append(_score(bench, samples, responses, settings, folder))
+    try:
+        for bench, samples in loaded:
+            folder = settings.output_dir / bench.name
+            responses = _cached_responses(bench, samples, settings, str(model_path), folder)
+            missing = [s for s in samples if s.index not in responses]
+            if missing and num_shards > 1:
+                pool = pool or ShardPool(settings, model_path, max_images, num_shards)
+                _generate_sharded(bench, samples, missing, settings, pool, folder, responses, progress)
+                responses = _cached_responses(bench, samples, settings, str(model_path), folder)
+            elif missing:
+                generator = generator or _generator(settings, model_path, max_images)
+                _generate(
+                    bench,
+                    missing,
+                    settings,
+                    str(model_path),
+                    generator,
+                    folder,
+                    responses,
+                    progress,
+                    len(samples),
+                )
+            keys = {s.index: _key(bench, s, settings, str(model_path)) for s in samples}
+            merge(folder, PREDICTIONS_FILE, samples, keys)  # shards of this or an interrupted run
+            results.append(_score(bench, samples, responses, settings, folder))
+    finally:
+        if pool is not None:
+            pool.close()
     return results
+
+
+def _key(bench: Benchmark, sample: Sample, settings: EvalSettings, model_id: str) -> str:
+    return prediction_key(bench.name, sample.index, model_id, settings.prompt, settings.generation_settings())
+
+
+def _generate_sharded(
+    bench: Benchmark,
+    samples: Sequence[Sample],
+    missing: Sequence[Sample],
+    settings: EvalSettings,
+    pool: ShardPool,
+    folder: Path,
+    responses: dict[str, str],
+    progress: Progress | None,
+) -> None:
+    shards = plan(samples, {s.index for s in missing}, pool.num_shards)
+    done_before = len(responses)
+
+    def report(done: int) -> None:
+        if progress is not None:
+            progress(bench.name, min(len(samples), done_before + done), len(samples))
+
+    pool.run(bench, shards, folder, report)
 
 
 Generator = HFGenerator | VLLMGenerator
@@ -203,6 +242,9 @@ def _generator(settings: EvalSettings, model_path: Path, max_images: int) -> Gen
         model_path, min_pixels=settings.min_pixels, max_pixels=settings.max_pixels
     )
     if settings.backend == "vllm":
+        options = dict(settings.vllm_options or {})
+        if settings.tensor_parallel > 1:
+            options.setdefault("tensor_parallel_size", settings.tensor_parallel)
         return VLLMGenerator(
             model_path,
             processor,
@@ -210,7 +252,7 @@ def _generator(settings: EvalSettings, model_path: Path, max_images: int) -> Gen
             min_pixels=settings.min_pixels,
             max_pixels=settings.max_pixels,
             max_model_len=settings.max_model_len,
-            engine_options=settings.vllm_options,
+            engine_options=options,
         )
     return HFGenerator(model_path, processor)
 
@@ -229,6 +271,8 @@ def _cached_responses(
     bench: Benchmark, samples: Sequence[Sample], settings: EvalSettings, model_id: str, folder: Path
 ) -> dict[str, str]:
     cache = read_cache(folder / PREDICTIONS_FILE)
+    for shard in sorted(folder.glob(SHARD_GLOB)):  # answers of shards not merged yet (interrupted run)
+        cache.update(read_cache(shard))
     gen = settings.generation_settings()
     responses: dict[str, str] = {}
     for sample in samples:
@@ -248,6 +292,8 @@ def _generate(
     responses: dict[str, str],
     progress: Progress | None,
     total: int,
+    *,
+    file_name: str = PREDICTIONS_FILE,
 ) -> None:
     gen = settings.generation_settings()
     processor = generator.processor
@@ -259,7 +305,7 @@ def _generate(
             images = tuple(open_image(sample.images[i], sample.origin) for i in order)
             yield Request(key, processor.apply_chat_template(messages), images)
 
-    writer = CacheWriter(folder / PREDICTIONS_FILE)
+    writer = CacheWriter(folder / file_name)
 
     def on_result(key: str, text: str) -> None:
         sample = by_key[key]

@@ -24,6 +24,11 @@ from sophiavl_cli.eval.judge import DEFAULT_URL, JudgeSettings
 from sophiavl_cli.eval.report import EvalResult, summary_table
 from sophiavl_cli.eval.runner import MAX_PIXELS, MIN_PIXELS, EvalSettings, run_eval, score_predictions
 from sophiavl_cli.hub import DEFAULT_MODEL
+from sophiavl_cli.models.resolve import BUILTIN_PREFIX
+
+BUILTIN_MAX_NEW_TOKENS = 32
+BUILTIN_MIN_PIXELS = 4 * 28 * 28
+BUILTIN_MAX_PIXELS = 64 * 28 * 28
 
 EPILOG = (
     "Examples:\n\n"
@@ -79,9 +84,18 @@ def eval_command(
     output_dir: Path = typer.Option(
         Path("eval_results"), "--output-dir", help="Where predictions and scores go."
     ),
-    max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="Generation budget per answer."),
-    min_pixels: int = typer.Option(MIN_PIXELS, "--min-pixels", help="Images below this are upscaled."),
-    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Images above this are downscaled."),
+    max_new_tokens: int | None = typer.Option(
+        None,
+        "--max-new-tokens",
+        min=1,
+        help="Generation budget per answer (default 2048; 32 for builtin: models).",
+    ),
+    min_pixels: int | None = typer.Option(
+        None, "--min-pixels", help=f"Images below this are upscaled (default {MIN_PIXELS}, the paper's)."
+    ),
+    max_pixels: int | None = typer.Option(
+        None, "--max-pixels", help=f"Images above this are downscaled (default {MAX_PIXELS}, the paper's)."
+    ),
     lenient: bool = typer.Option(
         False,
         "--lenient",
@@ -114,6 +128,7 @@ def eval_command(
             )
         ]
     else:
+        max_new_tokens, min_pixels, max_pixels = _budget(model, max_new_tokens, min_pixels, max_pixels)
         settings = EvalSettings(
             model=model,
             benchmarks=tuple(benches),
@@ -133,6 +148,25 @@ def eval_command(
         )
         results = _run_with_progress(settings, quiet=as_json)
     _show(results, output_dir, as_json)
+
+
+def _budget(
+    model: str, max_new_tokens: int | None, min_pixels: int | None, max_pixels: int | None
+) -> tuple[int, int, int]:
+    """Generation budget: the paper's, or a small one for the random-weight builtin: test models.
+
+    A builtin model never stops on its own and would spend 2048 tokens on ~1000 vision tokens per
+    image; with it the point is to try the command, so it answers in seconds. Flags given win.
+    """
+    if model.startswith(BUILTIN_PREFIX):
+        small = (BUILTIN_MAX_NEW_TOKENS, BUILTIN_MIN_PIXELS, BUILTIN_MAX_PIXELS)
+    else:
+        small = (2048, MIN_PIXELS, MAX_PIXELS)
+    return (
+        max_new_tokens if max_new_tokens is not None else small[0],
+        min_pixels if min_pixels is not None else small[1],
+        max_pixels if max_pixels is not None else small[2],
+    )
 
 
 def _judge_settings(judge: str, judge_url: str | None, concurrency: int) -> JudgeSettings | None:

@@ -38,6 +38,7 @@ from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.validation import validate
 from sophiavl_cli.engine.worker import WorkerSpec
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.metrics import TIMING_VAL, TRAIN_EPOCH
 
 
 @dataclass
@@ -182,11 +183,11 @@ def train(
             metrics = run_step(ctx, loader.next_batch(), step, timer)
             metrics |= timer.metrics()
             metrics |= throughput_metrics(metrics, recipe.world_size, peak)
-            metrics["train/epoch"] = float(loader.epoch)
+            metrics[TRAIN_EPOCH] = float(loader.epoch)
             if val_rows and recipe.trainer.val_freq > 0 and _due(step, recipe.trainer.val_freq, total_steps):
                 val_start = time.perf_counter()
                 val_metrics, samples = validate(ctx, val_rows, step)
-                metrics |= val_metrics | {"timing/val": time.perf_counter() - val_start}
+                metrics |= val_metrics | {TIMING_VAL: time.perf_counter() - val_start}
                 loggers.log_generations(step, samples)
             loggers.log(step, metrics)
             result.last_step, result.last_metrics = step, metrics

@@ -37,6 +37,18 @@ from sophiavl_cli.engine.rewarding import combine, reward_metrics, score_outcome
 from sophiavl_cli.engine.rollout import RolloutOutput, SamplingParams, derive_seed
 from sophiavl_cli.engine.throughput import FlopsModel
 from sophiavl_cli.engine.timing import StepTimer
+from sophiavl_cli.metrics import (
+    PERF_RESPONSE_TOKENS,
+    PERF_TOKENS,
+    PERF_UPDATE_FLOPS,
+    PERF_UPDATE_TOKENS,
+    RESPONSE_CLIP_RATIO,
+    RESPONSE_LENGTH_MAX,
+    RESPONSE_LENGTH_MEAN,
+    RM_CALLS,
+    RM_FAILURES,
+    reduce_records,
+)
 from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.rewards.failure_policy import FailureMonitor
 from sophiavl_cli.rewards.outcome import OutcomeScorer
@@ -151,13 +163,13 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
         ctx.group.run("sync_weights")
 
     metrics = reward_metrics(outcome, rewards, trust_on)
-    metrics |= actor_metrics(actor)
+    metrics |= reduce_records(actor)
     metrics |= response_metrics(outputs, recipe.data.max_response_length)
     if trust_on and ctx.rm is not None:
         stats = ctx.rm.stats(reset=True)
         metrics |= stats
         if ctx.monitor is not None:
-            ctx.monitor.update(int(stats.get("rm/calls", 0)), int(stats.get("rm/failures", 0)))
+            ctx.monitor.update(int(stats.get(RM_CALLS, 0)), int(stats.get(RM_FAILURES, 0)))
     every = recipe.trainer.rollout_dump_freq
     if ctx.dump_dir is not None and every > 0 and step % every == 0:
         records = [
@@ -179,12 +191,12 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
             for i, o in enumerate(outputs)
         ]
         write_jsonl(ctx.dump_dir / f"step_{step:06d}.jsonl", records)
-    metrics["perf/tokens"] = float(sum(s.num_tokens for s in sequences))
-    metrics["perf/response_tokens"] = float(sum(len(o.response_ids) for o in outputs))
+    metrics[PERF_TOKENS] = float(sum(s.num_tokens for s in sequences))
+    metrics[PERF_RESPONSE_TOKENS] = float(sum(len(o.response_ids) for o in outputs))
     epochs = recipe.worker.actor.ppo_epochs
-    metrics["perf/update_tokens"] = metrics["perf/tokens"] * epochs
+    metrics[PERF_UPDATE_TOKENS] = metrics[PERF_TOKENS] * epochs
     if ctx.flops is not None:
-        metrics["perf/update_flops"] = epochs * ctx.flops.training_flops(s.num_tokens for s in sequences)
+        metrics[PERF_UPDATE_FLOPS] = epochs * ctx.flops.training_flops(s.num_tokens for s in sequences)
     return metrics
 
 
@@ -235,20 +247,10 @@ def micro_batch_plan(
     return experience, update
 
 
-def actor_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
-    """actor/* from the ranks' update metrics: means over ranks (skipped: max)."""
-    keys = sorted({k for m in per_rank for k in m})
-    out = {}
-    for key in keys:
-        values = [m[key] for m in per_rank if key in m]
-        out[f"actor/{key}"] = float(max(values) if key == "skipped" else np.mean(values))
-    return out
-
-
 def response_metrics(outputs: list[RolloutOutput], max_length: int) -> dict[str, float]:
     lengths = np.asarray([len(o.response_ids) for o in outputs], dtype=np.float64)
     return {
-        "response/length_mean": float(lengths.mean()),
-        "response/length_max": float(lengths.max()),
-        "response/clip_ratio": float(np.mean([o.truncated for o in outputs])),
+        RESPONSE_LENGTH_MEAN: float(lengths.mean()),
+        RESPONSE_LENGTH_MAX: float(lengths.max()),
+        RESPONSE_CLIP_RATIO: float(np.mean([o.truncated for o in outputs])),
     }

@@ -20,6 +20,7 @@ from sophiavl_cli.engine.fsdp import full_tensors
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
 from sophiavl_cli.engine.schedule import lr_multiplier
 from sophiavl_cli.engine.worker import TrainWorker, WorkerSpec
+from sophiavl_cli.engine.workers import Workers
 from sophiavl_cli.metrics import METRICS
 
 PROMPT = [5, 6, 7, 8, 9]
@@ -119,11 +120,11 @@ def test_a_rank_with_images_and_a_rank_without_stay_in_lockstep(tiny_model_dir):
     from sophiavl_cli.engine import cluster
 
     started = cluster.connect(None, num_cpus=2)
-    group = cluster.WorkerGroup(2, "cpu")
+    workers = Workers(cluster.WorkerGroup(2, "cpu"))
     try:
-        host, port = group.wait([group.actors[0].rendezvous_address.remote()], "rendezvous")[0]
+        host, port = workers.rendezvous_address()
         spec = _spec(tiny_model_dir, 2, port, "worker.rollout.n=8")
-        group.run("setup", dataclasses.replace(spec, master_addr=host))
+        workers.setup(dataclasses.replace(spec, master_addr=host))
         image_tokens = [json.loads((tiny_model_dir / "config.json").read_text())["image_token_id"]] * 4
         pixels = np.random.default_rng(0).standard_normal((16, 1176)).astype(np.float32)
         grid = np.asarray([[1, 4, 4]], dtype=np.int64)
@@ -133,15 +134,21 @@ def test_a_rank_with_images_and_a_rank_without_stay_in_lockstep(tiny_model_dir):
         text_only = [
             TrainSequence(4 + i, [1, 2, 3, 4 + i], [10, 11][: 1 + i % 2], None, None) for i in range(4)
         ]
-        group.run_each("set_sequences", [(with_images,), (text_only,)])
-        group.run("compute_old_logprobs")
-        group.run("compute_ref_logprobs")
-        metrics = group.run_each("update", [([1.0, -1.0, 0.5, -0.5], 1), ([0.5, -0.5, 1.0, -1.0], 1)])
+        workers.set_sequences([with_images, text_only], None, None)
+        workers.compute_old_logprobs()
+        workers.compute_ref_logprobs()
+        metrics = workers.update([[1.0, -1.0, 0.5, -0.5], [0.5, -0.5, 1.0, -1.0]], 1)
         assert metrics[0]["actor/grad_norm"] == pytest.approx(
             metrics[1]["actor/grad_norm"]
         )  # one global norm
         assert all(m["actor/skipped"] == 0.0 for m in metrics)
-        group.run("sync_weights")
+        workers.sync_weights()
     finally:
-        group.shutdown()
+        workers.shutdown()
         cluster.disconnect(started)
+
+
+def test_every_typed_rpc_names_a_worker_method():
+    """The facade's methods call `TrainWorker` methods of the same name (checked at import, and here)."""
+    rpcs = {name for name in vars(Workers) if not name.startswith("_") and callable(getattr(Workers, name))}
+    assert rpcs - {"shutdown"} <= set(vars(TrainWorker))

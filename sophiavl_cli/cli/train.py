@@ -48,7 +48,7 @@ def train(
     console.print(
         f"[bold]sophiavl train[/] {recipe}: {loaded.worker.actor.model_path}, {t.nnodes} x "
         f"{t.n_workers_per_node} workers, {loaded.data.rollout_batch_size} prompts x {loaded.worker.rollout.n} "
-        f"rollouts per step -> {run_dir_of(loaded)}",
+        f"rollouts per step -> {run_dir_of(loaded.trainer)}",
         soft_wrap=True,
     )
     try:

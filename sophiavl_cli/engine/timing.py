@@ -32,9 +32,13 @@ class StepTimer:
         """Record time measured elsewhere (e.g. inside a worker) under `timing/<name>`."""
         self._seconds[name] = self._seconds.get(name, 0.0) + seconds
 
+    def phases(self) -> dict[str, float]:
+        """`timing/<phase>` for every phase seen since the last reset."""
+        return {timing_key(name): round(value, 6) for name, value in self._seconds.items()}
+
     def metrics(self) -> dict[str, float]:
         """`timing/<phase>` for every phase seen this step, plus `timing/step` (the whole step)."""
-        out = {timing_key(name): round(value, 6) for name, value in self._seconds.items()}
+        out = self.phases()
         out[TIMING_STEP] = round(time.perf_counter() - self._step_start, 6)
         return out
 

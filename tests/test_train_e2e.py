@@ -262,3 +262,28 @@ def test_the_hf_backend_is_always_available_and_unknown_ones_are_named():
                 update={"backend": "sglang"}
             )
         )
+
+
+def test_the_resolved_block_in_recipe_yaml_keeps_the_recipe_loadable_and_drops_credentials(tmp_path):
+    from types import SimpleNamespace
+
+    from sophiavl_cli.config.loading import dump_recipe
+    from sophiavl_cli.engine.driver import resolved_comment, resolved_values
+
+    client = SimpleNamespace(
+        base_url="https://user:sk-secret@rm.example.com:8443/v1?token=t0k", model="judge"
+    )
+    values = resolved_values("cuda", 989e12, "NVIDIA H100", client, SimpleNamespace(embedded=False))
+    assert values == {
+        "device": "cuda",
+        "device_name": "NVIDIA H100",
+        "peak_flops": 989e12,
+        "reward_endpoint": "https://rm.example.com:8443/v1",
+        "reward_model": "judge",
+        "reward_server": "external",
+    }
+    recipe = load_recipe(QUICKSTART)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(dump_recipe(recipe) + resolved_comment(values))
+    assert load_recipe(path) == recipe
+    assert "sk-secret" not in path.read_text() and "t0k" not in path.read_text()

@@ -300,8 +300,9 @@ def resolved_comment(values: dict[str, Any]) -> str:
 
 
 def _without_credentials(url: str) -> str:
+    """The URL without user:password@ or a query string (where tokens sometimes ride)."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 

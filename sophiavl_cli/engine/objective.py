@@ -51,12 +51,18 @@ def actor_objective(
     logits: torch.Tensor,
     tokens: torch.Tensor,
     mask: torch.Tensor,
-    old_logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
     ref_logp: torch.Tensor | None,
     advantages: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """(loss [], metrics) for logits [B, R, V], tokens/mask/old/ref [B, R], advantages [B]."""
+    """(loss [], metrics) for logits [B, R, V], tokens/mask/old/ref [B, R], advantages [B].
+
+    `old_logp` None means on-policy (one optimizer step per batch): these logits come from the
+    policy that scored the batch, so the old log-probs are this pass's own, detached (ratio 1).
+    """
     logp = token_logprobs(logits, tokens, cfg.temperature)  # [B, R]
+    if old_logp is None:
+        old_logp = logp.detach()
     pg, pg_metrics = policy_loss(logp, old_logp, advantages, mask, cfg.clip_ratio)
     entropy = masked_mean(entropy_from_logits(logits.float() / cfg.temperature), mask)  # []
     loss = pg - cfg.entropy_coef * entropy

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 
 from sophiavl_cli.algo.losses import token_logprobs
 from sophiavl_cli.config.recipe import Recipe
@@ -197,6 +198,9 @@ class TrainWorker:
         With `worker.rollout.use_rollout_logprobs` the rollout engine's own log-probs are used:
         the rollout copy holds the same weights as the policy (synced after every step), so the
         forward pass would recompute the same numbers. No collective runs then, on any rank.
+        Otherwise, when the step makes one optimizer step over the whole batch (see `_on_policy`),
+        no pass runs either: the update scores the tokens with these very weights, so its own
+        forward pass, detached, gives the old log-probs (as verl's and TRL's on-policy path does).
         """
         if self.recipe.worker.rollout.use_rollout_logprobs:
             missing = [s.index for s in self._sequences if s.old_logprobs is None]
@@ -205,6 +209,9 @@ class TrainWorker:
                     f"rank {self.rank}: the rollout returned no log-probs for rows {missing[:5]}"
                 )
             self._old_logp = {s.index: np.asarray(s.old_logprobs, np.float32) for s in self._sequences}
+            return {}
+        if self._on_policy():
+            self._old_logp = {}  # `_micro_batch_loss` takes them from the update's own forward pass
             return {}
         with explain_oom("old log-probs", self.recipe, self.spec.device):
             self._old_logp = self._logprobs(self.policy)
@@ -233,6 +240,11 @@ class TrainWorker:
             for row, index in enumerate(mb.indices):
                 out[index] = logp[row, : lengths[row]].astype(np.float32)
         model.train(was_training)
+        # FSDP2 leaves the root module's parameters gathered after a forward; if the next forward
+        # (the update's) starts from that state, the root's gradients come out wrong (embeddings
+        # off by O(0.1) on the tiny model, growing with each such pass). Reshard explicitly.
+        if isinstance(model, FSDPModule):
+            model.reshard()
         return out
 
     # ---- update ------------------------------------------------------------------------------
@@ -301,10 +313,17 @@ class TrainWorker:
         logits = self.forward.logits(self.policy, mb)  # [B, R, V]
         tokens = response_tokens(mb, self.device)  # [B, R]
         mask = torch.tensor(mb.response_mask, device=self.device)  # [B, R]
-        old = torch.tensor(_stack(self._old_logp, mb), device=self.device)  # [B, R]
+        # None: on-policy, the objective uses this forward pass's log-probs, detached
+        old = (
+            torch.tensor(_stack(self._old_logp, mb), device=self.device) if self._old_logp else None
+        )  # [B, R]
         ref = torch.tensor(_stack(self._ref_logp, mb), device=self.device) if self._ref_logp else None
         advantages = torch.tensor(mb.advantages, device=self.device)  # [B]
         return actor_objective(self.objective, logits, tokens, mask, old, ref, advantages)
+
+    def _on_policy(self) -> bool:
+        """One PPO epoch of one optimizer step: the update sees exactly the policy that scored the batch."""
+        return self.recipe.optimizer_steps_per_step == 1
 
     def _temperature(self) -> float:
         temperature = self.recipe.worker.rollout.temperature

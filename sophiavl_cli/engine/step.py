@@ -184,7 +184,9 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
     epochs = recipe.worker.actor.ppo_epochs
     metrics["perf/update_tokens"] = metrics["perf/tokens"] * epochs
     if ctx.flops is not None:
-        metrics["perf/update_flops"] = epochs * ctx.flops.training_flops(s.num_tokens for s in sequences)
+        metrics["perf/update_flops"] = epochs * ctx.flops.training_flops(
+            (s.num_tokens, len(s.response_ids)) for s in sequences
+        )
     return metrics
 
 

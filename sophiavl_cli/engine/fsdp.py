@@ -21,17 +21,59 @@ from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+STORE_TIMEOUT_S = 600.0  # ranks joining the store: model loading on a busy node can take minutes
+
+
+def host_store(world_size: int) -> dist.TCPStore:
+    """Rank 0's rendezvous store on a port the OS picks and this process keeps.
+
+    Binding the store itself closes the race of "find a free port, close it, bind it later":
+    nothing else can take the port between the choice and the use. The driver reads `port`
+    and hands it to the other ranks, which connect as clients.
+    """
+    return dist.TCPStore(
+        "0.0.0.0",
+        0,
+        world_size,
+        is_master=True,
+        timeout=timedelta(seconds=STORE_TIMEOUT_S),
+        wait_for_workers=False,
+    )
+
 
 def init_process_group(
-    rank: int, world_size: int, master_addr: str, master_port: int, device: str, timeout_s: float
+    rank: int,
+    world_size: int,
+    master_addr: str,
+    master_port: int,
+    device: str,
+    timeout_s: float,
+    store: dist.Store | None = None,
 ) -> None:
-    """Join the run's process group through env-var rendezvous (set by the driver per rank)."""
+    """Join the run's process group through rank 0's store (`host_store`), or one made here at the port.
+
+    The torchrun variables are set too (vLLM's external launcher reads them). `LOCAL_RANK` is 0 on
+    every rank, set rather than defaulted: Ray shows each worker actor only its own GPU, as
+    cuda:0, whatever a launcher around Ray exported.
+    """
     os.environ.update(
-        MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size)
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0",
     )
+    if store is None:
+        store = dist.TCPStore(
+            master_addr,
+            master_port,
+            world_size,
+            is_master=rank == 0,
+            timeout=timedelta(seconds=max(timeout_s, STORE_TIMEOUT_S)),
+        )
     backend = "nccl" if device == "cuda" else "gloo"
     dist.init_process_group(
-        backend=backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
+        backend=backend, store=store, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
     )
 
 

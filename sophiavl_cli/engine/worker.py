@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,11 +74,9 @@ class TrainWorker:
     # ---- setup -------------------------------------------------------------------------------
 
     def rendezvous_address(self) -> tuple[str, int]:
-        """This node's IP and a free port, for rank 0 to host the process-group store."""
-        host = _node_ip()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("", 0))
-            return host, int(sock.getsockname()[1])
+        """This node's IP and the port of the process-group store rank 0 now hosts (kept bound)."""
+        self._store = fsdp.host_store(self.world_size)
+        return _node_ip(), int(self._store.port)
 
     def describe(self) -> dict[str, object]:
         """Rank, host, pid and device: written to the run dir's workers.json (debugging, kill tests, MFU)."""
@@ -111,6 +108,7 @@ class TrainWorker:
             spec.master_port,
             spec.device,
             spec.collective_timeout_s,
+            store=getattr(self, "_store", None),
         )
         torch.manual_seed(derive_seed(spec.recipe.trainer.seed, self.rank))
         compute_dtype = torch.bfloat16 if spec.device == "cuda" and actor.dtype in ("auto", "bf16") else None

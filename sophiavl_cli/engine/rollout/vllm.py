@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -392,10 +393,24 @@ def _unlink_cpu_shm_names() -> None:
 
 
 def _check_tensor_parallel(tp_size: int) -> None:
-    """A TP group is `tp_size` consecutive ranks of the training process group, which must exist."""
+    """A TP group is `tp_size` consecutive ranks of the training process group, all on one node."""
     if not dist.is_initialized() or dist.get_world_size() % tp_size:
         world = dist.get_world_size() if dist.is_initialized() else 1
         raise UserError(
             f"worker.rollout.tensor_parallel_size={tp_size} does not divide the {world} workers; "
             "pick a divisor of trainer.nnodes x trainer.n_workers_per_node"
         )
+    hosts: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(hosts, socket.gethostname())
+    spanning = tensor_parallel_groups_spanning_nodes(hosts, tp_size)
+    if spanning:
+        raise UserError(
+            f"worker.rollout.tensor_parallel_size={tp_size}: the TP group of ranks {spanning[0]} spans several "
+            "nodes (NVLink-only all-reduce); pick a divisor of trainer.n_workers_per_node"
+        )
+
+
+def tensor_parallel_groups_spanning_nodes(rank_hosts: list[str], tp_size: int) -> list[list[int]]:
+    """The TP groups (consecutive ranks) whose members are not all on one host; [] when none."""
+    groups = [list(range(start, start + tp_size)) for start in range(0, len(rank_hosts), tp_size)]
+    return [g for g in groups if len({rank_hosts[r] for r in g}) > 1]

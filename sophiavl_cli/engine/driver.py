@@ -13,7 +13,6 @@ Usage:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -239,18 +238,10 @@ def load_data(recipe: Recipe, builder: PromptBuilder, say: Any) -> tuple[Any, li
 
 
 def ignored_options(recipe: Recipe, device: str) -> list[str]:
-    """One line per recipe option this run cannot honour (said once, at start)."""
-    actor = recipe.worker.actor
-    notes = []
-    if device == "cuda" and actor.padding_free and importlib.util.find_spec("flash_attn") is None:
-        notes.append(
-            "worker.actor.padding_free: needs flash-attn installed (packing under sdpa is slower); padded"
-        )
-    if device == "cuda" and (actor.fsdp.offload_params or actor.fsdp.offload_optimizer):
-        notes.append("worker.actor.fsdp.offload_*: CPU offload is not implemented yet; ignored")
-    if not actor.fsdp.full_shard:
-        notes.append("worker.actor.fsdp.full_shard=false: FSDP2 always shards fully here; ignored")
-    return notes
+    """One line per recipe option this run cannot honour (said once, at start); see engine.honoured."""
+    from sophiavl_cli.engine.honoured import RunFacts, unhonoured_keys
+
+    return unhonoured_keys(recipe, RunFacts.detect(device))
 
 
 def _due(step: int, every: int, total: int) -> bool:

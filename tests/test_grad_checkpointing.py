@@ -77,10 +77,10 @@ def test_a_step_with_gradient_checkpointing_equals_the_step_without_at_world_siz
     mp.spawn(one_step, args=(2, ports, str(tiny_model_dir), str(tmp_path)), nprocs=2, join=True)
     results = torch.load(tmp_path / "results.pt", weights_only=False)
     (with_ckpt, weights_ckpt), (without, weights_plain) = results[True], results[False]
-    assert with_ckpt["skipped"] == without["skipped"] == 0.0
-    for key in ("loss", "grad_norm", "kl", "entropy"):
+    assert with_ckpt["actor/skipped"] == without["actor/skipped"] == 0.0
+    for key in ("actor/loss", "actor/grad_norm", "actor/kl", "actor/entropy"):
         assert with_ckpt[key] == pytest.approx(without[key], rel=1e-5, abs=1e-7), key
-    assert with_ckpt["grad_norm"] > 0
+    assert with_ckpt["actor/grad_norm"] > 0
     assert weights_ckpt.keys() == weights_plain.keys()
     for name, tensor in weights_plain.items():
         torch.testing.assert_close(weights_ckpt[name], tensor, rtol=1e-5, atol=1e-6)

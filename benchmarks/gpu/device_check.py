@@ -186,6 +186,7 @@ def part_a(device: str, work: Path) -> dict[str, Any]:
     from sophiavl_cli.engine.forward import ResponseForward, response_tokens
     from sophiavl_cli.engine.fsdp import full_tensors
     from sophiavl_cli.engine.rollout import RolloutPrompt
+    from sophiavl_cli.metrics import ACTOR_APPROX_KL, ACTOR_LOSS, ACTOR_SKIPPED
     from sophiavl_cli.models.resolve import resolve_model
 
     model_dir = resolve_model("builtin:tiny-qwen2.5-vl")
@@ -207,9 +208,9 @@ def part_a(device: str, work: Path) -> dict[str, Any]:
         steps = [_rollout_step(worker, prompts, 4, seed, 12) for seed in (1, 2)]
         for k, metrics in enumerate(steps, start=1):
             worker.sync_weights()
-            checks[f"step{k}_loss"] = metrics["loss"]
-            checks[f"step{k}_skipped"] = metrics["skipped"]
-        checks["first_approx_kl"] = steps[0]["approx_kl"]
+            checks[f"step{k}_loss"] = metrics[ACTOR_LOSS]
+            checks[f"step{k}_skipped"] = metrics[ACTOR_SKIPPED]
+        checks["first_approx_kl"] = steps[0][ACTOR_APPROX_KL]
 
         copy = dict(worker.rollout.model.named_parameters())
         checks["rollout_copy_max_abs_diff"] = max(
@@ -226,13 +227,13 @@ def part_a(device: str, work: Path) -> dict[str, Any]:
         step_dir = work / "checkpoint"
         worker.save_checkpoint(str(step_dir))
         saved = _weights(worker)
-        loss_after_save = _train_step(worker, fixed, advantages)["loss"]
+        loss_after_save = _train_step(worker, fixed, advantages)[ACTOR_LOSS]
         worker.load_checkpoint(str(step_dir), 2, 2)
         loaded = _weights(worker)
         checks["dcp_weights_identical"] = saved.keys() == loaded.keys() and all(
             torch.equal(saved[n], loaded[n]) for n in saved
         )
-        loss_after_load = _train_step(worker, fixed, advantages)["loss"]
+        loss_after_load = _train_step(worker, fixed, advantages)[ACTOR_LOSS]
         checks["dcp_next_loss_diff"] = abs(loss_after_load - loss_after_save)
 
         # packed (per-sequence positions, block-diagonal mask under sdpa) vs padded log-probs
@@ -294,6 +295,7 @@ def _measure_depth(device: str, model_dir: Path, args: argparse.Namespace) -> di
 
     from sophiavl_cli.engine.batching import TrainSequence
     from sophiavl_cli.engine.throughput import FlopsModel, peak_flops
+    from sophiavl_cli.metrics import ACTOR_LOSS, ACTOR_SKIPPED
 
     rows = 2 * args.micro_batch
     recipe = _recipe(
@@ -359,8 +361,8 @@ def _measure_depth(device: str, model_dir: Path, args: argparse.Namespace) -> di
         "seconds": seconds,
         "update_tokens_per_s": tokens / seconds["update"],
         "mfu": update_flops / (seconds["update"] * peak) if peak else None,
-        "update_skipped": metrics["skipped"],
-        "update_loss": metrics["loss"],
+        "update_skipped": metrics[ACTOR_SKIPPED],
+        "update_loss": metrics[ACTOR_LOSS],
         "_flops": flops_model,
     }
 

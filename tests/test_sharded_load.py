@@ -90,7 +90,8 @@ def test_two_ranks_hold_about_one_copy_of_the_weights_at_start_not_one_each(
     assert ranks[1]["mismatched"] == 0 and all(r["buffers_ok"] for r in ranks)
     assert all(r["local_bytes"] < 0.6 * copy for r in ranks)  # each keeps its half
     # loading on every rank costs each a copy plus its shard (1.5 copies): 3 copies for the node
-    # measured: rank 1 ~0.75 (shard 0.5 + receive buffers), rank 0 ~1.7 (copy, shard, buffers)
+    # measured here: rank 1 ~0.7 (shard 0.5 + receive buffers), rank 0 ~1.7 (copy, shard, buffers);
+    # the load-on-every-rank path measured 1.46 and 1.42 (2.9 together)
     assert ranks[1]["peak_bytes"] < 0.9 * copy
     assert ranks[0]["peak_bytes"] < 1.9 * copy
     assert ranks[0]["peak_bytes"] + ranks[1]["peak_bytes"] < 2.6 * copy

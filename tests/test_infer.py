@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw
 
 from sophiavl_cli.data.prompts import SYSTEM_PROMPT, TYPE_SUFFIX
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.infer import GenerationSettings, Inferencer, InferRequest, InferResult
-from sophiavl_cli.infer_batch import answered_keys, read_requests, run_batch
+from sophiavl_cli.infer.batch import answered_keys, read_requests, run_batch
+from sophiavl_cli.infer.inferencer import GenerationSettings, Inferencer, InferRequest, InferResult
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "builtin:tiny-qwen2.5-vl"

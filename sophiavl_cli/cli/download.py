@@ -20,7 +20,8 @@ from rich.table import Table
 
 from sophiavl_cli.console import console
 from sophiavl_cli.data.registry import registry_path
-from sophiavl_cli.download import (
+from sophiavl_cli.errors import UserError
+from sophiavl_cli.hub.download import (
     DEFAULT_NAME,
     DownloadResult,
     all_aliases,
@@ -28,7 +29,6 @@ from sophiavl_cli.download import (
     human_size,
     resolve_target,
 )
-from sophiavl_cli.errors import UserError
 
 _ALIASES_HELP = ", ".join(f"{alias} ({repo})" for alias, (repo, _kind) in all_aliases().items())
 
@@ -98,7 +98,7 @@ def _summary(result: DownloadResult) -> None:
 def _register(result: DownloadResult, registry: Path) -> None:
     """Register every part, then run the data check on each and summarise it in one table."""
     from sophiavl_cli.data.check import CheckOptions, check_tables, entry_tables
-    from sophiavl_cli.download_register import register_parts
+    from sophiavl_cli.hub.register import register_parts
 
     repo_id = "demo" if result.target.builtin else result.target.repo_id
     parts = register_parts(result.path, repo_id, registry)

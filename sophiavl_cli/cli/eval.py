@@ -22,7 +22,7 @@ from sophiavl_cli.eval.benchmarks import parse_bench_list
 from sophiavl_cli.eval.judge import DEFAULT_URL, JudgeSettings
 from sophiavl_cli.eval.report import EvalResult, summary_table
 from sophiavl_cli.eval.runner import MAX_PIXELS, MIN_PIXELS, EvalSettings, run_eval, score_predictions
-from sophiavl_cli.hub import DEFAULT_MODEL
+from sophiavl_cli.hub.names import DEFAULT_MODEL
 
 EPILOG = (
     "Examples:\n\n"

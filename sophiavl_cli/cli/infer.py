@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sophiavl_cli.console import console, print_json
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.infer import (
+from sophiavl_cli.infer.inferencer import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     GenerationSettings,
@@ -145,7 +145,7 @@ def render_result(result: InferResult, model: str, backend: str, timing: dict[st
 def _run_batch(
     inferencer: Inferencer, input_: Path, output: Path, settings: GenerationSettings, json_out: bool
 ) -> None:
-    from sophiavl_cli.infer_batch import run_batch
+    from sophiavl_cli.infer.batch import run_batch
 
     with Progress(
         TextColumn("answering"),

@@ -317,7 +317,7 @@ def test_vllm_backend_answers_a_batch_file_in_one_generate_call_with_the_hf_gree
     ]  # fmt: skip
     requests = write_requests(tmp_path / "requests.jsonl", rows)
     answers = tmp_path / "answers.jsonl"
-    llm = vllm_inferencer.backend.start(2)  # type: ignore[attr-defined]  # the one engine start of this file
+    llm = vllm_inferencer.backend.generator.start(2)  # type: ignore[attr-defined]  # the one engine start of this file
     calls: list[int] = []
     real_generate = llm.generate
 

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from sophiavl_cli.cli.options import Registry
 from sophiavl_cli.console import console
 from sophiavl_cli.data.registry import registry_path
 from sophiavl_cli.errors import UserError
@@ -57,11 +58,7 @@ def download_command(
     register: bool = typer.Option(
         False, "--register", help="After a data set download: register its parts and run the data check."
     ),
-    registry: Path = typer.Option(
-        None,
-        "--registry",
-        help="Registry file for --register (default $SOPHIAVL_DATASET_REGISTRY or ./dataset_info.json).",
-    ),
+    registry: Registry = None,
 ) -> None:
     """Download a model or data set (resumable, HF cache or --local-dir), or materialise a built-in one."""
     if repo_type not in (None, "model", "dataset"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from sophiavl_cli.cli.options import Backend, JsonOutput, MaxNewTokens, MaxPixels, MinPixels, ModelRef
 from sophiavl_cli.console import console, print_json
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks import parse_bench_list
@@ -40,9 +41,7 @@ def eval_command(
         help="Benchmarks, comma-separated: MathVista, MathVerse, "
         "MathVision, MMMU, MMStar, ChartQA, OCRBench, MME.",
     ),
-    model: str = typer.Option(
-        DEFAULT_MODEL, "--model", help="Model folder, builtin:NAME, alias or cached hub id."
-    ),
+    model: ModelRef = DEFAULT_MODEL,
     predictions: Path | None = typer.Option(
         None,
         "--predictions",
@@ -54,7 +53,7 @@ def eval_command(
     split: str | None = typer.Option(
         None, "--split", help="Split (default: the benchmark's, e.g. testmini)."
     ),
-    backend: str = typer.Option("hf", "--backend", help="Generation backend: hf or vllm."),
+    backend: Backend = "hf",
     prompt: str = typer.Option("default", "--prompt", help="default (VLMEvalKit's) or sophiavl-r1."),
     judge: str = typer.Option(
         "none", "--judge", help="Judge model for MathVista/MathVerse/MathVision, or none."
@@ -67,10 +66,10 @@ def eval_command(
     output_dir: Path = typer.Option(
         Path("eval_results"), "--output-dir", help="Where predictions and scores go."
     ),
-    max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="Generation budget per answer."),
-    min_pixels: int = typer.Option(MIN_PIXELS, "--min-pixels", help="Images below this are upscaled."),
-    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Images above this are downscaled."),
-    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON instead of a table."),
+    max_new_tokens: MaxNewTokens = 2048,
+    min_pixels: MinPixels = MIN_PIXELS,
+    max_pixels: MaxPixels = MAX_PIXELS,
+    as_json: JsonOutput = False,
 ) -> None:
     """Evaluate a model on benchmarks with the official scoring (or score existing predictions)."""
     benches = parse_bench_list(bench)

@@ -216,7 +216,7 @@ class Inferencer:
             raise UserError(f"--batch-size {batch_size}: must be at least 1")
         start = time.perf_counter()
         self.model_ref = model or DEFAULT_MODEL
-        self.model_path = resolve_default_model() if model is None else _resolve(model)
+        self.model_path = resolve_default_model() if self.model_ref == DEFAULT_MODEL else _resolve(model)
         self.preset = preset
         self.processor = VLProcessor.from_pretrained(
             self.model_path, min_pixels=min_pixels, max_pixels=max_pixels

@@ -42,7 +42,7 @@ def served(engine: HFRewardEngine) -> Iterator[tuple[str, RequestBatcher]]:
     batcher = RequestBatcher(engine, max_batch=16, window_s=0.2)
     port = free_port()
     config = uvicorn.Config(
-        build_app(engine, served_model_name=NAME, batcher=batcher),
+        build_app(engine, served_model_name=NAME, api_key=None, max_request_bytes=1 << 24, batcher=batcher),
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -149,13 +149,13 @@ def test_greedy_requests_answer_as_transformers_generate_did_before_batching(eng
         config = GenerationConfig(
             max_new_tokens=budget,
             eos_token_id=engine.eos_token_ids,
-            pad_token_id=engine.pad_token_id,
+            pad_token_id=engine.generator.pad_id,
             do_sample=False,
         )
         reference = engine.model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
-            mm_token_type_ids=(input_ids == engine.image_token_id).to(torch.int32),
+            mm_token_type_ids=(input_ids == engine.generator.image_token_id).to(torch.int32),
             pixel_values=torch.from_numpy(encoded.pixel_values),
             image_grid_thw=torch.from_numpy(encoded.image_grid_thw),
             generation_config=config,
@@ -174,7 +174,7 @@ def test_per_row_sampling_draws_from_transformers_warped_distribution() -> None:
     logits after transformers' temperature and top-p warpers, and masked tokens never come up."""
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from sophiavl_cli.models.batch_generation import RowSampler, RowSampling
+    from sophiavl_cli.generation.row_sampling import RowSampler, RowSampling
 
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5]])  # [1, V]
     rows = 20_000

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sophiavl_cli.algo.losses import entropy_from_logits, kl_penalty, masked_mean, policy_loss, token_logprobs
+from sophiavl_cli.algo.losses import kl_penalty, logprobs_and_entropy, masked_mean, policy_loss
 from sophiavl_cli.config.recipe import Recipe
 
 
@@ -60,11 +60,11 @@ def actor_objective(
     `old_logp` None means on-policy (one optimizer step per batch): these logits come from the
     policy that scored the batch, so the old log-probs are this pass's own, detached (ratio 1).
     """
-    logp = token_logprobs(logits, tokens, cfg.temperature)  # [B, R]
+    logp, token_entropy = logprobs_and_entropy(logits, tokens, cfg.temperature)  # [B, R] each, one pass
     if old_logp is None:
         old_logp = logp.detach()
     pg, pg_metrics = policy_loss(logp, old_logp, advantages, mask, cfg.clip_ratio)
-    entropy = masked_mean(entropy_from_logits(logits.float() / cfg.temperature), mask)  # []
+    entropy = masked_mean(token_entropy, mask)  # []
     loss = pg - cfg.entropy_coef * entropy
     metrics = {key: float(value) for key, value in pg_metrics.items()}
     metrics["entropy"] = float(entropy.detach())

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sophiavl_cli.serving.chat_request import ChatRequest, RequestError
-from sophiavl_cli.serving.hf_server import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_S
+if TYPE_CHECKING:  # kept light: hf_server reads the defaults below without PIL or FastAPI
+    from sophiavl_cli.serving.chat_request import ChatRequest
+
+DEFAULT_MAX_BATCH = 16  # requests per batched generate
+DEFAULT_WINDOW_S = 0.01  # how long an idle server's first request waits for others
 
 
 class BatchEngine(Protocol):
     def generate_batch(self, requests: list[ChatRequest]) -> list[Any]:
-        """One result per request, in order: a generation or the `RequestError` for that request."""
+        """One result per request, in order: a generation, or the exception (`RequestError`) that
+        request alone failed with."""
         ...
 
 
@@ -83,7 +87,7 @@ class RequestBatcher:
             for (_, future), result in zip(live, results, strict=True):
                 if future.done():
                     continue
-                if isinstance(result, RequestError):
+                if isinstance(result, Exception):
                     future.set_exception(result)
                 else:
                     future.set_result(result)

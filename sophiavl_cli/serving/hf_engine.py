@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from transformers import LogitsProcessorList
 
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.models.batch_generation import PromptRow, RowSampling, generate_rows
+from sophiavl_cli.generation.hf import HFGenerator, trim_at_stop
+from sophiavl_cli.generation.row_sampling import RowSampling
+from sophiavl_cli.generation.tokens import pad_token_id, stop_token_ids
 from sophiavl_cli.models.loading import load_vl_model
-from sophiavl_cli.models.processing import VLProcessor
+from sophiavl_cli.models.processing import EncodedPrompt, VLProcessor
 from sophiavl_cli.serving.chat_request import ChatRequest, RequestError
 from sophiavl_cli.serving.choice_constraint import ChoiceLogitsProcessor, ChoiceTrie, match_choice
 
@@ -59,18 +62,10 @@ class HFRewardEngine:
         self.processor = VLProcessor.from_pretrained(model_path)
         self.model = load_vl_model(model_path, dtype=torch_dtype(dtype, device), device=device)
         tokenizer = self.processor.tokenizer
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
-            eos_ids.append(int(tokenizer.eos_token_id))
-        if not eos_ids:
-            raise UserError(
-                f"{model_path}: neither generation_config.json nor the tokenizer names an EOS token"
-            )
-        self.eos_token_ids = eos_ids
-        pad = tokenizer.pad_token_id
-        self.pad_token_id = int(pad) if pad is not None else eos_ids[0]
-        self.image_token_id = int(getattr(self.model.config, "image_token_id", self.processor.image_token_id))
+        self.eos_token_ids = stop_token_ids(model_path, tokenizer)
+        self.generator = HFGenerator(
+            self.model, stop_ids=self.eos_token_ids, pad_id=pad_token_id(tokenizer, self.eos_token_ids)
+        )
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.max_positions = int(getattr(text_config, "max_position_embeddings", 0) or 0)
 
@@ -85,8 +80,8 @@ class HFRewardEngine:
     def generate_batch(self, requests: Sequence[ChatRequest]) -> list[Generation | RequestError]:
         """Complete `requests` in one batched `generate`; a bad request fails alone.
 
-        Each row is sampled from its own generator seeded by the request's seed (see
-        `models.batch_generation`), and cut at its own token budget: a request gets the tokens it
+        Each row is sampled from its own generator seeded by the request's seed
+        (`generation.row_sampling`) and cut at its own token budget: a request gets the tokens it
         would get on its own, whatever else shares the batch.
         """
         results: list[Generation | RequestError | None] = [None] * len(requests)
@@ -97,26 +92,28 @@ class HFRewardEngine:
             except RequestError as exc:
                 results[i] = exc
         if plans:
-            rows = [plan.row for _, plan in plans]
-            width = max(len(row.input_ids) for row in rows)
-            tries = [plan.trie for _, plan in plans]
-            processors = [ChoiceLogitsProcessor(tries, width, self.eos_token_ids)] if any(tries) else []
-            batch = generate_rows(
-                self.model,
-                rows,
-                [plan.sampling for _, plan in plans],
-                max_new_tokens=max(plan.budget for _, plan in plans),
-                eos_token_ids=self.eos_token_ids,
-                pad_token_id=self.pad_token_id,
-                image_token_id=self.image_token_id,
-                logits_processors=processors,
+            generator = self.generator
+            inputs = generator.inputs(
+                [(p.encoded.input_ids, p.encoded.pixel_values, p.encoded.image_grid_thw) for _, p in plans]
             )
-            for r, (i, plan) in enumerate(plans):
-                results[i] = self._finish(plan, batch.new_tokens[r, : plan.budget].tolist())
+            tries = [plan.trie for _, plan in plans]
+            processors = LogitsProcessorList()
+            if any(trie is not None for trie in tries):  # generated ids start after the padded width
+                processors.append(
+                    ChoiceLogitsProcessor(tries, inputs["input_ids"].shape[1], self.eos_token_ids)
+                )
+            result = generator.generate_rows(
+                inputs,
+                [plan.sampling for _, plan in plans],
+                max_tokens=max(plan.budget for _, plan in plans),
+                logits_processor=processors,
+            )
+            for row, (i, plan) in zip(generator.new_tokens(inputs, result), plans, strict=True):
+                results[i] = self._finish(plan, row[: plan.budget])
         return [result for result in results if result is not None]
 
     def _plan(self, request: ChatRequest) -> _Plan:
-        """Encode and check one request: its prompt row, token budget, sampling and choice trie."""
+        """Encode and check one request: its prompt, token budget, sampling and choice trie."""
         prompt = self.processor.apply_chat_template(request.messages)
         try:
             encoded = self.processor.encode(prompt, request.images)
@@ -141,26 +138,22 @@ class HFRewardEngine:
         sampling = RowSampling(
             temperature=request.temperature, top_p=request.top_p, top_k=0, seed=request.seed
         )
-        row = PromptRow(encoded.input_ids, encoded.pixel_values, encoded.image_grid_thw)
-        return _Plan(row, budget, sampling, trie, choice_ids)
+        return _Plan(encoded, budget, sampling, trie, choice_ids)
 
     def _finish(self, plan: _Plan, new_tokens: list[int]) -> Generation:
-        completion = next(
-            (i + 1 for i, t in enumerate(new_tokens) if t in self.eos_token_ids), len(new_tokens)
+        new_tokens, finished = trim_at_stop(new_tokens, self.eos_token_ids)  # what follows is padding
+        text = (
+            match_choice(new_tokens, plan.choice_ids, self.eos_token_ids) if plan.trie is not None else None
         )
-        new_tokens = new_tokens[:completion]  # what follows the EOS is the batch's padding
-        finished = any(t in self.eos_token_ids for t in new_tokens)
-        text = None
-        if plan.trie is not None:
-            text = match_choice(new_tokens, plan.choice_ids, self.eos_token_ids)
         if text is None:
             text = self.processor.decode(new_tokens)
-        return Generation(text, len(plan.row.input_ids), completion, "stop" if finished else "length")
+        reason = "stop" if finished else "length"
+        return Generation(text, len(plan.encoded.input_ids), len(new_tokens), reason)
 
 
 @dataclass(frozen=True)
 class _Plan:
-    row: PromptRow
+    encoded: EncodedPrompt
     budget: int
     sampling: RowSampling
     trie: ChoiceTrie | None

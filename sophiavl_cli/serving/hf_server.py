@@ -23,13 +23,12 @@ import argparse
 import logging
 import os
 
-from sophiavl_cli.hub import RM_SERVED_NAME
+from sophiavl_cli.hub.names import RM_SERVED_NAME
+from sophiavl_cli.serving.batcher import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_S, RequestBatcher
 
 API_KEY_ENV = "SOPHIAVL_REWARD_API_KEY"
 DEFAULT_SERVED_NAME = RM_SERVED_NAME
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a few multi-megapixel PNGs, base64-encoded
-DEFAULT_MAX_BATCH = 16  # requests per batched generate
-DEFAULT_WINDOW_S = 0.01  # how long an idle server's first request waits for others
 
 
 def serve(
@@ -50,7 +49,6 @@ def serve(
     import uvicorn
 
     from sophiavl_cli.models.resolve import resolve_model
-    from sophiavl_cli.serving.batcher import RequestBatcher
     from sophiavl_cli.serving.hf_app import build_app
     from sophiavl_cli.serving.hf_engine import HFRewardEngine
 

@@ -2,11 +2,10 @@
 
 Each worker keeps one unsharded copy of the policy for generation (the FSDP-sharded policy
 cannot generate without a collective per token), refreshed from the FSDP full tensors after
-every optimizer step. All of a rank's prompts x n samples go through one left-padded `generate`
-(`models.batch_generation`), each row sampled from its own generator seeded with (run seed,
-step, prompt index, sample index): the tokens a prompt gets do not depend on the rank or on the
-other prompts of the batch. This backend is for CPU and debugging; throughput comes from vLLM
-on GPU.
+every optimizer step. All of a rank's prompts x n samples go through one left-padded `generate`,
+each row sampled from its own generator seeded with (run seed, step, prompt index, sample index)
+(`generation.row_sampling`): the tokens a prompt gets do not depend on the rank or on the other
+prompts of the batch. This backend is for CPU and debugging; throughput comes from vLLM on GPU.
 """
 
 from __future__ import annotations
@@ -15,10 +14,11 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel
 
 from sophiavl_cli.engine.rollout.base import RolloutOutput, RolloutPrompt, SamplingParams, derive_seed
-from sophiavl_cli.models.batch_generation import PromptRow, RowSampling, generate_rows
+from sophiavl_cli.generation.hf import HFGenerator, trim_at_stop
+from sophiavl_cli.generation.row_sampling import RowSampling
 
 
 class HFRollout:
@@ -36,12 +36,22 @@ class HFRollout:
             for token in (self.image_token_id, getattr(model.config, "video_token_id", None))
             if token is not None and int(token) >= 0
         ]
+        self.generator = HFGenerator(
+            self.model,
+            stop_ids=self.eos_token_ids,
+            pad_id=pad_token_id,
+            suppress_token_ids=self.placeholder_token_ids,
+        )
         for param in self.model.parameters():
             param.requires_grad_(False)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.generator.device
+
+    def generation_config(self, sampling: SamplingParams) -> GenerationConfig:
+        """Every sampling field explicit: the model folder's generation defaults do not leak in."""
+        return self.generator.config(sampling)
 
     @torch.no_grad()
     def generate(
@@ -51,54 +61,33 @@ class HFRollout:
         generator seeded with (step seed, i, k)."""
         if not prompts:
             return []
-        rows = [
-            PromptRow(prompt.prompt_ids, prompt.pixel_values, prompt.image_grid_thw)
-            for prompt in prompts
-            for _ in range(n)
-        ]
+        rows = [(p.prompt_ids, p.pixel_values, p.image_grid_thw) for p in prompts for _ in range(n)]
         row_sampling = [
-            RowSampling(
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=max(sampling.top_k, 0),
-                seed=derive_seed(seed, prompt.index, k),
-            )
-            for prompt in prompts
-            for k in range(n)
+            RowSampling.of(sampling, derive_seed(seed, p.index, k)) for p in prompts for k in range(n)
         ]
-        batch = generate_rows(
-            self.model,
-            rows,
-            row_sampling,
-            max_new_tokens=sampling.max_tokens,
-            eos_token_ids=self.eos_token_ids,
-            pad_token_id=self.pad_token_id,
-            image_token_id=self.image_token_id,
-            suppress_token_ids=self.placeholder_token_ids,
-            return_logits=sampling.return_logprobs,
+        inputs = self.generator.inputs(rows)  # left-padded to the longest prompt
+        result = self.generator.generate_rows(
+            inputs, row_sampling, max_tokens=sampling.max_tokens, return_logprobs=sampling.return_logprobs
         )
+        new_tokens = result.sequences[:, inputs["input_ids"].shape[1] :]  # [B, R]
         token_logprobs = None
-        if batch.logits is not None:
+        if sampling.return_logprobs and result.logits:
+            logits = torch.stack(result.logits, dim=1).float()  # [B, R, V]
             scale = 1.0 if sampling.greedy else sampling.temperature
-            logp = torch.log_softmax(batch.logits / scale, dim=-1)  # [B, R, V]
-            token_logprobs = (
-                logp.gather(-1, batch.new_tokens.unsqueeze(-1)).squeeze(-1).cpu().numpy()
-            )  # [B, R]
-        outputs: list[RolloutOutput] = []
-        for r, tokens in enumerate(batch.new_tokens.tolist()):
-            prompt, k = prompts[r // n], r % n
-            length = _length_through_eos(tokens, self.eos_token_ids)
-            truncated = length is None
-            length = len(tokens) if length is None else length
+            logp = torch.log_softmax(logits / scale, dim=-1)
+            token_logprobs = logp.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1).cpu().numpy()  # [B, R]
+        outputs = []
+        for r, tokens in enumerate(new_tokens.tolist()):
+            response, stopped = trim_at_stop(tokens, self.eos_token_ids)
             outputs.append(
                 RolloutOutput(
-                    prompt_index=prompt.index,
-                    sample_index=k,
-                    response_ids=tokens[:length],
+                    prompt_index=prompts[r // n].index,
+                    sample_index=r % n,
+                    response_ids=response,
                     logprobs=None
                     if token_logprobs is None
-                    else token_logprobs[r, :length].astype(np.float32),
-                    truncated=truncated,
+                    else token_logprobs[r, : len(response)].astype(np.float32),
+                    truncated=not stopped,
                 )
             )
         return outputs
@@ -119,12 +108,3 @@ class HFRollout:
             raise KeyError(
                 f"weight sync: {len(missing)} rollout parameters were not sent, e.g. {missing[:3]}"
             )
-
-
-def _length_through_eos(tokens: list[int], eos_token_ids: list[int]) -> int | None:
-    """Length of the response up to and including its first EOS, or None when there is none."""
-    eos = set(eos_token_ids)
-    for i, token in enumerate(tokens):
-        if token in eos:
-            return i + 1
-    return None

@@ -9,6 +9,7 @@ in `TrainWorker._logprobs` the next update's embedding gradient came out wrong.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from test_rollout_logprobs import _rollouts, _sequences, _worker
 from torch.distributed.tensor import DTensor
@@ -51,6 +52,9 @@ def test_an_on_policy_step_takes_old_logprobs_from_the_update_with_the_same_loss
         for a, b in zip(from_update, from_pass, strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
         assert abs(on_metrics["approx_kl"]) < 1e-12 and abs(metrics["approx_kl"]) < 1e-6
+        worker._old_logp = {}
+        with pytest.raises(ValueError, match="one optimizer step per batch"):
+            worker.update([1.0, -1.0, 0.5, -0.5], num_updates=2)  # would need the skipped pass
     finally:
         worker.shutdown()
 

@@ -273,6 +273,11 @@ class TrainWorker:
             raise ValueError(
                 f"rank {self.rank}: {len(advantages)} advantages for {len(self._sequences)} sequences"
             )
+        if self._on_policy() and num_updates * self.recipe.worker.actor.ppo_epochs != 1:
+            raise ValueError(  # compute_old_logprobs skipped the pass for one optimizer step
+                f"rank {self.rank}: the recipe makes one optimizer step per batch, update asked for "
+                f"{num_updates * self.recipe.worker.actor.ppo_epochs}"
+            )
         sequences = [_with_advantage(s, a) for s, a in zip(self._sequences, advantages, strict=True)]
         per_update = len(sequences) // num_updates
         history: list[dict[str, float]] = []

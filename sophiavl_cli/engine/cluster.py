@@ -86,7 +86,10 @@ def worker_resources(device: str, world_size: int) -> tuple[float, float]:
 class WorkerGroup:
     """`world_size` `TrainWorker` actors placed by one placement group; rank = bundle index."""
 
-    def __init__(self, world_size: int, device: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, world_size: int, device: str, env: dict[str, str] | None = None, worker_cls: type | None = None
+    ) -> None:
+        """`worker_cls` is the actor class (default `TrainWorker`; `train-rm` passes `RMWorker`)."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -106,7 +109,7 @@ class WorkerGroup:
                 f"{have.get('GPU', 0):g} GPUs); lower trainer.nnodes x trainer.n_workers_per_node or add nodes"
             )
         forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ} | (env or {})
-        remote_cls = ray.remote(TrainWorker)
+        remote_cls = ray.remote(worker_cls or TrainWorker)
         self.actors = [
             remote_cls.options(
                 num_cpus=num_cpus,

@@ -230,6 +230,44 @@ class WorkerConfig(Section):
 # --------------------------------------------------------------------------- reward
 
 
+class RMServeConfig(Section):
+    model: str = Field(
+        ...,
+        description="Reward model to serve for the run: folder, merged checkpoint, alias, hub id or builtin:*.",
+    )
+    backend: Literal["hf", "vllm"] = Field(
+        "vllm", description="vllm (GPU) or hf (transformers generate; CPU and development)."
+    )
+    gpus: int = Field(
+        1,
+        ge=0,
+        description="GPUs the reward model's Ray actor reserves, beside the training workers' (0 on CPU).",
+    )
+    tensor_parallel_size: int = Field(
+        1, gt=0, description="vLLM tensor-parallel size; must equal gpus with the vllm backend."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM share of its GPUs' memory.")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Serving dtype.")
+    max_new_tokens: int = Field(64, gt=0, description="Most tokens per reply.")
+    max_restarts: int = Field(
+        1,
+        ge=0,
+        description="Restarts after the served model dies (counted in rm/serve_restarts); then calls fail.",
+    )
+    health_interval: float = Field(
+        2.0, gt=0, description="Seconds between health checks of the served model."
+    )
+
+    @model_validator(mode="after")
+    def _tensor_parallel_fits(self) -> RMServeConfig:
+        if self.backend == "vllm" and self.tensor_parallel_size != max(self.gpus, 1):
+            raise ValueError(
+                f"reward.thinking.serve.tensor_parallel_size ({self.tensor_parallel_size}) must equal "
+                f"reward.thinking.serve.gpus ({self.gpus}) with the vllm backend"
+            )
+        return self
+
+
 class ThinkingRewardConfig(Section):
     url: str | None = Field(
         None,
@@ -242,6 +280,11 @@ class ThinkingRewardConfig(Section):
     serve_model: str = Field(
         "builtin:tiny-qwen2.5-vl",
         description="Model the built-in reward server loads when no url is configured.",
+    )
+    serve: RMServeConfig | None = Field(
+        None,
+        description="Serve this reward model as a Ray actor on its own GPUs for the run (health-checked, "
+        "restarted on failure); a url or $OPENAI_API_URL still wins.",
     )
     concurrency: int = Field(64, gt=0, description="Requests in flight at once.")
     timeout: float = Field(60.0, gt=0, description="Seconds per request before it is retried.")

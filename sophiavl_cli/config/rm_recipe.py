@@ -44,6 +44,18 @@ class RMDataConfig(Section):
     seed: int = Field(1, description="Seed of the data order.")
 
 
+class RMOptimConfig(OptimConfig):
+    """`OptimConfig` with SFT defaults (the policy's are RL's: 6e-7, constant)."""
+
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate.")
+    lr_scheduler: Literal["constant", "cosine", "linear"] = Field(
+        "cosine", description="LR schedule after warm-up."
+    )
+    lr_warmup_ratio: float = Field(
+        0.1, ge=0, le=1, description="Fraction of steps spent warming the LR up linearly."
+    )
+
+
 class RMModelConfig(Section):
     model_path: str = Field(
         "builtin:tiny-qwen2.5-vl",
@@ -63,11 +75,11 @@ class RMModelConfig(Section):
     padding_free: bool = Field(
         True, description="Pack rows without padding in forwards (GPU with flash-attn installed)."
     )
-    optim: OptimConfig = Field(
-        default_factory=lambda: OptimConfig(lr=1e-5, lr_scheduler="cosine", lr_warmup_ratio=0.1),
-        description="Optimizer and schedule.",
+    optim: RMOptimConfig = Field(default_factory=RMOptimConfig, description="Optimizer and schedule.")
+    fsdp: FSDPConfig = Field(
+        default_factory=FSDPConfig,
+        description="FSDP2 sharding (always full; CPU offload is not implemented).",
     )
-    fsdp: FSDPConfig = Field(default_factory=FSDPConfig, description="FSDP2 sharding.")
 
 
 class RMRecipe(Section):
@@ -101,6 +113,12 @@ class RMRecipe(Section):
             raise ValueError(
                 f"rows per rank per step ({per_rank} = data.batch_size / world size) must be a multiple of "
                 f"model.micro_batch_size_per_device ({self.model.micro_batch_size_per_device})"
+            )
+        fsdp = self.model.fsdp
+        if fsdp.offload_params or fsdp.offload_optimizer or not fsdp.full_shard:
+            raise ValueError(
+                "model.fsdp: train-rm always shards fully and has no CPU offload; leave full_shard=true and "
+                "offload_params / offload_optimizer false"
             )
         if self.trainer.rollout_dump_freq:
             raise ValueError("trainer.rollout_dump_freq: train-rm has no rollouts to dump; leave it at 0")

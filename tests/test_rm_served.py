@@ -79,7 +79,7 @@ def test_training_serves_the_rm_in_the_cluster_and_survives_its_death(tmp_path: 
     finally:
         if process.poll() is None:
             process.kill()
-    assert killed is not None, "the run ended before its first step was logged"
+    assert killed is not None, "the run ended before its first step was logged:\n" + output[-4000:]
     assert process.returncode == 0, output[-4000:]
     record = json.loads((run_dir / RECORD_FILE).read_text())
     assert record["restarts"] == 1 and record["pid"] != killed

@@ -17,6 +17,7 @@ import pytest
 
 from sophiavl_cli.config.loading import load_recipe
 from sophiavl_cli.config.rm_recipe import RMRecipe
+from sophiavl_cli.data.rm_rows import load_rm_rows
 from sophiavl_cli.engine.checkpoint import CheckpointManager
 from sophiavl_cli.engine.merge import merge_checkpoint
 
@@ -25,10 +26,11 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "thinking-rm-quickstart.yaml"
 RUN = Path("sophiavl") / "thinking_rm_quickstart"
-# Measured on this 2-core CPU (the quickstart as committed): held-out Spearman 0 before training
-# (the untrained model answers one score for every row), MEASURED after it; the bar leaves room
-# for the machine's noise but not for a model that has not learnt the rule.
-SPEARMAN_BAR = 0.5
+# Measured on the 2-core dev CPU (the quickstart as committed, constant LR): held-out Spearman 0.0
+# before training (the untrained model answers one score for every row), 0.71 after 88 steps, 0.97
+# after 176 (the end; 1.0 after 264). The bar leaves room for another machine's float noise but not
+# for a model that has not learnt the rule.
+SPEARMAN_BAR = 0.8
 MACHINE_KEYS = ("timing/",)
 
 
@@ -62,8 +64,13 @@ def learned(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_held_out_spearman_rises_from_zero_above_the_measured_bar(learned: Path) -> None:
     rows = {row["step"]: row for row in _jsonl(learned / "metrics.jsonl")}
-    recipe = load_recipe(QUICKSTART, model=RMRecipe)
-    last = recipe.trainer.max_steps
+    last = max(rows)
+    assert (
+        last
+        == len(load_rm_rows("builtin:thinking-demo@train"))
+        // 16
+        * load_recipe(QUICKSTART, model=RMRecipe).trainer.total_epochs
+    )
     assert abs(rows[0]["val/rm_spearman"]) < 0.2
     assert rows[last]["val/rm_spearman"] > SPEARMAN_BAR
     assert rows[last]["val/rm_mae"] < rows[0]["val/rm_mae"]

@@ -143,6 +143,7 @@ class ServedThinkingService:
         self.info: dict[str, Any] = {}
         self._client: ServedRewardClient | None = None
         self._stop = threading.Event()
+        self._stop_registered = False
         self._monitor: threading.Thread | None = None
 
     def start(self) -> None:
@@ -180,15 +181,15 @@ class ServedThinkingService:
         from sophiavl_cli.engine.cluster import FORWARDED_ENV
 
         gpus = self.serve.gpus
-        bundle = {"CPU": 1.0, "GPU": float(gpus)} if gpus else {"CPU": 0.01}
-        if self.placement is None:
+        if gpus and self.placement is None:
             have = ray.cluster_resources().get("GPU", 0)
-            if gpus and have < self.training_gpus + gpus:
+            if have < self.training_gpus + gpus:
                 raise UserError(
                     f"reward.thinking.serve needs {gpus} GPU(s) beside the training workers' {self.training_gpus}, "
                     f"but the Ray cluster has {have:g}; add a node, lower reward.thinking.serve.gpus or set "
                     "reward.thinking.url"
                 )
+            bundle = {"CPU": 1.0, "GPU": float(gpus)}
             self.placement = placement_group([bundle], strategy="STRICT_PACK")
             self.stack.callback(self._remove_placement)
             ready, _ = ray.wait([self.placement.ready()], timeout=PLACEMENT_TIMEOUT_S)
@@ -197,18 +198,23 @@ class ServedThinkingService:
                     f"the Ray cluster cannot place the reward model's actor ({bundle}) beside the training "
                     "workers; free resources, lower reward.thinking.serve.gpus or set reward.thinking.url"
                 )
+        if not self._stop_registered:
             self.stack.callback(self._stop_actor)
+            self._stop_registered = True
+        # Without GPUs (CPU runs) the actor takes no reserved resources: the workers hold the cores.
+        options: dict[str, Any] = {"num_cpus": 0, "num_gpus": 0}
+        if self.placement is not None:
+            options = {
+                "num_cpus": 1,
+                "num_gpus": gpus,
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                    self.placement, placement_group_bundle_index=0
+                ),
+            }
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         self.actor = (
             ray.remote(RewardModelActor)
-            .options(
-                num_cpus=bundle["CPU"],
-                num_gpus=gpus,
-                max_concurrency=2,  # a health check may run while a restart is in progress
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    self.placement, placement_group_bundle_index=0
-                ),
-            )
+            .options(max_concurrency=2, **options)  # a health check may run while a restart is in progress
             .remote(self.serve, self.cfg.model or RM_SERVED_NAME, self.api_key, env)
         )
         return dict(ray.get(self.actor.start.remote(), timeout=READY_TIMEOUT_S))

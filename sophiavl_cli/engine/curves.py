@@ -9,13 +9,12 @@ faint with an exponential moving average on top. matplotlib runs on the Agg back
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sophiavl_cli.fileio import atomic_path, read_jsonl
 from sophiavl_cli.metrics import metric
 
 
@@ -37,13 +36,7 @@ SMOOTH_AFTER = 20
 
 def read_series(metrics_jsonl: Path) -> dict[str, tuple[list[int], list[float]]]:
     """key -> (steps, values), skipping nulls; a later line for the same step replaces an earlier one."""
-    by_step: dict[int, dict[str, Any]] = {}
-    for line in Path(metrics_jsonl).read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-            by_step[int(entry["step"])] = entry
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn last line
+    by_step = {int(entry["step"]): entry for entry in read_jsonl(metrics_jsonl)}
     series: dict[str, tuple[list[int], list[float]]] = {}
     for step in sorted(by_step):
         for key, value in by_step[step].items():
@@ -116,9 +109,8 @@ def _draw(ax: Any, panel: Panel, series: dict[str, tuple[list[int], list[float]]
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return path
 
 

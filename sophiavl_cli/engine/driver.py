@@ -14,7 +14,6 @@ Usage:
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
 import threading
@@ -38,6 +37,7 @@ from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.validation import validate
 from sophiavl_cli.engine.worker import WorkerSpec
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -81,7 +81,7 @@ def train(
     check_backend(recipe.worker.rollout)
     run_dir = run_dir_of(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
+    atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     checkpoint = resolve_resume(resume, run_dir)
 
     # ---- data, model files, rewards (no Ray yet: mistakes fail fast) ---------------------------
@@ -125,7 +125,7 @@ def train(
         spec = _worker_spec(recipe, model_dir, group, device, total_steps, processor)
         group.run("setup", spec)
         workers = group.run("describe")
-        _write_atomic(run_dir / "workers.json", json.dumps(workers, indent=1) + "\n")
+        atomic_write_json(run_dir / "workers.json", workers, indent=1)
         peak = peak_flops(str(workers[0]["device_name"]), os.environ.get("SOPHIAVL_PEAK_FLOPS"))
         if checkpoint is not None:
             say(f"resuming from {checkpoint}")
@@ -310,12 +310,6 @@ def _worker_spec(
         pad_token_id=int(pad),
         collective_timeout_s=recipe.trainer.collective_timeout,
     )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _StopFlag:

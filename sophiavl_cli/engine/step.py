@@ -15,8 +15,6 @@ step is a function of (weights, batch, step seed) only.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from sophiavl_cli.engine.rewarding import combine, reward_metrics, score_outcome
 from sophiavl_cli.engine.rollout import RolloutOutput, SamplingParams, derive_seed
 from sophiavl_cli.engine.throughput import FlopsModel
 from sophiavl_cli.engine.timing import StepTimer
+from sophiavl_cli.fileio import atomic_write_jsonl
 from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.rewards.failure_policy import FailureMonitor
 from sophiavl_cli.rewards.outcome import OutcomeScorer
@@ -178,7 +177,7 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
             }
             for i, o in enumerate(outputs)
         ]
-        write_jsonl(ctx.dump_dir / f"step_{step:06d}.jsonl", records)
+        atomic_write_jsonl(ctx.dump_dir / f"step_{step:06d}.jsonl", records)
     metrics["perf/tokens"] = float(sum(s.num_tokens for s in sequences))
     metrics["perf/response_tokens"] = float(sum(len(o.response_ids) for o in outputs))
     epochs = recipe.worker.actor.ppo_epochs
@@ -186,14 +185,6 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
     if ctx.flops is not None:
         metrics["perf/update_flops"] = epochs * ctx.flops.training_flops(s.num_tokens for s in sequences)
     return metrics
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write records as JSON lines atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def shard_sequences(sequences: list[TrainSequence], recipe: Recipe, world_size: int) -> list[list[int]]:

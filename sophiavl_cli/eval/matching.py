@@ -1,7 +1,7 @@
 """Pure answer-matching helpers shared by the benchmark scorers.
 
 Nothing here evaluates text as code: list literals in data fields (`"['a', 'b']"`) are read by
-`parse_list_literal`, a small tokenizer, and numbers by `parse_number`, never by `eval()`.
+`parse_list_literal` (`ast.literal_eval`) and numbers by `parse_number`, never by `eval()`.
 
 - `answer_text`: what the model answered. The paper scored the content of `<answer>...</answer>`;
   without the tags, any `<think>` block is dropped and the rest is the answer.
@@ -12,9 +12,12 @@ Nothing here evaluates text as code: list literals in data fields (`"['a', 'b']"
 
 from __future__ import annotations
 
+import ast
 import re
 import string
 from collections.abc import Mapping, Sequence
+
+from rapidfuzz.distance import Levenshtein
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _OPEN_ANSWER = re.compile(r"<answer>(.*)$", re.DOTALL | re.IGNORECASE)
@@ -87,43 +90,25 @@ def last_number(text: str) -> float | None:
 
 
 def parse_list_literal(text: str) -> list[str] | None:
-    """Items of a Python/JSON list literal of strings or numbers, read without `eval`.
+    """Items of a Python/JSON list literal of strings or numbers, read by `ast.literal_eval`.
 
-    Returns None when `text` is not a bracketed list.
+    Returns None when `text` is not such a list (bare names included, as the reference scorers'
+    `eval` would fail on them too).
 
     Example:
         >>> parse_list_literal("['24/7', \\"it's\\", 3]")
         ['24/7', "it's", '3']
     """
     text = text.strip()
-    if len(text) < 2 or text[0] != "[" or text[-1] != "]":
+    if not (text.startswith("[") and text.endswith("]")):
         return None
-    body = text[1:-1]
-    items: list[str] = []
-    pos = 0
-    while pos < len(body):
-        char = body[pos]
-        if char in " \t\n,":
-            pos += 1
-            continue
-        if char in "'\"":
-            end = pos + 1
-            chars: list[str] = []
-            while end < len(body) and body[end] != char:
-                if body[end] == "\\" and end + 1 < len(body):
-                    end += 1
-                chars.append(body[end])
-                end += 1
-            if end >= len(body):
-                return None  # unterminated string
-            items.append("".join(chars))
-            pos = end + 1
-        else:
-            end = body.find(",", pos)
-            end = len(body) if end < 0 else end
-            items.append(body[pos:end].strip())
-            pos = end + 1
-    return items
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str | int | float) for item in value):
+        return None
+    return [str(item) for item in value]
 
 
 def letters(count: int) -> list[str]:
@@ -173,22 +158,9 @@ def can_infer(answer: str, options: Mapping[str, str]) -> str | None:
     return can_infer_option(answer, options) or can_infer_text(answer, options)
 
 
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insert, delete, substitute all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, start=1):
-        current = [i]
-        for j, char_b in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
-        previous = current
-    return previous[-1]
-
-
 def most_similar(text: str, choices: Sequence[str]) -> str:
     """The choice closest to `text` by edit distance (first one on ties), as MathVista's scorer does."""
-    return min(choices, key=lambda choice: levenshtein(text, choice))
+    return min(choices, key=lambda choice: Levenshtein.distance(text, choice))
 
 
 def process_punctuation(text: str) -> str:

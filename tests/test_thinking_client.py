@@ -294,6 +294,22 @@ def test_the_key_is_sent_as_bearer_and_absent_from_debug_logs(
     assert SECRET not in caplog.text and SECRET not in shown  # ... without the key
 
 
+def test_without_a_key_no_authorization_header_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)  # the library's own fallback must not pick it up
+    server = ScriptedRM(key=None)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with ThinkingRewardClient(server.url, MODEL, env={}, timeout=2.0) as client:
+            [result] = score(client, samples())
+            assert client.health_check() == [MODEL]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.score == 0.7
+    assert server.auth_headers == [None, None]
+
+
 # --------------------------------------------------------------------------- health check
 
 

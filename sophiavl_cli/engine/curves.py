@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
+from sophiavl_cli.console import err_console
+from sophiavl_cli.errors import MissingExtraError
 from sophiavl_cli.fileio import atomic_path, read_jsonl
 from sophiavl_cli.metrics import metric
+from sophiavl_cli.optional import require
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,16 @@ def ema(values: list[float], span: int = 10) -> list[float]:
 
 
 def plot_curves(metrics_jsonl: Path, out_dir: Path) -> list[Path]:
-    """Write one PNG per panel with data, plus `overview.png`; returns the paths written."""
-    import matplotlib
+    """Write one PNG per panel with data, plus `overview.png`; returns the paths written.
 
+    Without matplotlib (the `curves` extra) nothing is drawn: one line says so, metrics.jsonl holds
+    the same numbers.
+    """
+    try:
+        matplotlib = require("matplotlib", "the training curves (PNG)")
+    except MissingExtraError as exc:
+        err_console.print(f"[yellow]curves skipped:[/] {escape(str(exc))}", soft_wrap=True)
+        return []
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

@@ -43,7 +43,7 @@ from rich.table import Table
 
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.console import console as default_console
-from sophiavl_cli.fileio import JsonlAppender, atomic_write_jsonl, read_jsonl
+from sophiavl_cli.fileio import JsonlAppender, atomic_write_jsonl, atomic_write_text, read_jsonl
 from sophiavl_cli.optional import require
 
 METRICS_FILE = "metrics.jsonl"
@@ -241,7 +241,7 @@ class WandbBackend:
         id_file = Path(run_dir) / "wandb_run_id"
         # W&B run ids are [a-z0-9]; kept in the run dir so a resumed run continues the same W&B run.
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
-        id_file.write_text(run_id + "\n")
+        atomic_write_text(id_file, run_id + "\n")
         self._wandb = wandb
         self.run = wandb.init(
             project=recipe.trainer.project_name,

@@ -32,6 +32,7 @@ __all__ = [
     "atomic_write_text",
     "cut_partial_line",
     "fsync_dir",
+    "fsync_tree",
     "jsonl_line",
     "read_jsonl",
 ]
@@ -94,6 +95,14 @@ def fsync_dir(path: Path | str) -> None:
     """Make renames in `path` durable; some file systems refuse a folder fsync, which is harmless."""
     with contextlib.suppress(OSError):
         _fsync_file(Path(path))
+
+
+def fsync_tree(root: Path | str) -> None:
+    """Flush every file and folder below `root` to disk, before a temp folder is renamed into place."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync_file(Path(folder) / name)
+        fsync_dir(folder)
 
 
 def _fsync_file(path: Path) -> None:

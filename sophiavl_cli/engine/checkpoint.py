@@ -42,7 +42,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.fileio import atomic_path, atomic_write_text, fsync_dir
+from sophiavl_cli.fileio import atomic_path, atomic_write_text, fsync_dir, fsync_tree
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 DCP_DIRNAME = "dcp"
@@ -238,7 +238,7 @@ class CheckpointManager:
         if recipe_yaml is not None:
             _write_text(tmp_dir / RECIPE_FILE, recipe_yaml)
         _write_text(tmp_dir / COMPLETE_MARKER, f"global_step_{step}\n")
-        _fsync_tree(tmp_dir)
+        fsync_tree(tmp_dir)
 
         final = self.root / f"global_step_{step}"
         if final.exists():  # a step redone after resuming from an older checkpoint: replace it
@@ -357,21 +357,6 @@ def _write_text(path: Path, text: str) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            _fsync_file(Path(folder) / name)
-        fsync_dir(Path(folder))
 
 
 def _remove_tree_atomically(path: Path) -> None:

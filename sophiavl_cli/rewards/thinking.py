@@ -249,7 +249,8 @@ class ThinkingRewardClient:
                 "/chat/completions", body=body, cast_to=httpx2.Response, options=self._options()
             )
             content = response.content
-        except openai.APIConnectionError as exc:  # APITimeoutError included
+        except (openai.APIConnectionError, httpx2.HTTPError) as exc:  # timeouts included; the
+            # httpx2 errors are those raised while the body is read, outside the library's wrapping
             kind, cause = _transport_failure(exc)
             return Attempt(failure=kind, detail=self._redact(f"{type(cause).__name__}: {cause}"))
         except openai.APIStatusError as exc:
@@ -282,7 +283,7 @@ class ThinkingRewardClient:
         try:
             response = await state.client.get("/models", cast_to=httpx2.Response, options=self._options())
             raw, code = response.content, response.status_code
-        except openai.APIConnectionError as exc:
+        except (openai.APIConnectionError, httpx2.HTTPError) as exc:
             kind, _ = _transport_failure(exc)
             raise self._unreachable("timed out" if kind == "timeout" else "connection failed") from None
         except openai.APIStatusError as exc:
@@ -399,8 +400,8 @@ class ThinkingRewardClient:
         return text.replace(self._api_key, "***") if self._api_key else text
 
 
-def _transport_failure(exc: openai.APIConnectionError) -> tuple[str, BaseException]:
-    """ "timeout" or "connection", judged by the innermost cause.
+def _transport_failure(exc: BaseException) -> tuple[str, BaseException]:
+    """The failure kind, "timeout" or "connection", judged by the aiohttp error behind `exc`.
 
     The aiohttp transport reports any `aiohttp.ClientConnectionError` (a dropped connection
     included) as a connect timeout, so the library's exception class alone would call a server
@@ -414,7 +415,8 @@ def _transport_failure(exc: openai.APIConnectionError) -> tuple[str, BaseExcepti
             return ("timeout" if isinstance(cause, TimeoutError) else "connection"), cause
     if any(isinstance(cause, TimeoutError) for cause in chain):
         return "timeout", chain[-1]
-    return ("timeout" if isinstance(exc, openai.APITimeoutError) else "connection"), chain[-1]
+    timed_out = isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException)
+    return ("timeout" if timed_out else "connection"), chain[-1]
 
 
 def _model_ids(raw: bytes) -> list[str] | None:

@@ -19,7 +19,18 @@ from rich.markup import escape
 from sophiavl_cli.console import err_console
 from sophiavl_cli.errors import MissingExtraError
 from sophiavl_cli.fileio import atomic_path, read_jsonl
-from sophiavl_cli.metrics import metric
+from sophiavl_cli.metrics import (
+    ACTOR_KL,
+    RESPONSE_LENGTH_MAX,
+    RESPONSE_LENGTH_MEAN,
+    REWARD_FINAL,
+    REWARD_OUTCOME,
+    REWARD_THINKING,
+    TRUST_GAMMA,
+    TRUST_WEIGHT,
+    VAL_OUTCOME,
+    metric,
+)
 from sophiavl_cli.optional import require
 
 
@@ -31,10 +42,10 @@ class Panel:
 
 
 PANELS: tuple[Panel, ...] = (
-    Panel("reward.png", "Rewards", ("reward/outcome", "reward/thinking", "reward/final", "val/outcome")),
-    Panel("trust.png", "Trust-GRPO: gamma and thinking-reward weight", ("trust/gamma", "trust/weight")),
-    Panel("kl.png", "KL to the reference policy", ("actor/kl",)),
-    Panel("response_length.png", "Response length", ("response/length_mean", "response/length_max")),
+    Panel("reward.png", "Rewards", (REWARD_OUTCOME, REWARD_THINKING, REWARD_FINAL, VAL_OUTCOME)),
+    Panel("trust.png", "Trust-GRPO: gamma and thinking-reward weight", (TRUST_GAMMA, TRUST_WEIGHT)),
+    Panel("kl.png", "KL to the reference policy", (ACTOR_KL,)),
+    Panel("response_length.png", "Response length", (RESPONSE_LENGTH_MEAN, RESPONSE_LENGTH_MAX)),
 )
 SMOOTH_AFTER = 20
 

@@ -14,7 +14,6 @@ Usage:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import threading
@@ -28,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from sophiavl_cli.config.loading import dump_recipe
-from sophiavl_cli.config.recipe import ActorConfig, DataConfig, Recipe, TrainerConfig
+from sophiavl_cli.config.recipe import DataConfig, Recipe, TrainerConfig
 from sophiavl_cli.engine import cluster
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
 from sophiavl_cli.engine.objective import uses_reference
@@ -204,7 +203,7 @@ def start_workers(
     started = cluster.connect(ray_address)
     stack.callback(cluster.disconnect, started)
     device = _resolve_device(recipe.trainer.device)
-    for note in ignored_options(recipe.worker.actor, device):
+    for note in ignored_options(recipe, device):
         say(note)
     workers = Workers(cluster.WorkerGroup(recipe.world_size, device))
     stack.callback(workers.shutdown)
@@ -339,18 +338,11 @@ def load_data(
     return loader, val_rows
 
 
-def ignored_options(actor: ActorConfig, device: str) -> list[str]:
-    """One line per recipe option this run cannot honour (said once, at start)."""
-    notes = []
-    if device == "cuda" and actor.padding_free and importlib.util.find_spec("flash_attn") is None:
-        notes.append(
-            "worker.actor.padding_free: needs flash-attn installed (packing under sdpa is slower); padded"
-        )
-    if device == "cuda" and (actor.fsdp.offload_params or actor.fsdp.offload_optimizer):
-        notes.append("worker.actor.fsdp.offload_*: CPU offload is not implemented yet; ignored")
-    if not actor.fsdp.full_shard:
-        notes.append("worker.actor.fsdp.full_shard=false: FSDP2 always shards fully here; ignored")
-    return notes
+def ignored_options(recipe: Recipe, device: str) -> list[str]:
+    """One line per recipe option this run cannot honour (said once, at start); see engine.honoured."""
+    from sophiavl_cli.engine.honoured import RunFacts, unhonoured_keys
+
+    return unhonoured_keys(recipe, RunFacts.detect(device))
 
 
 def _due(step: int, every: int, total: int) -> bool:

@@ -40,7 +40,6 @@ from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.validation import validate
 from sophiavl_cli.engine.worker import WorkerSpec
 from sophiavl_cli.engine.workers import Workers
-from sophiavl_cli.errors import UserError
 from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 from sophiavl_cli.metrics import TRAIN_EPOCH
 
@@ -368,27 +367,11 @@ def _resolve_device(device: str) -> str:
 def _worker_spec(
     recipe: Recipe, model_dir: Path, workers: Workers, device: str, total_steps: int, processor: Any
 ) -> WorkerSpec:
-    from transformers import GenerationConfig
+    from sophiavl_cli.generation.tokens import pad_token_id, stop_token_ids
 
     host, port = workers.rendezvous_address()
-    eos: list[int] = []
-    try:
-        generation = GenerationConfig.from_pretrained(str(model_dir))
-        eos = (
-            [generation.eos_token_id]
-            if isinstance(generation.eos_token_id, int)
-            else list(generation.eos_token_id or [])
-        )
-    except OSError:  # no generation_config.json: the tokenizer's EOS alone
-        pass
-    tokenizer = processor.tokenizer
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
-        eos.append(int(tokenizer.eos_token_id))
-    if not eos:
-        raise UserError(
-            f"{model_dir}: neither generation_config.json nor the tokenizer names an EOS token; add one"
-        )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    eos = stop_token_ids(model_dir, processor.tokenizer)
+    pad = pad_token_id(processor.tokenizer, eos)
     return WorkerSpec(
         recipe=recipe,
         model_dir=str(model_dir),

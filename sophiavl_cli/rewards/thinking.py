@@ -51,7 +51,7 @@ import openai
 from PIL import Image
 
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.hub import RM_SERVED_NAME
+from sophiavl_cli.hub.names import RM_SERVED_NAME
 from sophiavl_cli.rewards.rm_outcome import (
     RETRYABLE,
     Attempt,

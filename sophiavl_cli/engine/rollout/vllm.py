@@ -63,13 +63,13 @@ from sophiavl_cli.engine.rng import capture_rng, restore_rng
 from sophiavl_cli.engine.rollout.base import RolloutOutput, RolloutPrompt, SamplingParams, derive_seed
 from sophiavl_cli.engine.rollout.images import images_from_patches
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.generation.vllm import CPU_KV_CACHE_BYTES, sampling_params
 from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.optional import require
 
 if TYPE_CHECKING:
     from sophiavl_cli.config.recipe import Recipe, RolloutConfig
 
-CPU_KV_CACHE_BYTES = 128 * 2**20  # 128k tokens of the tiny models' KV cache; a few k of a 3B model's
 LOGPROBS_MODE = "processed_logprobs"  # after temperature: what the trainer's old log-probs are
 SLEEP_LEVEL = 1
 SLEEP_TAGS = ("weights", "kv_cache")  # vLLM's allocation tags, in the order they are woken
@@ -278,18 +278,7 @@ class VLLMRollout:
         return {"prompt_token_ids": ids, "multi_modal_data": {"image": images}}
 
     def _sampling_params(self, sampling: SamplingParams, n: int, seed: int) -> Any:
-        greedy = sampling.greedy
-        return self._vllm.SamplingParams(
-            n=n,
-            temperature=0.0 if greedy else sampling.temperature,
-            top_p=1.0 if greedy else sampling.top_p,
-            top_k=0 if greedy or sampling.top_k < 0 else sampling.top_k,
-            max_tokens=sampling.max_tokens,
-            seed=seed,
-            stop_token_ids=self.eos_token_ids,
-            logprobs=0 if sampling.return_logprobs else None,  # 0: the sampled token's only
-            detokenize=False,  # the driver decodes; text here would be thrown away
-        )
+        return sampling_params(self._vllm, sampling, stop_ids=self.eos_token_ids, seed=seed, n=n)
 
     def _outputs(self, prompt: RolloutPrompt, result: Any, sampling: SamplingParams) -> list[RolloutOutput]:
         eos = set(self.eos_token_ids)

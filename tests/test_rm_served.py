@@ -25,6 +25,7 @@ from sophiavl_cli.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = (
+    "reward.thinking.serve_model=null",  # the quickstart's built-in server, replaced by the actor
     "reward.thinking.serve.model=builtin:tiny-qwen2.5-vl",
     "reward.thinking.serve.backend=hf",
     "reward.thinking.serve.gpus=0",
@@ -40,6 +41,8 @@ def test_an_explicit_endpoint_wins_over_serve_and_vllm_needs_matching_parallelis
         assert isinstance(external, ThinkingService) and not external.embedded
     with pytest.raises(UserError, match=r"tensor_parallel_size .* must equal"):
         load_recipe(None, ["reward.thinking.serve.model=m", "reward.thinking.serve.tensor_parallel_size=2"])
+    with pytest.raises(UserError, match="keep one"):
+        load_recipe(ROOT / "recipes" / "quickstart.yaml", ["reward.thinking.serve.model=m"])
     fullsets = load_recipe(ROOT / "recipes" / "fullsets.yaml")
     assert fullsets.reward.thinking.serve is not None and fullsets.reward.thinking.serve.backend == "vllm"
 

@@ -271,15 +271,17 @@ class RMServeConfig(Section):
 class ThinkingRewardConfig(Section):
     url: str | None = Field(
         None,
-        description="OpenAI-compatible endpoint (base URL or .../chat/completions); default $OPENAI_API_URL; none starts the built-in server.",
+        description="OpenAI-compatible endpoint (base URL or .../chat/completions); default $OPENAI_API_URL; "
+        "with neither, serve (a Ray actor) or serve_model (a built-in server) serves one for the run.",
     )
     model: str | None = Field(None, description="Served reward-model name; default $REWARD_MODEL.")
     api_key_env: str = Field(
         "OPENAI_API_KEY", description="Environment variable holding the API key (never saved)."
     )
-    serve_model: str = Field(
-        "builtin:tiny-qwen2.5-vl",
-        description="Model the built-in reward server loads when no url is configured.",
+    serve_model: str | None = Field(
+        None,
+        description="Model a built-in reward server loads for the run when no url (nor $OPENAI_API_URL) is "
+        "configured; unset, such a run stops before it starts.",
     )
     serve: RMServeConfig | None = Field(
         None,
@@ -296,6 +298,15 @@ class ThinkingRewardConfig(Section):
         0.5, ge=0, le=1, description="Stop training when more than this share of RM calls fail ..."
     )
     failure_patience: int = Field(3, gt=0, description="... for this many consecutive steps.")
+
+    @model_validator(mode="after")
+    def _one_way_to_serve(self) -> ThinkingRewardConfig:
+        if self.serve is not None and self.serve_model:
+            raise ValueError(
+                "reward.thinking.serve and reward.thinking.serve_model both serve a reward model for the run; "
+                "keep one (serve: a Ray actor on its own GPUs; serve_model: a built-in hf server on the driver)"
+            )
+        return self
 
 
 class RewardConfig(Section):

@@ -18,7 +18,6 @@ Usage:
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from sophiavl_cli.engine.driver import (
     _due,
     _resolve_device,
     _StopFlag,
-    _write_atomic,
     last_step_of_this_run,
     restore_driver_state,
     run_dir_of,
@@ -45,6 +43,7 @@ from sophiavl_cli.engine.rm_prompting import RMEncoder, greedy_choice
 from sophiavl_cli.engine.rm_worker import RMWorker, RMWorkers, RMWorkerSpec, split_evenly
 from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 from sophiavl_cli.metrics import TRAIN_EPOCH, VAL_RM_MAE, VAL_RM_SPEARMAN, VAL_RM_WITHIN, reduce_records
 from sophiavl_cli.rewards.rm_quality import RMQuality, rm_quality, write_report
 from sophiavl_cli.rewards.score_parse import SCORE_CHOICES, SCORES
@@ -98,7 +97,7 @@ def build_rm_run(
     run_dir = run_dir_of(recipe.trainer)
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_yaml = dump_recipe(recipe)
-    _write_atomic(run_dir / "recipe.yaml", recipe_yaml)
+    atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
     checkpoint = resolve_resume(resume, run_dir)
 
     say("loading data and model files")
@@ -147,7 +146,7 @@ def build_rm_run(
             collective_timeout_s=recipe.trainer.collective_timeout,
         )
     )
-    _write_atomic(run_dir / "workers.json", json.dumps(workers.describe(), indent=1) + "\n")
+    atomic_write_json(run_dir / "workers.json", workers.describe(), indent=1)
     if checkpoint is not None:
         say(f"resuming from {checkpoint}")
         workers.load_checkpoint(checkpoint, start_step, optimizer_step)

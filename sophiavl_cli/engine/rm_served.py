@@ -20,7 +20,6 @@ wired in; here one `sophiavl train` owns the reward model's lifetime.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -32,7 +31,8 @@ from typing import Any
 
 from sophiavl_cli.config.recipe import RMServeConfig, ThinkingRewardConfig
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.hub import RM_SERVED_NAME
+from sophiavl_cli.fileio import atomic_write_json
+from sophiavl_cli.hub.names import RM_SERVED_NAME
 from sophiavl_cli.metrics import RM_SERVE_RESTARTS
 from sophiavl_cli.rewards.thinking import ThinkingRewardClient
 
@@ -178,7 +178,7 @@ class ServedThinkingService:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from sophiavl_cli.engine.cluster import FORWARDED_ENV
+        from sophiavl_cli.engine.cluster import forwarded_env
 
         gpus = self.serve.gpus
         if gpus and self.placement is None:
@@ -211,7 +211,7 @@ class ServedThinkingService:
                     self.placement, placement_group_bundle_index=0
                 ),
             }
-        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        env = forwarded_env(os.environ)
         self.actor = (
             ray.remote(RewardModelActor)
             .options(max_concurrency=2, **options)  # a health check may run while a restart is in progress
@@ -272,10 +272,7 @@ class ServedThinkingService:
             "pid": self.info.get("pid"),
             "restarts": self._client.restarts,
         }
-        path = self.record_dir / RECORD_FILE
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_json(self.record_dir / RECORD_FILE, record, indent=1)
 
     def _stop_actor(self) -> None:
         import ray

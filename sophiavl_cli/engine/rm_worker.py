@@ -24,6 +24,7 @@ from sophiavl_cli.engine import fsdp
 from sophiavl_cli.engine.batching import TrainSequence, micro_batches
 from sophiavl_cli.engine.cluster import WorkerGroup
 from sophiavl_cli.engine.forward import ResponseForward, response_tokens
+from sophiavl_cli.engine.offload import Offload
 from sophiavl_cli.engine.rollout.base import derive_seed
 from sophiavl_cli.engine.schedule import lr_multiplier
 from sophiavl_cli.engine.worker import TrainWorker
@@ -59,8 +60,6 @@ class RMWorker(TrainWorker):
         """Join the process group, load and shard the model, build AdamW."""
         from transformers.utils import logging as hf_logging
 
-        from sophiavl_cli.models.loading import load_vl_model
-
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         start = time.perf_counter()
@@ -79,18 +78,31 @@ class RMWorker(TrainWorker):
             spec.master_port,
             spec.device,
             spec.collective_timeout_s,
+            store=getattr(self, "_store", None),
         )
         torch.manual_seed(derive_seed(spec.recipe.trainer.seed, self.rank))
         compute_dtype = torch.bfloat16 if spec.device == "cuda" and model.dtype in ("auto", "bf16") else None
-        self.policy = load_vl_model(spec.model_dir, dtype=torch.float32, device=self.device)
+
+        def prepare(module: torch.nn.Module) -> None:
+            if model.gradient_checkpointing:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if model.freeze_vision_tower:
+                visual = getattr(getattr(module, "model", module), "visual", None)
+                for param in visual.parameters() if visual is not None else []:
+                    param.requires_grad_(False)
+
+        # fp32 master weights, computed in bf16 on GPU; loaded once (rank 0) and sharded, as `train` does
+        self.policy = fsdp.load_sharded(
+            spec.model_dir,
+            dtype=torch.float32,
+            device=self.device,
+            param_dtype=compute_dtype,
+            prepare=prepare,
+        )
         self.policy.train()
-        if model.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if model.freeze_vision_tower:
-            visual = getattr(getattr(self.policy, "model", self.policy), "visual", None)
-            for param in visual.parameters() if visual is not None else []:
-                param.requires_grad_(False)
-        fsdp.shard_model(self.policy, param_dtype=compute_dtype)
+        self.offload = Offload(
+            self.device, params=False, optimizer=False, ref=False
+        )  # the parent's checkpoints use it
         optim = model.optim
         self.optimizer = torch.optim.AdamW(
             [p for p in self.policy.parameters() if p.requires_grad],

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sophiavl_cli.data.rm_rows import RMRow, load_rm_rows
-from sophiavl_cli.hub import RM_SERVED_NAME
+from sophiavl_cli.hub.names import RM_SERVED_NAME
 from sophiavl_cli.rewards.rm_quality import RMQuality, rm_quality, write_report
 from sophiavl_cli.rewards.thinking import ThinkingRewardClient, ThinkingSample
 

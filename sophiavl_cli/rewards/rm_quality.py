@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from sophiavl_cli.fileio import atomic_path, atomic_write_text
 
 NUM_BINS = 11  # scores 0, 0.1, ..., 1.0
 WITHIN = 0.1
@@ -145,13 +146,10 @@ def plot_calibration(
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def write_report(quality: RMQuality, out_dir: Path, *, title: str = "") -> list[Path]:
@@ -163,9 +161,7 @@ def write_report(quality: RMQuality, out_dir: Path, *, title: str = "") -> list[
         ("report.json", json.dumps(quality.to_json(), indent=1, allow_nan=True) + "\n"),
         ("confusion.md", confusion_markdown(quality)),
     ):
-        tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out_dir / name)
+        atomic_write_text(out_dir / name, text)
         written.append(out_dir / name)
     written.append(plot_calibration(quality, out_dir / "calibration.png", title or "Thinking reward model"))
     return written

@@ -111,3 +111,32 @@ def test_a_copy_with_other_column_names_loads_by_alias_or_fails_naming_the_colum
     out_of_range.write_text(json.dumps({"question": "Q?", "reasoning": "R", "score": 3}) + "\n")
     with pytest.raises(UserError, match=r"line 1: field score: 3.0 is outside \[0, 1\]"):
         load_rm_rows(str(out_of_range))
+
+
+def test_check_rm_command_prints_the_histogram_and_fails_on_a_shared_image(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    def check(spec: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sophiavl_cli", "dataset", "check-rm", spec],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, COLUMNS="200"),
+            timeout=120,
+        )
+
+    clean = check("builtin:thinking-demo@val")
+    assert clean.returncode == 0, clean.stderr
+    assert (
+        "┃ score ┃ rows ┃ share ┃" in clean.stdout
+        and "55 rows; 0 rows without an image" in clean.stdout.replace("\n", "")
+        and "images used by more than 10 rows: 0" in clean.stdout.replace("\n", "")
+    )
+    data = tmp_path / "rm.jsonl"
+    rows = [{"question": f"q{i}", "images": ["same.png"], "reasoning": "r", "score": 0.5} for i in range(12)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    shared = check(str(data))
+    assert shared.returncode == 1
+    assert "same.png is used by 12 rows" in shared.stdout.replace("\n", "")

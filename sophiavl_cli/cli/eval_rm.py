@@ -96,7 +96,7 @@ def check_rm(
     from sophiavl_cli.data.rm_rows import load_rm_rows
 
     report = check_rm_rows(load_rm_rows(spec, registry=registry))
-    table = Table(title=f"{spec}: {report.rows} rows, score histogram per 0.1 bin")
+    table = Table(title="score histogram per 0.1 bin")
     table.add_column("score")
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")
@@ -104,7 +104,7 @@ def check_rm(
         table.add_row(f"{b / 10:.1f}", str(count), f"{count / max(report.rows, 1):.1%}")
     console.print(table)
     console.print(
-        f"{report.without_image} rows without an image; {report.off_grid} labels off the 0.1 grid; images used by "
+        f"{spec}: {report.rows} rows; {report.without_image} rows without an image; {report.off_grid} labels off the 0.1 grid; images used by "
         f"more than {report.threshold} rows: {len(report.shared)}"
     )
     for line in report.warnings():

@@ -62,6 +62,9 @@ def test_training_serves_the_rm_in_the_cluster_and_survives_its_death(tmp_path: 
     command = [
         sys.executable, "-m", "sophiavl_cli", "train", str(ROOT / "recipes" / "quickstart.yaml"),
         f"trainer.output_dir={tmp_path}", "trainer.max_steps=4", "trainer.val_freq=-1", "trainer.save_freq=-1",
+        # Calls in flight while the server restarts back off and retry (a loaded 2-core machine takes
+        # tens of seconds to start it again); the run must not give up on the RM meanwhile.
+        "reward.thinking.max_retries=12", "reward.thinking.failure_patience=10",
         *SERVE,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_URL"}

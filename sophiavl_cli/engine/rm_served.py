@@ -52,8 +52,8 @@ class RewardModelActor:
         self.api_key = api_key
         self.server: Any = None
 
-    def start(self) -> dict[str, Any]:
-        """Start the server (blocks until /health answers); its address and pid."""
+    def start(self, port: int | None = None) -> dict[str, Any]:
+        """Start the server (blocks until /health answers), on `port` or a free one; its address and pid."""
         import ray
 
         from sophiavl_cli.serving.launcher import start_reward_server
@@ -67,6 +67,7 @@ class RewardModelActor:
             backend=serve.backend,
             served_model_name=self.served_name,
             host=ray.util.get_node_ip_address(),
+            port=port,
             api_key=self.api_key,
             max_new_tokens=serve.max_new_tokens,
             dtype=serve.dtype,
@@ -93,8 +94,13 @@ class RewardModelActor:
             return False
 
     def restart(self) -> dict[str, Any]:
+        """Start again on the same port when it is free (calls in flight retry there), else on another."""
+        port = int(self.server.base_url.rsplit(":", 1)[1].split("/")[0]) if self.server is not None else None
         self.stop()
-        return self.start()
+        try:
+            return self.start(port)
+        except Exception:  # the port is taken meanwhile
+            return self.start()
 
     def stop(self) -> None:
         if self.server is not None:
@@ -248,8 +254,9 @@ class ServedThinkingService:
             except Exception as exc:
                 logger.error("restarting the served reward model failed: %s", exc)
                 return
-            self._client.base_url = self.info["base_url"]
+            self._client.repoint(self.info["base_url"])
             self._record()
+            logger.warning("the served reward model is back at %s", self.info["base_url"])
 
     def _restart(self) -> dict[str, Any]:
         import ray

@@ -4,8 +4,8 @@ The actor (`RewardModelActor`) reserves `serve.gpus` GPUs (none on CPU) and runs
 `sophiavl serve-reward` runs (`serving.launcher`: vLLM, or the built-in hf server on CPU) on its
 node, behind a fresh API key. The driver's client speaks to it over the OpenAI-compatible API like
 to any endpoint. A monitor thread checks it every `serve.health_interval` seconds; when the server
-(or its actor) dies it is started again, up to `serve.max_restarts` times, the client is pointed at
-the new address, and `rm/serve_restarts` counts it. Calls in flight meanwhile are retried by the
+(or its actor) dies it is started again, up to `serve.max_restarts` times, on the same port when it
+is free (else the client is pointed at the new address), and `rm/serve_restarts` counts it. Calls in flight meanwhile are retried by the
 client (connection errors back off) or fall back to outcome-only rewards for their group.
 
 Placement: the actor is created once the training workers hold their GPUs, in its own placement

@@ -14,7 +14,6 @@ Usage:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -33,7 +32,7 @@ from sophiavl_cli.engine import cluster
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
 from sophiavl_cli.engine.objective import uses_reference
 from sophiavl_cli.engine.prompting import PromptBuilder
-from sophiavl_cli.engine.rm_service import ThinkingService
+from sophiavl_cli.engine.rm_served import thinking_service
 from sophiavl_cli.engine.rollout import check_backend
 from sophiavl_cli.engine.step import StepContext, run_step
 from sophiavl_cli.engine.throughput import FlopsModel, peak_flops, throughput_metrics
@@ -41,6 +40,7 @@ from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.validation import validate
 from sophiavl_cli.engine.worker import WorkerSpec
 from sophiavl_cli.engine.workers import Workers
+from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 from sophiavl_cli.metrics import TRAIN_EPOCH
 
 
@@ -108,7 +108,7 @@ def build_run(recipe: Recipe, stack: ExitStack, *, ray_address: str | None, resu
     check_backend(recipe.worker.rollout)
     run_dir = run_dir_of(recipe.trainer)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
+    atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     checkpoint = resolve_resume(resume, run_dir)
 
     say("loading data and model files")
@@ -127,14 +127,19 @@ def build_run(recipe: Recipe, stack: ExitStack, *, ray_address: str | None, resu
 
     rm_service = None
     if recipe.algorithm.trust.enable:
-        rm_service = ThinkingService(recipe.reward.thinking)
+        rm_service = thinking_service(
+            recipe.reward.thinking,
+            stack,
+            training_gpus=recipe.world_size if recipe.trainer.device != "cpu" else 0,
+            record_dir=run_dir,
+        )
         stack.callback(rm_service.close)
         rm_service.start()
 
     say("starting Ray workers")
     workers, device = start_workers(recipe, stack, ray_address, model_dir, total_steps, processor, say)
     described = workers.describe()
-    _write_atomic(run_dir / "workers.json", json.dumps(described, indent=1) + "\n")
+    atomic_write_json(run_dir / "workers.json", described, indent=1)
     peak = peak_flops(str(described[0]["device_name"]), os.environ.get("SOPHIAVL_PEAK_FLOPS"))
     if checkpoint is not None:
         say(f"resuming from {checkpoint}")
@@ -157,7 +162,7 @@ def build_run(recipe: Recipe, stack: ExitStack, *, ray_address: str | None, resu
     )
     resolved = resolved_values(device, peak, described[0]["device_name"], rm_client, rm_service)
     recipe_yaml = dump_recipe(recipe) + resolved_comment(resolved)
-    _write_atomic(run_dir / "recipe.yaml", recipe_yaml)
+    atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
     loggers = build_loggers(recipe, run_dir, resume_step=start_step)
     stack.callback(loggers.close)
     return Run(
@@ -384,12 +389,6 @@ def _worker_spec(
         pad_token_id=int(pad),
         collective_timeout_s=recipe.trainer.collective_timeout,
     )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _StopFlag:

@@ -66,8 +66,40 @@ _define("reward/thinking", "mean", "Thinking reward model score, over the rollou
 _define(
     "reward/final",
     "mean",
-    "Reward used for advantages: outcome + gamma * weight * thinking.",
+    "Reward used for advantages: outcome + gamma * weight * thinking (+ the overlong penalty when on).",
     "[0, 1 + alpha]",
+)
+_define(
+    "reward/overlong_penalty",
+    "mean",
+    "DAPO soft over-length penalty added to the final reward, mean over rollouts (reward.overlong).",
+    "[-factor, 0]",
+)
+_define(
+    "reward/overlong_share",
+    "mean",
+    "Share of rollouts whose length reached the overlong buffer (penalty < 0).",
+    "fraction",
+)
+
+# ----------------------------------------------------------------------------- dynamic sampling
+_define(
+    "sampling/rounds",
+    "sum",
+    "Generation rounds of the step under algorithm.dynamic_sampling (1 = no refill needed).",
+    "rounds",
+)
+_define(
+    "sampling/dropped_groups",
+    "sum",
+    "Groups whose final rewards were all equal, dropped by dynamic sampling this step.",
+    "groups",
+)
+_define(
+    "sampling/topped_up_groups",
+    "sum",
+    "Dropped groups put back to fill the batch because max_extra_rounds was reached.",
+    "groups",
 )
 
 # ----------------------------------------------------------------------------- Trust-GRPO
@@ -117,10 +149,26 @@ _define(
 
 # ----------------------------------------------------------------------------- actor update
 _define("actor/loss", "mean", "Total actor loss: pg_loss + kl_coef * kl - entropy_coef * entropy.", "loss")
-_define("actor/pg_loss", "mean", "PPO clipped surrogate loss, token mean over response tokens.", "loss")
+_define(
+    "actor/pg_loss",
+    "mean",
+    "Policy loss (ppo_clip or gspo), aggregated over the mini-batch by worker.actor.loss_agg_mode.",
+    "loss",
+)
 _define("actor/kl", "mean", "KL(policy || reference) estimate used in the loss (k3 for low_var_kl).", "nats")
 _define("actor/entropy", "mean", "Entropy of the policy's temperature-scaled token distribution.", "nats")
-_define("actor/clip_fraction", "mean", "Share of response tokens whose PPO ratio was clipped.", "fraction")
+_define(
+    "actor/clip_fraction",
+    "mean",
+    "Share of response tokens whose ratio (token or sequence ratio under gspo) was clipped.",
+    "fraction",
+)
+_define(
+    "actor/clip_fraction_dual",
+    "mean",
+    "Share of response tokens capped by the dual clip (advantage < 0, ratio > clip_ratio_dual).",
+    "fraction",
+)
 _define("actor/approx_kl", "mean", "k3 estimate of KL(old policy || current policy) on the update.", "nats")
 _define("actor/grad_norm", "mean", "Global gradient norm before clipping, mean over optimizer steps.", "norm")
 _define("actor/lr", "last", "Learning rate of the last optimizer step (after warm-up / schedule).", "lr")

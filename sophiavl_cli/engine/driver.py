@@ -144,6 +144,7 @@ def train(
             use_ref=spec.need_ref,
             dump_dir=run_dir / "rollouts",
             flops=FlopsModel.from_config(_model_config(model_dir)),
+            next_rows=loader.next_batch,
         )
         loggers = build_loggers(recipe, run_dir, resume_step=start_step)
         stack.callback(loggers.close)

@@ -175,6 +175,18 @@ class FSDPConfig(Section):
     )
 
 
+class LoraConfig(Section):
+    rank: int = Field(0, ge=0, description="LoRA rank r; 0 trains every weight (full fine-tuning).")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch's input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Names (last part) of the language model's linear layers to adapt; the vision tower "
+        "is never adapted and is frozen.",
+    )
+
+
 class ActorConfig(Section):
     model_path: str = Field(
         "builtin:tiny-qwen2.5-vl",
@@ -234,7 +246,13 @@ class ActorConfig(Section):
     dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Training dtype: auto is bf16 on GPU, fp32 on CPU."
     )
-    freeze_vision_tower: bool = Field(False, description="Keep the vision encoder's weights fixed.")
+    freeze_vision_tower: bool = Field(
+        False, description="Keep the vision encoder's weights fixed (always so with LoRA)."
+    )
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig,
+        description="LoRA adapters (peft) instead of full fine-tuning; weight sync and merge give merged weights.",
+    )
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and schedule.")
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig, description="FSDP2 sharding and offload.")
 

@@ -16,6 +16,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch.distributed as dist
 
 from sophiavl_cli.algo.losses import AggScale, kl_penalty, token_logprobs
 from sophiavl_cli.config.recipe import Recipe
-from sophiavl_cli.engine import fsdp
+from sophiavl_cli.engine import fsdp, lora
 from sophiavl_cli.engine.batching import (
     MicroBatch,
     TrainSequence,
@@ -119,10 +120,16 @@ class TrainWorker:
         self.policy.train()
         if actor.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if actor.freeze_vision_tower:
-            visual = getattr(getattr(self.policy, "model", self.policy), "visual", None)
-            for param in visual.parameters() if visual is not None else []:
-                param.requires_grad_(False)
+        if actor.freeze_vision_tower or actor.lora.rank > 0:
+            lora.freeze_vision_tower(self.policy)
+        if actor.lora.rank > 0:  # the adapters' init draws from the seeded RNG: equal on every rank
+            lora.apply_lora(
+                self.policy,
+                rank=actor.lora.rank,
+                alpha=actor.lora.alpha,
+                dropout=actor.lora.dropout,
+                targets=actor.lora.target_modules,
+            )
         fsdp.shard_model(self.policy, param_dtype=compute_dtype)
 
         self.ref = None
@@ -166,8 +173,14 @@ class TrainWorker:
     def sync_weights(self) -> float:
         """Stream the policy's full tensors into the rollout copy (collective). Returns seconds."""
         start = time.perf_counter()
-        self.rollout.sync_weights(fsdp.full_tensors(self.policy))
+        self.rollout.sync_weights(self.policy_tensors())
         return time.perf_counter() - start
+
+    def policy_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(transformers name, full tensor) of the policy, LoRA merged in (collective: all ranks iterate)."""
+        tensors = fsdp.full_tensors(self.policy)
+        lora_cfg = self.recipe.worker.actor.lora
+        return lora.merged_tensors(tensors, lora_cfg.alpha / lora_cfg.rank) if lora_cfg.rank > 0 else tensors
 
     # ---- experience --------------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ def _train(worker: TrainWorker, seed: int) -> None:
 
 
 def _logits(model: nn.Module) -> torch.Tensor:
-    ids = torch.tensor([PROMPT + [11, 12, 13]])
+    ids = torch.tensor([[*PROMPT, 11, 12, 13]])
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
 

@@ -160,5 +160,5 @@ def test_algorithm_keys_that_cannot_work_together_are_rejected() -> None:
         load_recipe(None, ["worker.actor.policy_loss=gspo"])
     with pytest.raises(UserError, match="buffer_length"):
         load_recipe(None, ["reward.overlong.enable=true", "reward.overlong.buffer_length=4096"])
-    with pytest.raises(UserError, match="rollout.n >= 2"):
+    with pytest.raises(UserError, match=r"rollout\.n >= 2"):
         load_recipe(None, ["algorithm.dynamic_sampling.enable=true", "worker.rollout.n=1"])

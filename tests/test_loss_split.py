@@ -52,9 +52,10 @@ def test_micro_batch_split_does_not_change_the_gradient(tiny_model_dir, mode):
 
 
 @pytest.mark.slow
-def test_two_ranks_give_the_one_rank_gradient(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_two_ranks_give_the_one_rank_gradient(tiny_model_dir, tmp_path, mode):
     overrides = [
-        "worker.actor.loss_agg_mode=token-mean",
+        f"worker.actor.loss_agg_mode={mode}",
         "worker.actor.micro_batch_size_per_device_for_update=2",
     ]
     one = split_gradients(

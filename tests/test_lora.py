@@ -69,7 +69,7 @@ def _sequences(seed: int) -> list[TrainSequence]:
 def _train(worker: TrainWorker, seed: int) -> None:
     worker.set_sequences(_sequences(seed))
     worker.compute_old_logprobs()
-    assert worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)["skipped"] == 0.0
+    assert worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)["actor/skipped"] == 0.0
 
 
 def _logits(model: nn.Module) -> torch.Tensor:

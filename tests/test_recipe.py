@@ -162,3 +162,22 @@ def test_algorithm_keys_that_cannot_work_together_are_rejected() -> None:
         load_recipe(None, ["reward.overlong.enable=true", "reward.overlong.buffer_length=4096"])
     with pytest.raises(UserError, match=r"rollout\.n >= 2"):
         load_recipe(None, ["algorithm.dynamic_sampling.enable=true", "worker.rollout.n=1"])
+
+
+def test_data_prompt_key_is_gone_and_rejected_not_ignored() -> None:
+    """The loader always names the question column `prompt`; a key that could not change that is refused."""
+    with pytest.raises(UserError, match=r"data\.prompt_key: unknown key"):
+        load_recipe(None, ["data.prompt_key=question"])
+
+
+def test_optimizer_steps_per_step_is_mini_batches_times_ppo_epochs() -> None:
+    recipe = load_recipe(
+        None,
+        [
+            "data.rollout_batch_size=16",
+            "worker.actor.global_batch_size=4",
+            "worker.actor.ppo_epochs=2",
+            "trainer.n_workers_per_node=1",
+        ],
+    )
+    assert (recipe.updates_per_step, recipe.optimizer_steps_per_step) == (4, 8)

@@ -44,25 +44,11 @@ from rich.table import Table
 
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.console import console as default_console
+from sophiavl_cli.metrics import SUMMARY_KEYS
 from sophiavl_cli.optional import require
 
 METRICS_FILE = "metrics.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
-# The console table's columns, key -> header (every key is defined in sophiavl_cli/metrics.py;
-# keys absent from a step are skipped). Everything else still goes to JSONL and the trackers.
-CONSOLE_KEYS: dict[str, str] = {
-    "reward/outcome": "outcome",
-    "reward/thinking": "thinking",
-    "reward/final": "final",
-    "trust/gamma": "gamma",
-    "actor/pg_loss": "pg_loss",
-    "actor/kl": "kl",
-    "actor/entropy": "entropy",
-    "actor/grad_norm": "grad_norm",
-    "response/length_mean": "resp_len",
-    "val/outcome": "val",
-    "timing/step": "s/step",
-}
 
 
 class Backend(Protocol):
@@ -191,13 +177,13 @@ class ConsoleBackend:
 
 def metrics_table(step: int, total: int, metrics: dict[str, float]) -> Table | None:
     """The compact table: one row, a column per key metric present (header = the key's last part)."""
-    keys = [k for k in CONSOLE_KEYS if k in metrics]
+    keys = [k for k in SUMMARY_KEYS if k in metrics]
     if not keys:
         return None
     table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold cyan")
     table.add_column("step", justify="right")
     for key in keys:
-        table.add_column(CONSOLE_KEYS[key], justify="right")
+        table.add_column(SUMMARY_KEYS[key], justify="right")
     table.add_row(f"{step}/{total}" if total else str(step), *(_format(metrics[k]) for k in keys))
     return table
 

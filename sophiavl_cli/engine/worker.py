@@ -40,6 +40,7 @@ from sophiavl_cli.engine.oom import explain_oom
 from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams, build_rollout_engine
 from sophiavl_cli.engine.rollout.base import derive_seed
 from sophiavl_cli.engine.schedule import lr_multiplier
+from sophiavl_cli.metrics import ACTOR_GRAD_NORM, ACTOR_LR, ACTOR_SKIPPED, namespaced, reduce_records
 
 
 @dataclass(frozen=True)
@@ -248,23 +249,24 @@ class TrainWorker:
     # ---- update ------------------------------------------------------------------------------
 
     def update(self, advantages: list[float] | list[np.ndarray], num_updates: int) -> dict[str, float]:
-        """PPO epochs x `num_updates` optimizer steps over this rank's sequences; returns mean metrics."""
+        """PPO epochs x `num_updates` optimizer steps over this rank's sequences; metrics reduced by the registry.
+
+        An advantage is one float per sequence or an array over its response tokens.
+        """
         if len(advantages) != len(self._sequences):
             raise ValueError(
                 f"rank {self.rank}: {len(advantages)} advantages for {len(self._sequences)} sequences"
             )
         sequences = [_with_advantage(s, a) for s, a in zip(self._sequences, advantages, strict=True)]
         per_update = len(sequences) // num_updates
-        history: dict[str, list[float]] = {}
+        history: list[dict[str, float]] = []
         self.policy.train()
         counts = self._update_counts or [None] * num_updates
         with explain_oom("update", self.recipe, self.spec.device):
             for _ in range(self.recipe.worker.actor.ppo_epochs):
                 for rows, count in zip(chunk(range(len(sequences)), per_update), counts, strict=True):
-                    metrics = self._optimizer_step([sequences[i] for i in rows], count)
-                    for key, value in metrics.items():
-                        history.setdefault(key, []).append(value)
-        return {key: float(np.mean(values)) for key, values in history.items()}
+                    history.append(self._optimizer_step([sequences[i] for i in rows], count))
+        return reduce_records(history)
 
     def _micro_batches(
         self, sequences: list[TrainSequence], size: int, count: int | None
@@ -288,7 +290,7 @@ class TrainWorker:
             # each share is over the mini-batch's totals on all ranks; FSDP averages gradients over
             # ranks, so scaling by the world size makes their sum the mini-batch loss's gradient
             (loss * self.world_size).backward()
-            for key, value in metrics.items():
+            for key, value in metrics.items():  # shares add up to this rank's part of the mini-batch value
                 sums[key] = sums.get(key, 0.0) + value * self.world_size
         grad_norm = fsdp.clip_grad_norm(self.policy, actor.max_grad_norm)
         flag = torch.tensor([1.0 if nonfinite or not math.isfinite(grad_norm) else 0.0], device=self.device)
@@ -307,7 +309,11 @@ class TrainWorker:
                 group["lr"] = lr
             self.optimizer.step()
         self.optimizer_step += 1
-        return {**sums, "grad_norm": grad_norm, "lr": lr, "skipped": float(skipped)}
+        return reduce_records([namespaced("actor", sums)]) | {
+            ACTOR_GRAD_NORM: grad_norm,
+            ACTOR_LR: lr,
+            ACTOR_SKIPPED: float(skipped),
+        }
 
     def _mini_batch_scale(self, sequences: list[TrainSequence]) -> AggScale:
         """Response tokens and sequences of this optimizer step on all ranks (one all-reduce)."""

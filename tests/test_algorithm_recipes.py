@@ -20,6 +20,10 @@ from sophiavl_cli.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = ["dapo", "gspo", "dr_grpo", "rloo"]
+# name -> (recipe file, overrides): the algorithm recipes as shipped, and LoRA on the quickstart
+RUNS = {name: (f"{name}.yaml", []) for name in ALGORITHMS} | {
+    "lora": ("quickstart.yaml", ["worker.actor.lora.rank=4", "trainer.experiment_name=lora"])
+}
 
 
 def test_every_algorithm_recipe_inherits_the_quickstart_and_sets_its_keys():
@@ -40,15 +44,18 @@ def test_every_algorithm_recipe_inherits_the_quickstart_and_sets_its_keys():
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", list(RUNS))
 def test_algorithm_recipe_trains_two_steps(tmp_path, name):
+    """Also LoRA over 2 ranks: rank 1 builds the adapted model on the meta device and gets rank 0's weights."""
+    recipe, overrides = RUNS[name]
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "sophiavl_cli",
             "train",
-            str(ROOT / "recipes" / f"{name}.yaml"),
+            str(ROOT / "recipes" / recipe),
+            *overrides,
             f"trainer.output_dir={tmp_path}",
             "trainer.max_steps=2",
             "trainer.val_freq=-1",
@@ -68,7 +75,10 @@ def test_algorithm_recipe_trains_two_steps(tmp_path, name):
     for row in steps:
         assert row["actor/skipped"] == 0.0 and math.isfinite(row["actor/loss"]) and row["actor/grad_norm"] > 0
         assert row["rm/calls"] >= 16  # Trust-GRPO's thinking reward shapes every algorithm's reward
-        assert ("timing/ref" in row) == (name == "rloo")  # only RLOO keeps a KL (in the reward)
-        assert "actor/kl" not in row
+        if name == "lora":  # the quickstart's KL loss against the unadapted base model
+            assert "actor/kl" in row
+        else:
+            assert ("timing/ref" in row) == (name == "rloo")  # only RLOO keeps a KL (in the reward)
+            assert "actor/kl" not in row
     if name == "dapo":
         assert all(r["sampling/rounds"] >= 1 and "reward/overlong_share" in r for r in steps)

@@ -14,8 +14,6 @@ Usage:
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import signal
 import threading
@@ -29,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from sophiavl_cli.config.loading import dump_recipe
-from sophiavl_cli.config.recipe import ActorConfig, DataConfig, Recipe, TrainerConfig
+from sophiavl_cli.config.recipe import DataConfig, Recipe, TrainerConfig
 from sophiavl_cli.engine import cluster
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
 from sophiavl_cli.engine.objective import uses_reference
@@ -42,7 +40,7 @@ from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.validation import validate
 from sophiavl_cli.engine.worker import WorkerSpec
 from sophiavl_cli.engine.workers import Workers
-from sophiavl_cli.errors import UserError
+from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 from sophiavl_cli.metrics import TRAIN_EPOCH
 
 
@@ -110,7 +108,7 @@ def build_run(recipe: Recipe, stack: ExitStack, *, ray_address: str | None, resu
     check_backend(recipe.worker.rollout)
     run_dir = run_dir_of(recipe.trainer)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
+    atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     checkpoint = resolve_resume(resume, run_dir)
 
     say("loading data and model files")
@@ -136,7 +134,7 @@ def build_run(recipe: Recipe, stack: ExitStack, *, ray_address: str | None, resu
     say("starting Ray workers")
     workers, device = start_workers(recipe, stack, ray_address, model_dir, total_steps, processor, say)
     described = workers.describe()
-    _write_atomic(run_dir / "workers.json", json.dumps(described, indent=1) + "\n")
+    atomic_write_json(run_dir / "workers.json", described, indent=1)
     peak = peak_flops(str(described[0]["device_name"]), os.environ.get("SOPHIAVL_PEAK_FLOPS"))
     if checkpoint is not None:
         say(f"resuming from {checkpoint}")
@@ -160,7 +158,7 @@ def build_run(recipe: Recipe, stack: ExitStack, *, ray_address: str | None, resu
     )
     resolved = resolved_values(device, peak, described[0]["device_name"], rm_client, rm_service)
     recipe_yaml = dump_recipe(recipe) + resolved_comment(resolved)
-    _write_atomic(run_dir / "recipe.yaml", recipe_yaml)
+    atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
     loggers = build_loggers(recipe, run_dir, resume_step=start_step)
     stack.callback(loggers.close)
     return Run(
@@ -205,7 +203,7 @@ def start_workers(
     started = cluster.connect(ray_address)
     stack.callback(cluster.disconnect, started)
     device = _resolve_device(recipe.trainer.device)
-    for note in ignored_options(recipe.worker.actor, device):
+    for note in ignored_options(recipe, device):
         say(note)
     workers = Workers(cluster.WorkerGroup(recipe.world_size, device))
     stack.callback(workers.shutdown)
@@ -340,18 +338,11 @@ def load_data(
     return loader, val_rows
 
 
-def ignored_options(actor: ActorConfig, device: str) -> list[str]:
-    """One line per recipe option this run cannot honour (said once, at start)."""
-    notes = []
-    if device == "cuda" and actor.padding_free and importlib.util.find_spec("flash_attn") is None:
-        notes.append(
-            "worker.actor.padding_free: needs flash-attn installed (packing under sdpa is slower); padded"
-        )
-    if device == "cuda" and (actor.fsdp.offload_params or actor.fsdp.offload_optimizer):
-        notes.append("worker.actor.fsdp.offload_*: CPU offload is not implemented yet; ignored")
-    if not actor.fsdp.full_shard:
-        notes.append("worker.actor.fsdp.full_shard=false: FSDP2 always shards fully here; ignored")
-    return notes
+def ignored_options(recipe: Recipe, device: str) -> list[str]:
+    """One line per recipe option this run cannot honour (said once, at start); see engine.honoured."""
+    from sophiavl_cli.engine.honoured import RunFacts, unhonoured_keys
+
+    return unhonoured_keys(recipe, RunFacts.detect(device))
 
 
 def _due(step: int, every: int, total: int) -> bool:
@@ -377,27 +368,11 @@ def _resolve_device(device: str) -> str:
 def _worker_spec(
     recipe: Recipe, model_dir: Path, workers: Workers, device: str, total_steps: int, processor: Any
 ) -> WorkerSpec:
-    from transformers import GenerationConfig
+    from sophiavl_cli.generation.tokens import pad_token_id, stop_token_ids
 
     host, port = workers.rendezvous_address()
-    eos: list[int] = []
-    try:
-        generation = GenerationConfig.from_pretrained(str(model_dir))
-        eos = (
-            [generation.eos_token_id]
-            if isinstance(generation.eos_token_id, int)
-            else list(generation.eos_token_id or [])
-        )
-    except OSError:  # no generation_config.json: the tokenizer's EOS alone
-        pass
-    tokenizer = processor.tokenizer
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
-        eos.append(int(tokenizer.eos_token_id))
-    if not eos:
-        raise UserError(
-            f"{model_dir}: neither generation_config.json nor the tokenizer names an EOS token; add one"
-        )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    eos = stop_token_ids(model_dir, processor.tokenizer)
+    pad = pad_token_id(processor.tokenizer, eos)
     return WorkerSpec(
         recipe=recipe,
         model_dir=str(model_dir),
@@ -410,12 +385,6 @@ def _worker_spec(
         pad_token_id=int(pad),
         collective_timeout_s=recipe.trainer.collective_timeout,
     )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _StopFlag:

@@ -20,10 +20,9 @@ from sophiavl_cli.algo.losses import (
     ClipConfig,
     LossAgg,
     aggregate,
-    entropy_from_logits,
     kl_penalty,
+    logprobs_and_entropy,
     policy_loss_terms,
-    token_logprobs,
 )
 from sophiavl_cli.config.recipe import Recipe
 
@@ -85,10 +84,10 @@ def actor_objective(
     """
     scale = scale or AggScale.local(mask, cfg.max_response_length)
     mode = LossAgg(cfg.loss_agg_mode)
-    logp = token_logprobs(logits, tokens, cfg.temperature)  # [B, R]
+    logp, token_entropy = logprobs_and_entropy(logits, tokens, cfg.temperature)  # [B, R] each, one pass
     terms, indicators = policy_loss_terms(cfg.policy_loss, logp, old_logp, advantages, mask, cfg.clip)
     pg = aggregate(terms, mask, mode, scale)  # []
-    entropy = aggregate(entropy_from_logits(logits.float() / cfg.temperature), mask, mode, scale)  # []
+    entropy = aggregate(token_entropy, mask, mode, scale)  # []
     loss = pg - cfg.entropy_coef * entropy
     metrics = {"pg_loss": float(pg.detach()), "entropy": float(entropy.detach())}
     for key, value in indicators.items():  # token shares whatever the loss mode

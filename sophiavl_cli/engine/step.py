@@ -17,8 +17,6 @@ step is a function of (weights, batch, step seed) only.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,6 +48,7 @@ from sophiavl_cli.engine.rollout import RolloutOutput, SamplingParams, derive_se
 from sophiavl_cli.engine.throughput import FlopsModel
 from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.workers import Workers
+from sophiavl_cli.fileio import atomic_write_jsonl
 from sophiavl_cli.metrics import (
     PERF_RESPONSE_TOKENS,
     PERF_TOKENS,
@@ -340,7 +339,9 @@ def step_metrics(
     epochs = ctx.recipe.worker.actor.ppo_epochs
     metrics[PERF_UPDATE_TOKENS] = metrics[PERF_TOKENS] * epochs
     if ctx.flops is not None:
-        metrics[PERF_UPDATE_FLOPS] = epochs * ctx.flops.training_flops(s.num_tokens for s in sequences)
+        metrics[PERF_UPDATE_FLOPS] = epochs * ctx.flops.training_flops(
+            (s.num_tokens, len(s.response_ids)) for s in sequences
+        )
     return metrics
 
 
@@ -367,15 +368,7 @@ def dump_rollouts(
         }
         for i, o in enumerate(rollouts.outputs)
     ]
-    write_jsonl(path, records)
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write records as JSON lines atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_jsonl(path, records)
 
 
 def shard_sequences(sequences: list[TrainSequence], recipe: Recipe, world_size: int) -> list[list[int]]:

@@ -12,7 +12,7 @@ module adds is the part a training project cares about:
   unwritable destination or too little free space reported up front;
 - one-line errors for the usual failures (offline, gated or private repo, unknown id), which the
   client reports as multi-line HTTP errors;
-- `--register` (in `sophiavl_cli.download_register`): the data set's parts written to the dataset
+- `--register` (in `sophiavl_cli.hub.register`): the data set's parts written to the dataset
   registry with the released column mapping, then the pre-flight data check.
 
 Usage:
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.hub import ALIASES, DATASET_ALIASES, DEFAULT_MODEL
+from sophiavl_cli.hub.names import ALIASES, DATASET_ALIASES, DEFAULT_MODEL
 
 RepoType = Literal["model", "dataset"]
 DEFAULT_NAME = DEFAULT_MODEL
@@ -375,9 +375,6 @@ def _page(target: DownloadTarget) -> str:
 
 def human_size(num_bytes: int) -> str:
     """`1.2 GB`: decimal units, as the hub shows file sizes."""
-    size = float(num_bytes)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} PB"
+    from rich.filesize import decimal
+
+    return decimal(num_bytes)

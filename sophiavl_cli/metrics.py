@@ -306,6 +306,55 @@ VAL_OUTCOME_FAMILY = _define(
     "val/outcome/<problem_type>", "mean", "val/outcome for one problem type (spaces as _).", "[0, 1]"
 )
 
+VAL_RM_MAE = _define(
+    "val/rm_mae",
+    "last",
+    "Reward-model SFT: mean absolute error of the predicted score on the held-out rows.",
+    "[0, 1]",
+)
+VAL_RM_WITHIN = _define(
+    "val/rm_within_0.1",
+    "last",
+    "Reward-model SFT: share of held-out rows whose predicted score is within 0.1 of the label.",
+    "fraction",
+)
+VAL_RM_SPEARMAN = _define(
+    "val/rm_spearman",
+    "last",
+    "Reward-model SFT: Spearman rank correlation of predicted scores with the labels (0 when the "
+    "predictions are all equal).",
+    "[-1, 1]",
+)
+
+# ----------------------------------------------------------------------------- reward-model SFT
+SFT_LOSS = _define(
+    "sft/loss", "mean", "Token-mean cross-entropy on the score target tokens over all ranks.", "nats"
+)
+SFT_TOKEN_ACCURACY = _define(
+    "sft/token_accuracy", "mean", "Share of target tokens the model's argmax predicts.", "fraction"
+)
+SFT_TARGET_TOKENS = _define(
+    "sft/target_tokens", "sum", "Target (loss) tokens in the step, over all ranks.", "tokens"
+)
+SFT_TOKENS = _define("sft/tokens", "sum", "Prompt + target tokens trained on in the step.", "tokens")
+SFT_GRAD_NORM = _define("sft/grad_norm", "max", "Gradient norm before clipping.", "")
+SFT_LR = _define("sft/lr", "last", "Learning rate of the step.", "")
+SFT_SKIPPED = _define(
+    "sft/skipped", "max", "1 when the optimizer step was skipped (non-finite loss or gradient norm).", "0/1"
+)
+TIMING_ENCODE = _define(
+    "timing/encode",
+    "sum",
+    "Reward-model SFT: the batch's prompts, images and targets encoded on the driver.",
+    "s",
+)
+RM_SERVE_RESTARTS = _define(
+    "rm/serve_restarts",
+    "last",
+    "Restarts of the reward model served inside the run (reward.thinking.serve) after it died.",
+    "restarts",
+)
+
 
 # ----------------------------------------------------------------------------- console
 
@@ -322,6 +371,9 @@ SUMMARY_KEYS: dict[str, str] = {
     ACTOR_GRAD_NORM: "grad_norm",
     RESPONSE_LENGTH_MEAN: "resp_len",
     VAL_OUTCOME: "val",
+    SFT_LOSS: "sft_loss",
+    VAL_RM_SPEARMAN: "val_spearman",
+    VAL_RM_MAE: "val_mae",
     TIMING_STEP: "s/step",
 }
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -138,21 +140,26 @@ def describe_errors(exc: ValidationError, source: str, model: type[BaseModel] = 
     return "\n".join(lines)
 
 
-def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+def validate_recipe(data: dict[str, Any], source: str = "recipe", model: type[M] = Recipe) -> M:  # type: ignore[assignment]
+    """`data` as a `model` (the training `Recipe`, or a sibling such as `RMRecipe`)."""
     try:
-        return Recipe.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise UserError(describe_errors(exc, source)) from exc
+        raise UserError(describe_errors(exc, source, model)) from exc
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Defaults < YAML file < overrides, validated as one tree."""
+def load_recipe(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    model: type[M] = Recipe,  # type: ignore[assignment]
+) -> M:
+    """Defaults < YAML file (its `base:` chain resolved) < overrides, validated as one tree of `model`."""
     data = load_recipe_data(path) if path is not None else {}
     source = str(path) if path is not None else "defaults"
     if overrides:
         data = apply_overrides(data, overrides)
         source += " + overrides"
-    return validate_recipe(data, source)
+    return validate_recipe(data, source, model)
 
 
 def recipe_schema() -> dict[str, Any]:
@@ -163,6 +170,6 @@ def recipe_schema() -> dict[str, Any]:
     return schema
 
 
-def dump_recipe(recipe: Recipe) -> str:
+def dump_recipe(recipe: BaseModel) -> str:
     """The resolved recipe as YAML, for the run directory. It holds no secrets by construction."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

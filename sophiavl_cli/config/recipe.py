@@ -329,11 +329,49 @@ class WorkerConfig(Section):
 # --------------------------------------------------------------------------- reward
 
 
+class RMServeConfig(Section):
+    model: str = Field(
+        ...,
+        description="Reward model to serve for the run: folder, merged checkpoint, alias, hub id or builtin:*.",
+    )
+    backend: Literal["hf", "vllm"] = Field(
+        "vllm", description="vllm (GPU) or hf (transformers generate; CPU and development)."
+    )
+    gpus: int = Field(
+        1,
+        ge=0,
+        description="GPUs the reward model's Ray actor reserves, beside the training workers' (0 on CPU).",
+    )
+    tensor_parallel_size: int = Field(
+        1, gt=0, description="vLLM tensor-parallel size; must equal gpus with the vllm backend."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM share of its GPUs' memory.")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Serving dtype.")
+    max_new_tokens: int = Field(64, gt=0, description="Most tokens per reply.")
+    max_restarts: int = Field(
+        1,
+        ge=0,
+        description="Restarts after the served model dies (counted in rm/serve_restarts); then calls fail.",
+    )
+    health_interval: float = Field(
+        2.0, gt=0, description="Seconds between health checks of the served model."
+    )
+
+    @model_validator(mode="after")
+    def _tensor_parallel_fits(self) -> RMServeConfig:
+        if self.backend == "vllm" and self.tensor_parallel_size != max(self.gpus, 1):
+            raise ValueError(
+                f"reward.thinking.serve.tensor_parallel_size ({self.tensor_parallel_size}) must equal "
+                f"reward.thinking.serve.gpus ({self.gpus}) with the vllm backend"
+            )
+        return self
+
+
 class ThinkingRewardConfig(Section):
     url: str | None = Field(
         None,
         description="OpenAI-compatible endpoint (base URL or .../chat/completions); default $OPENAI_API_URL; "
-        "with neither, serve_model starts a built-in server.",
+        "with neither, serve (a Ray actor) or serve_model (a built-in server) serves one for the run.",
     )
     model: str | None = Field(None, description="Served reward-model name; default $REWARD_MODEL.")
     api_key_env: str = Field(
@@ -343,6 +381,11 @@ class ThinkingRewardConfig(Section):
         None,
         description="Model a built-in reward server loads for the run when no url (nor $OPENAI_API_URL) is "
         "configured; unset, such a run stops before it starts.",
+    )
+    serve: RMServeConfig | None = Field(
+        None,
+        description="Serve this reward model as a Ray actor on its own GPUs for the run (health-checked, "
+        "restarted on failure); a url or $OPENAI_API_URL still wins.",
     )
     concurrency: int = Field(64, gt=0, description="Requests in flight at once.")
     timeout: float = Field(60.0, gt=0, description="Seconds per request before it is retried.")
@@ -354,6 +397,15 @@ class ThinkingRewardConfig(Section):
         0.5, ge=0, le=1, description="Stop training when more than this share of RM calls fail ..."
     )
     failure_patience: int = Field(3, gt=0, description="... for this many consecutive steps.")
+
+    @model_validator(mode="after")
+    def _one_way_to_serve(self) -> ThinkingRewardConfig:
+        if self.serve is not None and self.serve_model:
+            raise ValueError(
+                "reward.thinking.serve and reward.thinking.serve_model both serve a reward model for the run; "
+                "keep one (serve: a Ray actor on its own GPUs; serve_model: a built-in hf server on the driver)"
+            )
+        return self
 
 
 class OverlongConfig(Section):

@@ -32,7 +32,7 @@ from sophiavl_cli.engine import cluster
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
 from sophiavl_cli.engine.objective import uses_reference
 from sophiavl_cli.engine.prompting import PromptBuilder
-from sophiavl_cli.engine.rm_service import ThinkingService
+from sophiavl_cli.engine.rm_served import thinking_service
 from sophiavl_cli.engine.rollout import check_backend
 from sophiavl_cli.engine.step import StepContext, run_step
 from sophiavl_cli.engine.throughput import FlopsModel, peak_flops, throughput_metrics
@@ -127,7 +127,12 @@ def build_run(recipe: Recipe, stack: ExitStack, *, ray_address: str | None, resu
 
     rm_service = None
     if recipe.algorithm.trust.enable:
-        rm_service = ThinkingService(recipe.reward.thinking)
+        rm_service = thinking_service(
+            recipe.reward.thinking,
+            stack,
+            training_gpus=recipe.world_size if recipe.trainer.device != "cpu" else 0,
+            record_dir=run_dir,
+        )
         stack.callback(rm_service.close)
         rm_service.start()
 

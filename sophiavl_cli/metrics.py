@@ -74,8 +74,40 @@ REWARD_THINKING = _define(
 REWARD_FINAL = _define(
     "reward/final",
     "mean",
-    "Reward used for advantages: outcome + gamma * weight * thinking.",
+    "Reward used for advantages: outcome + gamma * weight * thinking (+ the overlong penalty when on).",
     "[0, 1 + alpha]",
+)
+REWARD_OVERLONG_PENALTY = _define(
+    "reward/overlong_penalty",
+    "mean",
+    "DAPO soft over-length penalty added to the final reward, mean over rollouts (reward.overlong).",
+    "[-factor, 0]",
+)
+REWARD_OVERLONG_SHARE = _define(
+    "reward/overlong_share",
+    "mean",
+    "Share of rollouts whose length reached the overlong buffer (penalty < 0).",
+    "fraction",
+)
+
+# ----------------------------------------------------------------------------- dynamic sampling
+SAMPLING_ROUNDS = _define(
+    "sampling/rounds",
+    "sum",
+    "Generation rounds of the step under algorithm.dynamic_sampling (1 = no refill needed).",
+    "rounds",
+)
+SAMPLING_DROPPED_GROUPS = _define(
+    "sampling/dropped_groups",
+    "sum",
+    "Groups whose final rewards were all equal, dropped by dynamic sampling this step.",
+    "groups",
+)
+SAMPLING_TOPPED_UP_GROUPS = _define(
+    "sampling/topped_up_groups",
+    "sum",
+    "Dropped groups put back to fill the batch because max_extra_rounds was reached.",
+    "groups",
 )
 
 # ----------------------------------------------------------------------------- Trust-GRPO
@@ -140,7 +172,10 @@ ACTOR_LOSS = _define(
     "actor/loss", "mean", "Total actor loss: pg_loss + kl_coef * kl - entropy_coef * entropy.", "loss"
 )
 ACTOR_PG_LOSS = _define(
-    "actor/pg_loss", "mean", "PPO clipped surrogate loss, token mean over response tokens.", "loss"
+    "actor/pg_loss",
+    "mean",
+    "Policy loss (ppo_clip or gspo), aggregated over the mini-batch by worker.actor.loss_agg_mode.",
+    "loss",
 )
 ACTOR_KL = _define(
     "actor/kl", "mean", "KL(policy || reference) estimate used in the loss (k3 for low_var_kl).", "nats"
@@ -149,7 +184,16 @@ ACTOR_ENTROPY = _define(
     "actor/entropy", "mean", "Entropy of the policy's temperature-scaled token distribution.", "nats"
 )
 ACTOR_CLIP_FRACTION = _define(
-    "actor/clip_fraction", "mean", "Share of response tokens whose PPO ratio was clipped.", "fraction"
+    "actor/clip_fraction",
+    "mean",
+    "Share of response tokens whose ratio (token or sequence ratio under gspo) was clipped.",
+    "fraction",
+)
+ACTOR_CLIP_FRACTION_DUAL = _define(
+    "actor/clip_fraction_dual",
+    "mean",
+    "Share of response tokens capped by the dual clip (advantage < 0, ratio > clip_ratio_dual).",
+    "fraction",
 )
 ACTOR_APPROX_KL = _define(
     "actor/approx_kl", "mean", "k3 estimate of KL(old policy || current policy) on the update.", "nats"

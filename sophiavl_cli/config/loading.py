@@ -44,6 +44,43 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+BASE_KEY = "base"
+
+
+def load_recipe_data(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file with its `base:` chain resolved: the base's keys, overridden by this file's.
+
+    `base:` names another recipe (relative to this file's folder, or absolute). Mappings merge key
+    by key; any other value (lists included) replaces the base's. A base may name its own base.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
+        raise UserError(f"{path}: recipe bases form a cycle ({chain}); remove one base: key")
+    data = load_yaml(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise UserError(f"{path}: base: must be the path of another recipe file, e.g. base: quickstart.yaml")
+    base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+    if not base_path.is_file():
+        raise UserError(f"{path}: base recipe {base} not found (looked for {base_path}); fix the base: path")
+    return deep_merge(load_recipe_data(base_path, (*_seen, resolved)), data)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`: nested mappings merged, everything else replaced (copies)."""
+    merged = json.loads(json.dumps(base))
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = json.loads(json.dumps(value))
+    return merged
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (['a','b','c'], value), the value typed as YAML would type it."""
     key, sep, raw = text.partition("=")
@@ -116,8 +153,8 @@ def load_recipe(
     overrides: list[str] | None = None,
     model: type[M] = Recipe,  # type: ignore[assignment]
 ) -> M:
-    """Defaults < YAML file < overrides, validated as one tree of `model`."""
-    data = load_yaml(path) if path is not None else {}
+    """Defaults < YAML file (its `base:` chain resolved) < overrides, validated as one tree of `model`."""
+    data = load_recipe_data(path) if path is not None else {}
     source = str(path) if path is not None else "defaults"
     if overrides:
         data = apply_overrides(data, overrides)

@@ -22,8 +22,14 @@ Unknown keys are rejected with a did-you-mean suggestion; `sophiavl recipe valid
 recipe without starting anything, and `sophiavl recipe schema` prints its JSON Schema (point
 `yaml-language-server` at it for autocomplete: `# yaml-language-server: $schema=recipe.schema.json`).
 
-Shipped recipes: `recipes/quickstart.yaml` (built-in tiny model, demo data, CPU, minutes) and
-`recipes/fullsets.yaml` (the released SophiaVL-R1 recipe, 8 GPUs).
+A recipe may start with `base: other.yaml` (a path relative to the recipe's folder): the base's
+keys apply first and this file's override them, section by section (lists and values replace).
+A base may name its own base.
+
+Shipped recipes: `recipes/quickstart.yaml` (built-in tiny model, demo data, CPU, minutes),
+`recipes/fullsets.yaml` (the released SophiaVL-R1 recipe, 8 GPUs), and one per algorithm on the
+quickstart setup, each `base: quickstart.yaml`: `dapo.yaml`, `gspo.yaml`, `dr_grpo.yaml`,
+`rloo.yaml` (docs/method.md, "Algorithms").
 
 This page is generated from the code (`python -m sophiavl_cli.config.reference > docs/recipes.md`).
 """

@@ -159,6 +159,7 @@ def build_run(recipe: Recipe, stack: ExitStack, *, ray_address: str | None, resu
         use_ref=use_ref,
         dump_dir=run_dir / "rollouts",
         flops=FlopsModel.from_config(_model_config(model_dir)),
+        next_rows=loader.next_batch,
     )
     resolved = resolved_values(device, peak, described[0]["device_name"], rm_client, rm_service)
     recipe_yaml = dump_recipe(recipe) + resolved_comment(resolved)

@@ -153,6 +153,20 @@ def load_sharded(
     return model
 
 
+def reshard_after_no_grad(model: nn.Module) -> None:
+    """Reshard after a no-grad forward pass.
+
+    FSDP2 leaves the root module's parameters gathered after a forward; if the next (gradient)
+    forward starts from that state, the root's gradients come out wrong (embeddings off by O(0.1)
+    on the tiny model, growing with each such pass). Every no-grad pass on a sharded model that is
+    later trained ends here.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.reshard()
+
+
 def full_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) for every parameter, gathering one at a time (collective: all ranks iterate)."""
     for name, param in model.named_parameters():

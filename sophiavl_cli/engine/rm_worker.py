@@ -183,6 +183,7 @@ class RMWorker(TrainWorker):
             for row, index in enumerate(mb.indices):
                 out[index] = logp[row, : lengths[row]].astype(float).tolist()
         self.policy.train()
+        fsdp.reshard_after_no_grad(self.policy)
         return out
 
 

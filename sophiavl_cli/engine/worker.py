@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import FSDPModule
 
 from sophiavl_cli.algo.losses import AggScale, kl_penalty, token_logprobs
 from sophiavl_cli.config.recipe import Recipe
@@ -273,11 +272,7 @@ class TrainWorker:
             for row, index in enumerate(mb.indices):
                 out[index] = logp[row, : lengths[row]].astype(np.float32)
         model.train(was_training)
-        # FSDP2 leaves the root module's parameters gathered after a forward; if the next forward
-        # (the update's) starts from that state, the root's gradients come out wrong (embeddings
-        # off by O(0.1) on the tiny model, growing with each such pass). Reshard explicitly.
-        if isinstance(model, FSDPModule):
-            model.reshard()
+        fsdp.reshard_after_no_grad(model)
         return out
 
     # ---- update ------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ def merge(
         "5GB", "--max-shard-size", help="Largest safetensors file; bigger models get an index."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    force: bool = typer.Option(
+        False, "--force", help="Merge a checkpoint without its complete marker (an interrupted save)."
+    ),
     runs_dir: Path = typer.Option(
         Path("runs"), "--runs-dir", help="Where to look for runs when CHECKPOINT is omitted."
     ),
@@ -53,7 +56,7 @@ def merge(
         console.print(
             f"merging [bold]{escape(str(checkpoint))}[/] (latest checkpoint of the most recent run)"
         )
-    plan = plan_merge(checkpoint, output, _dtype(dtype), max_shard_size, overwrite)
+    plan = plan_merge(checkpoint, output, _dtype(dtype), max_shard_size, overwrite, force)
     with Progress(
         TextColumn("[bold]merging"),
         BarColumn(),

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sophiavl_cli.config.fields import EnvVarName, Name
+
 
 class Section(BaseModel):
     """Base of every recipe section: frozen, strict about unknown keys."""
@@ -237,7 +239,7 @@ class ThinkingRewardConfig(Section):
         description="OpenAI-compatible endpoint (base URL or .../chat/completions); default $OPENAI_API_URL; none starts the built-in server.",
     )
     model: str | None = Field(None, description="Served reward-model name; default $REWARD_MODEL.")
-    api_key_env: str = Field(
+    api_key_env: EnvVarName = Field(
         "OPENAI_API_KEY", description="Environment variable holding the API key (never saved)."
     )
     serve_model: str = Field(
@@ -303,8 +305,8 @@ class TrainerConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto picks cuda when GPUs are visible."
     )
-    project_name: str = Field("sophiavl", description="Groups runs in loggers and the output folder.")
-    experiment_name: str = Field(
+    project_name: Name = Field("sophiavl", description="Groups runs in loggers and the output folder.")
+    experiment_name: Name = Field(
         "trust_grpo", description="Run name; the run dir is output_dir/project/experiment."
     )
     output_dir: str = Field("runs", description="Root folder of run directories.")
@@ -321,6 +323,12 @@ class TrainerConfig(Section):
     save_freq: int = Field(300, description="Checkpoint every this many steps; -1 only at the end.")
     save_limit: int = Field(-1, description="Keep at most this many checkpoints; -1 keeps all.")
     seed: int = Field(1, description="Seed of model init, sampling and every RNG the run owns.")
+    stop_grace_s: float = Field(
+        300.0,
+        gt=0,
+        description="On Ctrl-C or SIGTERM: seconds the step in flight may take to finish (a checkpoint follows); "
+        "past that, stop without it. Keep it under the scheduler's grace period minus the save time.",
+    )
     collective_timeout: float = Field(
         600.0,
         gt=0,

@@ -3,8 +3,8 @@
 The driver owns order and state: the data position, the step counter, the reward model client,
 the anneal schedule, logging and the checkpoint schedule. The workers (Ray actors, one per rank)
 own the tensors. One step is `engine.step.run_step`; this module sets the run up, loops, validates,
-checkpoints (every `save_freq` steps, at the end, and after the step in flight when Ctrl-C is
-pressed; a second Ctrl-C stops at once) and tears everything down, also on errors.
+checkpoints (every `save_freq` steps, at the end, and after the step in flight on Ctrl-C or
+SIGTERM, see engine/signals.py) and tears everything down, also on errors.
 
 Usage:
     sophiavl train recipes/quickstart.yaml
@@ -16,8 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -29,9 +27,12 @@ from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.engine import cluster
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
 from sophiavl_cli.engine.objective import uses_reference
+from sophiavl_cli.engine.preflight import finished_run, preflight
 from sophiavl_cli.engine.prompting import PromptBuilder
+from sophiavl_cli.engine.reaper import start_reaper
 from sophiavl_cli.engine.rm_service import ThinkingService
-from sophiavl_cli.engine.rollout import check_backend
+from sophiavl_cli.engine.runlock import RunLock
+from sophiavl_cli.engine.signals import StopFlag
 from sophiavl_cli.engine.step import StepContext, run_step
 from sophiavl_cli.engine.throughput import FlopsModel, peak_flops, throughput_metrics
 from sophiavl_cli.engine.timing import StepTimer
@@ -51,6 +52,7 @@ class RunResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
     interrupted: bool = False
+    stop_signal: int | None = None  # SIGINT or SIGTERM when `interrupted`
     seconds: float = 0.0
 
 
@@ -65,10 +67,34 @@ def optimizer_steps_per_step(recipe: Recipe) -> int:
     ) * recipe.worker.actor.ppo_epochs
 
 
+class AlreadyFinished(UserError):
+    """The run folder's last checkpoint already ends the run the recipe asks for (exit 0: nothing to do)."""
+
+    exit_code = 0
+
+
 def train(
     recipe: Recipe, *, ray_address: str | None = None, resume: str = "auto", status: Any = None
 ) -> RunResult:
-    """Run training as the recipe says; returns where everything went. `status(text)` reports progress."""
+    """Run training as the recipe says; returns where everything went. `status(text)` reports progress.
+
+    Before anything starts: every pre-flight check at once, the run folder's lock (one trainer per
+    folder), the checkpoint to resume (verified), and whether the run is already finished.
+    """
+    say = status or (lambda text: None)
+    preflight(recipe, ray_address=ray_address)
+    run_dir = run_dir_of(recipe)
+    with RunLock(run_dir):
+        checkpoint = resolve_resume(resume, run_dir, say)
+        finished = finished_run(recipe, run_dir, checkpoint)
+        if finished is not None:
+            raise AlreadyFinished(finished)
+        return _train_locked(recipe, run_dir, checkpoint, ray_address=ray_address, say=say)
+
+
+def _train_locked(
+    recipe: Recipe, run_dir: Path, checkpoint: Path | None, *, ray_address: str | None, say: Any
+) -> RunResult:
     from sophiavl_cli.engine.curves import plot_curves
     from sophiavl_cli.engine.loggers import build_loggers
     from sophiavl_cli.models.processing import VLProcessor
@@ -76,13 +102,7 @@ def train(
     from sophiavl_cli.rewards.failure_policy import FailureMonitor
     from sophiavl_cli.rewards.outcome import OutcomeScorer
 
-    say = status or (lambda text: None)
     started_at = time.perf_counter()
-    check_backend(recipe.worker.rollout)
-    run_dir = run_dir_of(recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
-    checkpoint = resolve_resume(resume, run_dir)
 
     # ---- data, model files, rewards (no Ray yet: mistakes fail fast) ---------------------------
     say("loading data and model files")
@@ -108,6 +128,8 @@ def train(
         loader.load_state_dict(driver_state["loader"])
 
     with ExitStack() as stack:
+        stack.callback(start_reaper().stop)  # first in, last out: after Ray and the RM are stopped
+        stop = stack.enter_context(StopFlag(recipe.trainer.stop_grace_s))
         rm_service = None
         if recipe.algorithm.trust.enable:
             rm_service = ThinkingService(recipe.reward.thinking)
@@ -148,8 +170,6 @@ def train(
         loggers = build_loggers(recipe, run_dir, resume_step=start_step)
         stack.callback(loggers.close)
         manager = CheckpointManager(checkpoints_dir(run_dir), recipe.trainer.save_limit)
-        stop = _StopFlag()
-        stack.enter_context(stop)
 
         def save(step: int) -> Path:
             save_start = time.perf_counter()
@@ -174,12 +194,14 @@ def train(
             loggers.log(0, metrics)
             loggers.log_generations(0, samples)
 
+        _write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))  # only once the run has really started
         timer = StepTimer()
         saved_step = start_step
         stack.enter_context(loggers.progress(total_steps, start_step))
         for step in range(start_step + 1, last_step_of_this_run(recipe, start_step, total_steps) + 1):
             timer.reset()
             metrics = run_step(ctx, loader.next_batch(), step, timer)
+            stop.step_done()
             metrics |= timer.metrics()
             metrics |= throughput_metrics(metrics, recipe.world_size, peak)
             metrics["train/epoch"] = float(loader.epoch)
@@ -194,7 +216,7 @@ def train(
                 result.checkpoint = save(step)
                 saved_step = step
             if stop.requested:
-                result.interrupted = True
+                result.interrupted, result.stop_signal = True, stop.signum
                 break
         if result.last_step > saved_step:
             result.checkpoint = save(result.last_step)
@@ -316,30 +338,3 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-class _StopFlag:
-    """First Ctrl-C: finish the step in flight, checkpoint, stop. Second: stop now (KeyboardInterrupt)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        from sophiavl_cli.console import err_console
-
-        err_console.print(
-            "[yellow]Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop now)[/]"
-        )
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)

@@ -1,0 +1,90 @@
+"""How a run stops on request: Ctrl-C (SIGINT) or a scheduler's SIGTERM.
+
+Schedulers (SLURM, Kubernetes) stop a job with SIGTERM and kill it a grace period later, so SIGTERM
+is treated like the first Ctrl-C: the step in flight may finish for at most `trainer.stop_grace_s`
+seconds, then the driver saves a checkpoint and exits 128 + the signal number (143 for SIGTERM,
+130 for SIGINT). When the grace runs out first, or a second signal arrives, `Stopped` is raised in
+the main thread (even inside a blocking Ray wait): the step is abandoned, nothing half-done is saved
+and the newest checkpoint on disk is where `--resume auto` continues.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from sophiavl_cli.console import err_console
+
+_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
+class Stopped(KeyboardInterrupt):
+    """Stop now: raised by a second signal or when the grace period ends; `exit_code` is 128 + signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.message = message
+
+
+class StopFlag:
+    """A context manager that turns SIGINT and SIGTERM into `requested` (and `signum`) for the loop.
+
+    The loop calls `step_done()` after each step: it ends the grace period, because the step has
+    finished and only the checkpoint remains to be written.
+    """
+
+    def __init__(self, grace_s: float | None = None) -> None:
+        self.grace_s = grace_s
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._armed = False
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+            self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._grace_over)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = _NAMES.get(signum, f"signal {signum}")
+        if self.signum is not None:
+            raise Stopped(signum, f"{name} again: stopped at once, the step in flight is not saved")
+        self.signum = signum
+        grace = ""
+        if self.grace_s is not None and self.grace_s > 0 and self._previous:
+            signal.setitimer(signal.ITIMER_REAL, self.grace_s)
+            self._armed = True
+            grace = f" (at most trainer.stop_grace_s={self.grace_s:g} s)"
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        err_console.print(
+            f"[yellow]{name}: finishing this step{grace}, then saving a checkpoint ({again} again to stop now)[/]"
+        )
+
+    def _grace_over(self, signum: int, frame: Any) -> None:
+        self._armed = False
+        assert self.signum is not None
+        raise Stopped(
+            self.signum,
+            f"the step in flight did not finish within trainer.stop_grace_s={self.grace_s:g} s; stopped without "
+            "saving it (--resume auto continues from the newest checkpoint; raise trainer.stop_grace_s to wait longer)",
+        )
+
+    def step_done(self) -> None:
+        """The step in flight has ended: the grace timer no longer applies (the save follows)."""
+        if self._armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._armed = False
+
+    def __exit__(self, *exc: object) -> None:
+        self.step_done()
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ValidationError
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.errors import UserError
 
-
 # What a recipe may expand to. The longest shipped recipe has ~120 values 4 levels deep; these bounds
 # stop an alias bomb (`a: &a [x, x]`, `b: &b [*a, *a]`, ...) or thousands of nested maps in one
 # line, before PyYAML builds them or pydantic walks them.
@@ -82,7 +81,9 @@ def _check_bounds(root: yaml.Node, source: str) -> None:
 
     def visit(node: yaml.Node, depth: int) -> tuple[int, int]:
         if depth > MAX_DEPTH:
-            raise UserError(f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few sections of keys")
+            raise UserError(
+                f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few sections of keys"
+            )
         key = id(node)
         if key in seen:
             size, height = seen[key]

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 import re
 import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -386,7 +386,10 @@ def file_manifest(root: Path) -> dict[str, dict[str, Any]]:
     )
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         sums = list(pool.map(lambda rel: file_checksum(root / rel), files))
-    return {rel: {"size": (root / rel).stat().st_size, "xxh3": digest} for rel, digest in zip(files, sums, strict=True)}
+    return {
+        rel: {"size": (root / rel).stat().st_size, "xxh3": digest}
+        for rel, digest in zip(files, sums, strict=True)
+    }
 
 
 def verify_checkpoint(path: Path) -> str | None:

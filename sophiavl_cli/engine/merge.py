@@ -164,7 +164,9 @@ def check_writable(output: Path) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{output}: cannot write here ({existing} is not a writable folder); pass another --output")
+        raise UserError(
+            f"{output}: cannot write here ({existing} is not a writable folder); pass another --output"
+        )
 
 
 # --------------------------------------------------------------------------- planning

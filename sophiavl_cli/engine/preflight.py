@@ -137,4 +137,3 @@ def finished_run(recipe: Recipe, run_dir: Path, checkpoint: Path | None) -> str 
         f"already finished (step {step} of {total}): run dir {run_dir}; pass trainer.max_steps={int(total) * 2} "
         "(or any number above the last step) to go on, or --resume none to start over"
     )
-

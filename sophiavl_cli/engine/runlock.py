@@ -39,7 +39,11 @@ class RunLock:
                 f"{self.path.parent}: another trainer is using this run folder ({holder}); wait for it to end, "
                 "stop it, or pick another trainer.experiment_name"
             ) from None
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
         self._fd = fd

@@ -89,6 +89,13 @@ _define(
     "Groups trained on outcome rewards only because their reward-model call failed.",
     "groups",
 )
+_define(
+    "trust/thinking_coverage",
+    "mean",
+    "Share of groups that used the thinking reward (not fallen back to outcome-only after an RM failure); "
+    "below reward.thinking.min_coverage for failure_patience steps stops the run.",
+    "fraction",
+)
 
 # ----------------------------------------------------------------------------- reward model calls
 _define("rm/calls", "sum", "Thinking reward model requests finished (scored or failed).", "calls")

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from sophiavl_cli import __version__
-from sophiavl_cli.cli import dataset, doctor, recipe
+from sophiavl_cli.cli import dataset, doctor, help_format, recipe  # noqa: F401  (help_format: flags show no <bool>)
 from sophiavl_cli.cli import download as download_cli
 from sophiavl_cli.cli import eval as eval_cli
 from sophiavl_cli.cli import infer as infer_cli

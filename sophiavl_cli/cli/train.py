@@ -28,6 +28,7 @@ SUMMARY_KEYS = (
     "reward/thinking",
     "reward/final",
     "trust/gamma",
+    "trust/thinking_coverage",
     "actor/pg_loss",
     "actor/kl",
     "actor/entropy",
@@ -83,7 +84,7 @@ def train(
         f"of {result.total_steps} in {result.seconds:.0f} s"
     )
     table.add_column("metric (last step)")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")  # a checkpoint path shown whole
     for key in SUMMARY_KEYS:
         if key in result.last_metrics:
             table.add_row(key, f"{result.last_metrics[key]:.4g}")

@@ -255,6 +255,13 @@ class ThinkingRewardConfig(Section):
     max_failure_fraction: float = Field(
         0.5, ge=0, le=1, description="Stop training when more than this share of RM calls fail ..."
     )
+    min_coverage: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="... or when fewer than this share of groups used the thinking reward (the rest fell back "
+        "to outcome-only after an RM failure); 0 turns this floor off.",
+    )
     failure_patience: int = Field(3, gt=0, description="... for this many consecutive steps.")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from sophiavl_cli.config.loading import dump_recipe
 from sophiavl_cli.config.recipe import Recipe
-from sophiavl_cli.engine import cluster
+from sophiavl_cli.engine import cluster, quiet
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
 from sophiavl_cli.engine.objective import uses_reference
 from sophiavl_cli.engine.preflight import finished_run, preflight
@@ -137,8 +137,10 @@ def _train_locked(
             rm_service.start()
 
         say("starting Ray workers")
+        quiet.install(ray_logs=True)
         started = cluster.connect(ray_address)
         stack.callback(cluster.disconnect, started)
+        stop.install()  # after ray.init, which takes SIGTERM for itself
         device = _resolve_device(recipe.trainer.device)
         for note in ignored_options(recipe, device):
             say(note)

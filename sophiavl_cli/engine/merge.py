@@ -40,6 +40,7 @@ from sophiavl_cli.engine.checkpoint import (
     verify_checkpoint,
 )
 from sophiavl_cli.engine.merge_sources import DcpSource, ReleasedSource, TensorSource, released_actor_dir
+from sophiavl_cli.engine.preflight import check_writable
 from sophiavl_cli.errors import UserError
 
 DtypeChoice = Literal["auto", "bf16", "fp32"]
@@ -156,17 +157,6 @@ def open_checkpoint(
         f"{checkpoint}: neither a sophiavl checkpoint ({DCP_DIRNAME}/.metadata) nor the released layout "
         "(actor/model_world_size_W_rank_R.pt); pass a global_step_N folder"
     )
-
-
-def check_writable(output: Path) -> None:
-    """Fail before reading gigabytes when the output (or the folder it will be created in) is read-only."""
-    existing = Path(output).absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(
-            f"{output}: cannot write here ({existing} is not a writable folder); pass another --output"
-        )
 
 
 # --------------------------------------------------------------------------- planning

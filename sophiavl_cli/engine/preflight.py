@@ -10,6 +10,7 @@ answer before starting anything: whether the run folder's last checkpoint alread
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,11 +101,26 @@ def _devices(recipe: Recipe, ray_address: str | None) -> None:
 
 
 def _output_writable(output_dir: Path) -> None:
-    existing = output_dir.absolute()
+    try:
+        check_writable(output_dir)
+    except UserError:
+        raise UserError(f"trainer.output_dir={output_dir}: not a writable folder; pick another") from None
+
+
+def check_writable(output: Path) -> None:
+    """Fail before any heavy work when `output` (or the folder it would be created in) cannot be written."""
+    existing = Path(output).absolute()
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"trainer.output_dir={output_dir}: {existing} is not a writable folder; pick another")
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(existing)
+        with tempfile.TemporaryFile(dir=existing):  # a real write: permissions, read-only mounts, quotas
+            pass
+    except OSError:
+        raise UserError(
+            f"{output}: cannot write here ({existing} is not a writable folder); pass another --output"
+        ) from None
 
 
 def finished_run(recipe: Recipe, run_dir: Path, checkpoint: Path | None) -> str | None:

@@ -158,4 +158,10 @@ def reward_metrics(outcome: OutcomeBatch, rewards: StepRewards, trust_enabled: b
     if trust_enabled:
         fallback = sum(g.fallback for g in rewards.groups)
         metrics |= step_trust_metrics(rewards.groups, fallback)
+        metrics["trust/thinking_coverage"] = thinking_coverage(len(rewards.groups), fallback)
     return metrics
+
+
+def thinking_coverage(groups: int, fallback_groups: int) -> float:
+    """Share of a step's groups that used the thinking reward (1.0 for a step without groups)."""
+    return 1.0 - fallback_groups / groups if groups else 1.0

@@ -47,11 +47,17 @@ class StopFlag:
         return self.signum is not None
 
     def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-            self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._grace_over)
+        self.install()
         return self
+
+    def install(self) -> None:
+        """Take SIGINT and SIGTERM (again: `ray.init` installs its own SIGTERM handler, which dumps and dies)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in ((signal.SIGINT, self._handle), (signal.SIGTERM, self._handle)):
+            previous = signal.signal(signum, handler)
+            self._previous.setdefault(signum, previous)
+        self._previous.setdefault(signal.SIGALRM, signal.signal(signal.SIGALRM, self._grace_over))
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = _NAMES.get(signum, f"signal {signum}")

@@ -157,7 +157,11 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
         stats = ctx.rm.stats(reset=True)
         metrics |= stats
         if ctx.monitor is not None:
-            ctx.monitor.update(int(stats.get("rm/calls", 0)), int(stats.get("rm/failures", 0)))
+            ctx.monitor.update(
+                int(stats.get("rm/calls", 0)),
+                int(stats.get("rm/failures", 0)),
+                coverage=metrics.get("trust/thinking_coverage"),
+            )
     every = recipe.trainer.rollout_dump_freq
     if ctx.dump_dir is not None and every > 0 and step % every == 0:
         records = [

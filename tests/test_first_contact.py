@@ -111,7 +111,7 @@ def test_known_harmless_fsdp2_and_ray_noise_is_filtered_and_other_warnings_still
         warnings.warn(
             "FSDP2-wrapped module (Qwen2Model) returned a view tensor. An in-place op ...", UserWarning
         )
-        warnings.warn("something else entirely", UserWarning)
+        warnings.warn("something else entirely", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something else entirely"]
     logging.getLogger("ray._private.authentication.authentication_token_setup").warning(
         "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."

@@ -109,7 +109,9 @@ def test_known_harmless_fsdp2_and_ray_noise_is_filtered_and_other_warnings_still
         warnings.simplefilter("always")
         quiet.install()  # after the catch-all, as at a worker's start
         warnings.warn(
-            "FSDP2-wrapped module (Qwen2Model) returned a view tensor. An in-place op ...", UserWarning
+            "FSDP2-wrapped module (Qwen2Model) returned a view tensor. An in-place op ...",
+            UserWarning,
+            stacklevel=1,
         )
         warnings.warn("something else entirely", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something else entirely"]

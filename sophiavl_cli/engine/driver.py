@@ -201,6 +201,9 @@ def _train_locked(
         saved_step = start_step
         stack.enter_context(loggers.progress(total_steps, start_step))
         for step in range(start_step + 1, last_step_of_this_run(recipe, start_step, total_steps) + 1):
+            if stop.requested:  # asked to stop during setup or validation: no new step
+                result.interrupted, result.stop_signal = True, stop.signum
+                break
             timer.reset()
             metrics = run_step(ctx, loader.next_batch(), step, timer)
             stop.step_done()

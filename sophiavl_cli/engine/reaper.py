@@ -3,7 +3,7 @@
 `kill -9` of the trainer (an OOM killer, a scheduler, a user) runs no cleanup: the built-in
 reward server (its own session, so a terminal's Ctrl-C does not reach it) kept its port and, with
 a real reward model, its GPU; Ray's processes lingered. So the trainer starts this small process
-first (`start_reaper`): it samples the trainer's process tree every half second and, the moment
+first (`start_reaper`): it samples the trainer's process tree every second and, the moment
 the trainer is gone, sends SIGTERM to every process it saw (and their children), then SIGKILL to
 whatever is left a few seconds later. psutil identifies a process by pid *and* start time, so a
 recycled pid is never hit. When the trainer ends normally it stops the reaper first (`stop()`),
@@ -23,7 +23,7 @@ import time
 
 import psutil
 
-POLL_S = 0.5
+POLL_S = 1.0
 TERM_GRACE_S = 5.0
 
 

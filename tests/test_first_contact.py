@@ -121,3 +121,31 @@ def test_known_harmless_fsdp2_and_ray_noise_is_filtered_and_other_warnings_still
     logging.getLogger("ray").warning("a real Ray problem")
     err = capfd.readouterr().err
     assert "Token authentication" not in err and "a real Ray problem" in err
+
+
+_UNREACHABLE_RM = """
+import socket
+from sophiavl_cli.config.recipe import ThinkingRewardConfig
+from sophiavl_cli.engine.rm_service import ThinkingService
+from sophiavl_cli.errors import UserError
+
+with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]  # closed again: nothing listens there
+service = ThinkingService(ThinkingRewardConfig(url=f"http://127.0.0.1:{port}/v1", model="rm", max_retries=0), env={})
+service.start()
+try:
+    service.client()
+except UserError as exc:
+    print("refused:", exc)
+service.close()
+"""
+
+
+def test_a_reward_model_that_cannot_be_reached_leaves_no_unclosed_http_session():
+    result = subprocess.run(
+        [sys.executable, "-c", _UNREACHABLE_RM], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refused:" in result.stdout and "unreachable" in result.stdout
+    assert "Unclosed client session" not in result.stderr and "Unclosed connector" not in result.stderr

@@ -249,5 +249,7 @@ def test_merge_checks_the_output_folder_is_writable_before_reading_the_checkpoin
     (unmarked / "complete").unlink()  # reading it would fail: the output must be checked first
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the output's parent should be")
-    with pytest.raises(UserError, match=r"cannot write here .*not a writable folder\); pass another --output"):
+    with pytest.raises(
+        UserError, match=r"cannot write here .*not a writable folder\); pass another --output"
+    ):
         plan_merge(unmarked, output=blocker / "merged")

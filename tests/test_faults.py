@@ -81,6 +81,17 @@ def test_a_finished_run_says_so_before_anything_starts_and_keeps_its_recipe(tmp_
     assert f"already finished (step 4 of 4): run dir {run_dir}; pass trainer.max_steps=" in out
     assert not _ray_started()
     assert (run_dir / "recipe.yaml").read_text() == "the finished run's recipe\n"
+    from sophiavl_cli.engine.preflight import finished_run
+
+    latest = run_dir / "checkpoints" / "global_step_4"
+    assert (
+        finished_run(
+            recipe.model_copy(update={"trainer": recipe.trainer.model_copy(update={"max_steps": 8})}),
+            run_dir,
+            latest,
+        )
+        is None
+    )
 
 
 # --------------------------------------------------------------------------- 5. checkpoint integrity

@@ -316,7 +316,7 @@ def test_every_third_reply_unparseable_shows_as_low_coverage_and_stops_the_run_a
 
 
 def test_the_final_summary_table_shows_thinking_coverage():
-    from sophiavl_cli.cli.train import SUMMARY_KEYS
+    from sophiavl_cli.metrics import SUMMARY_KEYS
 
     assert "trust/thinking_coverage" in SUMMARY_KEYS
 

@@ -59,9 +59,10 @@ def test_help_says_the_image_is_the_question_and_shows_no_bool_after_flags():
 def test_the_per_step_metric_line_is_readable_at_80_columns():
     from rich.console import Console
 
-    from sophiavl_cli.engine.loggers import CONSOLE_KEYS, metrics_table
+    from sophiavl_cli.engine.loggers import metrics_table
+    from sophiavl_cli.metrics import SUMMARY_KEYS
 
-    metrics = {key: -0.012345678 for key in CONSOLE_KEYS} | {
+    metrics = {key: -0.012345678 for key in SUMMARY_KEYS} | {
         "timing/step": 123.456,
         "actor/grad_norm": 9.81e-06,
     }
@@ -74,7 +75,7 @@ def test_the_per_step_metric_line_is_readable_at_80_columns():
         assert header in lines[0].split()
     wide = Console(width=200, record=True, color_system=None)
     wide.print(metrics_table(12, 300, metrics, width=wide.width))
-    assert wide.export_text().splitlines()[0].split() == ["step", *CONSOLE_KEYS.values()]
+    assert wide.export_text().splitlines()[0].split() == ["step", *SUMMARY_KEYS.values()]
 
 
 def test_curves_have_whole_number_step_ticks(tmp_path):

@@ -13,9 +13,9 @@ from rich.console import Console
 
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.engine.curves import plot_curves, read_series
-from sophiavl_cli.engine.loggers import CONSOLE_KEYS, NullLogger, build_loggers
+from sophiavl_cli.engine.loggers import NullLogger, build_loggers
 from sophiavl_cli.errors import MissingExtraError
-from sophiavl_cli.metrics import metric
+from sophiavl_cli.metrics import SUMMARY_KEYS, metric
 
 
 def recipe_with(logger: list[str], log_freq: int = 1) -> Recipe:
@@ -113,7 +113,7 @@ def test_console_prints_a_compact_table_every_log_freq_steps_under_a_progress_ba
 
 
 def test_console_columns_are_registered_metrics() -> None:
-    for key in CONSOLE_KEYS:
+    for key in SUMMARY_KEYS:
         assert metric(key).key == key
 
 

@@ -6,7 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from sophiavl_cli.metrics import METRICS, MetricDef, metric, reduce, render_markdown
+from sophiavl_cli.metrics import (
+    ACTOR_GRAD_NORM,
+    ACTOR_LR,
+    ACTOR_SKIPPED,
+    METRICS,
+    RM_FAILURES_FAMILY,
+    MetricDef,
+    family_key,
+    metric,
+    namespaced,
+    reduce,
+    reduce_records,
+    render_markdown,
+    timing_key,
+)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 
@@ -90,3 +104,34 @@ def test_docs_metrics_page_matches_the_registry() -> None:
     assert DOCS.read_text(encoding="utf-8") == render_markdown(), (
         "docs/metrics.md is stale: python -m sophiavl_cli.metrics > docs/metrics.md"
     )
+
+
+def test_records_from_steps_and_ranks_reduce_by_the_registry() -> None:
+    """The worker's and the driver's one reduction: skipped is the max, lr the last, grad norm the mean."""
+    steps = [
+        {ACTOR_SKIPPED: 1.0, ACTOR_LR: 1e-4, ACTOR_GRAD_NORM: 2.0},
+        {ACTOR_SKIPPED: 0.0, ACTOR_LR: 2e-4, ACTOR_GRAD_NORM: 4.0},
+    ]
+    rank = reduce_records(steps)
+    assert rank == {ACTOR_SKIPPED: 1.0, ACTOR_LR: 2e-4, ACTOR_GRAD_NORM: 3.0}
+    other = {ACTOR_SKIPPED: 0.0, ACTOR_LR: 2e-4, ACTOR_GRAD_NORM: 5.0, "rm/calls": 3.0}
+    assert reduce_records([rank, other, {"rm/calls": 4.0}]) == {
+        ACTOR_SKIPPED: 1.0,
+        ACTOR_LR: 2e-4,
+        ACTOR_GRAD_NORM: 4.0,
+        "rm/calls": 7.0,
+    }
+    with pytest.raises(KeyError, match="unknown metric"):
+        reduce_records([{"actor/skiped": 1.0}])
+
+
+def test_keys_built_from_names_are_checked_against_the_registry() -> None:
+    assert namespaced("actor", {"pg_loss": 1, "kl": 0.5}) == {"actor/pg_loss": 1.0, "actor/kl": 0.5}
+    with pytest.raises(KeyError, match="did you mean"):
+        namespaced("actor", {"pg_los": 1.0})
+    assert family_key(RM_FAILURES_FAMILY, "timeout") == "rm/failures/timeout"
+    with pytest.raises(KeyError):
+        family_key(RM_FAILURES_FAMILY, "a/b")
+    assert timing_key("save") == "timing/save" and timing_key("val") == "timing/val"
+    with pytest.raises(KeyError):
+        timing_key("sleep")

@@ -131,3 +131,22 @@ def test_recipe_reference_doc_is_generated_from_the_code() -> None:
     assert committed == render_markdown(), (
         "regenerate: python -m sophiavl_cli.config.reference > docs/recipes.md"
     )
+
+
+def test_data_prompt_key_is_gone_and_rejected_not_ignored() -> None:
+    """The loader always names the question column `prompt`; a key that could not change that is refused."""
+    with pytest.raises(UserError, match=r"data\.prompt_key: unknown key"):
+        load_recipe(None, ["data.prompt_key=question"])
+
+
+def test_optimizer_steps_per_step_is_mini_batches_times_ppo_epochs() -> None:
+    recipe = load_recipe(
+        None,
+        [
+            "data.rollout_batch_size=16",
+            "worker.actor.global_batch_size=4",
+            "worker.actor.ppo_epochs=2",
+            "trainer.n_workers_per_node=1",
+        ],
+    )
+    assert (recipe.updates_per_step, recipe.optimizer_steps_per_step) == (4, 8)

@@ -74,7 +74,7 @@ def test_rollout_logprobs_replace_the_old_pass_and_match_a_token_budget_recomput
         for i, out in enumerate(outputs):  # hf's temperature-scaled sampling log-probs = the policy's
             np.testing.assert_allclose(recomputed[i], out.logprobs, atol=1e-5)
         metrics = worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)
-        assert metrics["skipped"] == 0.0 and metrics["grad_norm"] > 0
+        assert metrics["actor/skipped"] == 0.0 and metrics["actor/grad_norm"] > 0
     finally:
         worker.shutdown()
 
@@ -85,7 +85,7 @@ def test_rollout_logprobs_replace_the_old_pass_and_match_a_token_budget_recomput
         worker.compute_old_logprobs()
         for i, out in enumerate(outputs):
             np.testing.assert_array_equal(worker._old_logp[i], out.logprobs)
-        assert worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)["approx_kl"] < 1e-8
+        assert worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)["actor/approx_kl"] < 1e-8
 
         worker.set_sequences(_sequences(outputs, with_logprobs=False))
         with pytest.raises(ValueError, match="no log-probs"):

@@ -17,12 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sophiavl_cli.cli.app import main
 from sophiavl_cli.config import load_recipe
 from sophiavl_cli.engine.checkpoint import is_complete
 from sophiavl_cli.engine.rollout import check_backend
 from sophiavl_cli.errors import MissingExtraError, UserError
+from sophiavl_cli.metrics import metric
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
@@ -95,12 +97,14 @@ def _free_port() -> int:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_quickstart_trains_end_to_end_with_metrics_and_a_checkpoint(tmp_path):
+    secret = "sk-test-" + os.urandom(8).hex()
     result = _train(
         tmp_path,
         "trainer.max_steps=2",
         "trainer.val_freq=2",
         "trainer.save_freq=2",
         "trainer.rollout_dump_freq=2",
+        env={"OPENAI_API_KEY": secret},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = tmp_path / "sophiavl" / "quickstart"
@@ -123,6 +127,10 @@ def test_quickstart_trains_end_to_end_with_metrics_and_a_checkpoint(tmp_path):
         assert row["timing/step"] >= row["timing/gen"] > 0
     assert steps[1]["trust/weight"] < steps[0]["trust/weight"]  # annealed
     assert any("val/outcome" in r for r in rows if r["step"] == 2)
+    logged = {key for row in rows for key in row} - {"step"}
+    assert {"timing/val", "timing/save", "timing/shard"} <= logged
+    for key in logged:
+        metric(key)  # every logged key is defined (with its reduction) in sophiavl_cli/metrics.py
 
     checkpoint = run_dir / "checkpoints" / "global_step_2"
     assert is_complete(checkpoint)
@@ -134,6 +142,21 @@ def test_quickstart_trains_end_to_end_with_metrics_and_a_checkpoint(tmp_path):
     ]
     saved = load_recipe(run_dir / "recipe.yaml")
     assert saved.trainer.max_steps == 2
+    resolved = yaml.safe_load(
+        "".join(
+            line[2:] + "\n"
+            for line in (run_dir / "recipe.yaml").read_text().splitlines()
+            if line.startswith("#   ") or line == "# resolved:"
+        )
+    )["resolved"]
+    assert (
+        resolved["reward_endpoint"].startswith("http://127.0.0.1:")
+        and resolved["reward_server"] == "built-in"
+    )
+    assert resolved["device"] == "cpu" and "peak_flops" in resolved
+    assert (checkpoint / "recipe.yaml").read_text() == (run_dir / "recipe.yaml").read_text()
+    leaked = [p for p in run_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not leaked and secret not in result.stdout + result.stderr
     assert [w["rank"] for w in json.loads((run_dir / "workers.json").read_text())] == [0, 1]
     dumped = [
         json.loads(line) for line in (run_dir / "rollouts" / "step_000002.jsonl").read_text().splitlines()
@@ -239,3 +262,28 @@ def test_the_hf_backend_is_always_available_and_unknown_ones_are_named():
                 update={"backend": "sglang"}
             )
         )
+
+
+def test_the_resolved_block_in_recipe_yaml_keeps_the_recipe_loadable_and_drops_credentials(tmp_path):
+    from types import SimpleNamespace
+
+    from sophiavl_cli.config.loading import dump_recipe
+    from sophiavl_cli.engine.driver import resolved_comment, resolved_values
+
+    client = SimpleNamespace(
+        base_url="https://user:sk-secret@rm.example.com:8443/v1?token=t0k", model="judge"
+    )
+    values = resolved_values("cuda", 989e12, "NVIDIA H100", client, SimpleNamespace(embedded=False))
+    assert values == {
+        "device": "cuda",
+        "device_name": "NVIDIA H100",
+        "peak_flops": 989e12,
+        "reward_endpoint": "https://rm.example.com:8443/v1",
+        "reward_model": "judge",
+        "reward_server": "external",
+    }
+    recipe = load_recipe(QUICKSTART)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(dump_recipe(recipe) + resolved_comment(values))
+    assert load_recipe(path) == recipe
+    assert "sk-secret" not in path.read_text() and "t0k" not in path.read_text()

@@ -18,7 +18,10 @@ from sophiavl_cli.config import load_recipe
 from sophiavl_cli.engine.batching import TrainSequence
 from sophiavl_cli.engine.fsdp import full_tensors
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
+from sophiavl_cli.engine.schedule import lr_multiplier
 from sophiavl_cli.engine.worker import TrainWorker, WorkerSpec
+from sophiavl_cli.engine.workers import Workers
+from sophiavl_cli.metrics import METRICS
 
 PROMPT = [5, 6, 7, 8, 9]
 
@@ -69,7 +72,7 @@ def test_the_synced_rollout_copy_scores_tokens_like_the_fsdp_policy(worker):
         np.testing.assert_allclose(worker._old_logp[i], out.logprobs, atol=1e-5)
 
     metrics = worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)
-    assert metrics["skipped"] == 0.0 and metrics["grad_norm"] > 0
+    assert metrics["actor/skipped"] == 0.0 and metrics["actor/grad_norm"] > 0
     copy = dict(worker.rollout.model.named_parameters())
     assert max(float((copy[n] - t).abs().max()) for n, t in full_tensors(worker.policy)) > 0
     worker.sync_weights()
@@ -85,9 +88,31 @@ def test_a_nan_loss_skips_the_update_and_leaves_the_weights_unchanged(worker):
     _train_on(worker, _rollouts(worker, seed=5))
     before = {n: t.clone() for n, t in full_tensors(worker.policy)}
     metrics = worker.update([float("nan"), 1.0, -1.0, 0.0], num_updates=1)
-    assert metrics["skipped"] == 1.0
+    assert metrics["actor/skipped"] == 1.0
     assert all(torch.equal(before[n], t) for n, t in full_tensors(worker.policy))
-    assert worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)["skipped"] == 0.0
+    assert worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)["actor/skipped"] == 0.0
+
+
+def test_update_metrics_over_several_optimizer_steps_follow_the_registry(tiny_model_dir):
+    """lr is the last step's (warm-up moves it), skipped the max: one NaN step of two flags the update."""
+    torch.set_num_threads(1)
+    rank0 = TrainWorker(0, 1, {}, 1)
+    spec = _spec(
+        tiny_model_dir, 1, free_port(), "algorithm.kl_coef=0", "worker.actor.optim.lr_warmup_ratio=0.5"
+    )
+    rank0.setup(spec)
+    try:
+        _train_on(rank0, _rollouts(rank0, seed=6))
+        metrics = rank0.update([float("nan"), 1.0, -1.0, 0.5], num_updates=2)  # 2 sequences per step
+    finally:
+        rank0.shutdown()
+    total = spec.optimizer_steps_total
+    assert rank0.optimizer_step == 2
+    assert metrics["actor/lr"] == pytest.approx(
+        1e-2 * lr_multiplier(1, total, kind="constant", warmup_ratio=0.5)
+    )
+    assert metrics["actor/skipped"] == 1.0
+    assert set(metrics) <= set(METRICS)
 
 
 @pytest.mark.ray
@@ -95,11 +120,11 @@ def test_a_rank_with_images_and_a_rank_without_stay_in_lockstep(tiny_model_dir):
     from sophiavl_cli.engine import cluster
 
     started = cluster.connect(None, num_cpus=2)
-    group = cluster.WorkerGroup(2, "cpu")
+    workers = Workers(cluster.WorkerGroup(2, "cpu"))
     try:
-        host, port = group.wait([group.actors[0].rendezvous_address.remote()], "rendezvous")[0]
+        host, port = workers.rendezvous_address()
         spec = _spec(tiny_model_dir, 2, port, "worker.rollout.n=8")
-        group.run("setup", dataclasses.replace(spec, master_addr=host))
+        workers.setup(dataclasses.replace(spec, master_addr=host))
         image_tokens = [json.loads((tiny_model_dir / "config.json").read_text())["image_token_id"]] * 4
         pixels = np.random.default_rng(0).standard_normal((16, 1176)).astype(np.float32)
         grid = np.asarray([[1, 4, 4]], dtype=np.int64)
@@ -109,13 +134,21 @@ def test_a_rank_with_images_and_a_rank_without_stay_in_lockstep(tiny_model_dir):
         text_only = [
             TrainSequence(4 + i, [1, 2, 3, 4 + i], [10, 11][: 1 + i % 2], None, None) for i in range(4)
         ]
-        group.run_each("set_sequences", [(with_images,), (text_only,)])
-        group.run("compute_old_logprobs")
-        group.run("compute_ref_logprobs")
-        metrics = group.run_each("update", [([1.0, -1.0, 0.5, -0.5], 1), ([0.5, -0.5, 1.0, -1.0], 1)])
-        assert metrics[0]["grad_norm"] == pytest.approx(metrics[1]["grad_norm"])  # one global norm
-        assert all(m["skipped"] == 0.0 for m in metrics)
-        group.run("sync_weights")
+        workers.set_sequences([with_images, text_only], None, None)
+        workers.compute_old_logprobs()
+        workers.compute_ref_logprobs()
+        metrics = workers.update([[1.0, -1.0, 0.5, -0.5], [0.5, -0.5, 1.0, -1.0]], 1)
+        assert metrics[0]["actor/grad_norm"] == pytest.approx(
+            metrics[1]["actor/grad_norm"]
+        )  # one global norm
+        assert all(m["actor/skipped"] == 0.0 for m in metrics)
+        workers.sync_weights()
     finally:
-        group.shutdown()
+        workers.shutdown()
         cluster.disconnect(started)
+
+
+def test_every_typed_rpc_names_a_worker_method():
+    """The facade's methods call `TrainWorker` methods of the same name (checked at import, and here)."""
+    rpcs = {name for name in vars(Workers) if not name.startswith("_") and callable(getattr(Workers, name))}
+    assert rpcs - {"shutdown"} <= set(vars(TrainWorker))

@@ -27,6 +27,17 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sophiavl_cli.metrics import (
+    REWARD_FINAL,
+    REWARD_THINKING,
+    TRUST_DISTRUSTED_FRACTION,
+    TRUST_FALLBACK_GROUPS,
+    TRUST_GAMMA,
+    TRUST_MU_CORRECT,
+    TRUST_MU_WRONG,
+    TRUST_WEIGHT,
+)
+
 MODES = ("paper", "release")
 CORRECT_THRESHOLD = 0.5
 """An outcome at or above this counts as correct when splitting a group."""
@@ -176,22 +187,22 @@ def step_trust_metrics(groups: Sequence[GroupRewards], fallback_groups: int) -> 
     (every group fell back; no group had a correct rollout, for mu_correct) is left out, not logged as 0.
     """
     trusted = [g for g in groups if not g.fallback]
-    metrics: dict[str, float] = {"trust/fallback_groups": float(fallback_groups)}
+    metrics: dict[str, float] = {TRUST_FALLBACK_GROUPS: float(fallback_groups)}
     finals = [r for g in groups for r in g.rewards]
     if finals:
-        metrics["reward/final"] = statistics.fmean(finals)
+        metrics[REWARD_FINAL] = statistics.fmean(finals)
     if trusted:
-        metrics["trust/gamma"] = statistics.fmean(g.gamma for g in trusted)
-        metrics["trust/distrusted_fraction"] = sum(g.distrusted for g in trusted) / len(trusted)
-        metrics["trust/weight"] = trusted[-1].weight
+        metrics[TRUST_GAMMA] = statistics.fmean(g.gamma for g in trusted)
+        metrics[TRUST_DISTRUSTED_FRACTION] = sum(g.distrusted for g in trusted) / len(trusted)
+        metrics[TRUST_WEIGHT] = trusted[-1].weight
     for key, values in (
-        ("trust/mu_correct", [g.mu_c for g in trusted if g.mu_c is not None]),
-        ("trust/mu_wrong", [g.mu_w for g in trusted if g.mu_w is not None]),
+        (TRUST_MU_CORRECT, [g.mu_c for g in trusted if g.mu_c is not None]),
+        (TRUST_MU_WRONG, [g.mu_w for g in trusted if g.mu_w is not None]),
     ):
         if values:
             metrics[key] = statistics.fmean(values)
     scored = sum(g.num_scored for g in trusted)
     if scored:
         total = sum(g.thinking_mean * g.num_scored for g in trusted if g.thinking_mean is not None)
-        metrics["reward/thinking"] = total / scored
+        metrics[REWARD_THINKING] = total / scored
     return metrics

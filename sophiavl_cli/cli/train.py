@@ -18,24 +18,11 @@ from rich.table import Table
 
 from sophiavl_cli.console import console, fail
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.metrics import SUMMARY_KEYS
 
 EPILOG = (
     "Examples: sophiavl train recipes/quickstart.yaml | sophiavl train recipes/fullsets.yaml "
     "trainer.max_steps=20 --ray-address HEAD_IP:6379 | sophiavl train RECIPE --resume none"
-)
-SUMMARY_KEYS = (
-    "reward/outcome",
-    "reward/thinking",
-    "reward/final",
-    "trust/gamma",
-    "trust/thinking_coverage",
-    "actor/pg_loss",
-    "actor/kl",
-    "actor/entropy",
-    "actor/grad_norm",
-    "response/length_mean",
-    "val/outcome",
-    "timing/step",
 )
 
 
@@ -62,7 +49,7 @@ def train(
     console.print(
         f"[bold]sophiavl train[/] {recipe}: {loaded.worker.actor.model_path}, {t.nnodes} x "
         f"{t.n_workers_per_node} workers, {loaded.data.rollout_batch_size} prompts x {loaded.worker.rollout.n} "
-        f"rollouts per step -> {run_dir_of(loaded)}",
+        f"rollouts per step -> {run_dir_of(loaded.trainer)}",
         soft_wrap=True,
     )
     try:

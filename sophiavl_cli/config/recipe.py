@@ -37,7 +37,6 @@ class DataConfig(Section):
         None,
         description="dataset_info.json to resolve names from; default $SOPHIAVL_DATASET_REGISTRY or ./dataset_info.json.",
     )
-    prompt_key: str = Field("prompt", description="Internal column holding the question text.")
     answer_key: str = Field("answer", description="Internal column holding the ground truth.")
     image_key: str = Field("images", description="Internal column holding image path(s) or HF image dicts.")
     max_prompt_length: int = Field(
@@ -364,6 +363,16 @@ class Recipe(Section):
     @property
     def world_size(self) -> int:
         return self.trainer.nnodes * self.trainer.n_workers_per_node
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer steps per PPO epoch of a training step: the rollout batch's mini-batches."""
+        return self.data.rollout_batch_size // self.worker.actor.global_batch_size
+
+    @property
+    def optimizer_steps_per_step(self) -> int:
+        """Optimizer steps one training step takes (what the LR schedule and resume count in)."""
+        return self.updates_per_step * self.worker.actor.ppo_epochs
 
     @model_validator(mode="after")
     def _batches_divide(self) -> Recipe:

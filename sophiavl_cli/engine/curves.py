@@ -16,7 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sophiavl_cli.metrics import metric
+from sophiavl_cli.metrics import (
+    ACTOR_KL,
+    RESPONSE_LENGTH_MAX,
+    RESPONSE_LENGTH_MEAN,
+    REWARD_FINAL,
+    REWARD_OUTCOME,
+    REWARD_THINKING,
+    TRUST_GAMMA,
+    TRUST_WEIGHT,
+    VAL_OUTCOME,
+    metric,
+)
 
 
 @dataclass(frozen=True)
@@ -27,10 +38,10 @@ class Panel:
 
 
 PANELS: tuple[Panel, ...] = (
-    Panel("reward.png", "Rewards", ("reward/outcome", "reward/thinking", "reward/final", "val/outcome")),
-    Panel("trust.png", "Trust-GRPO: gamma and thinking-reward weight", ("trust/gamma", "trust/weight")),
-    Panel("kl.png", "KL to the reference policy", ("actor/kl",)),
-    Panel("response_length.png", "Response length", ("response/length_mean", "response/length_max")),
+    Panel("reward.png", "Rewards", (REWARD_OUTCOME, REWARD_THINKING, REWARD_FINAL, VAL_OUTCOME)),
+    Panel("trust.png", "Trust-GRPO: gamma and thinking-reward weight", (TRUST_GAMMA, TRUST_WEIGHT)),
+    Panel("kl.png", "KL to the reference policy", (ACTOR_KL,)),
+    Panel("response_length.png", "Response length", (RESPONSE_LENGTH_MEAN, RESPONSE_LENGTH_MAX)),
 )
 SMOOTH_AFTER = 20
 

@@ -2,9 +2,13 @@
 
 The driver owns order and state: the data position, the step counter, the reward model client,
 the anneal schedule, logging and the checkpoint schedule. The workers (Ray actors, one per rank)
-own the tensors. One step is `engine.step.run_step`; this module sets the run up, loops, validates,
-checkpoints (every `save_freq` steps, at the end, and after the step in flight on Ctrl-C or
-SIGTERM, see engine/signals.py) and tears everything down, also on errors.
+own the tensors. `train` is `build_run` (everything before the first step) then `fit` (the loop:
+`engine.step.run_step`, then validation and checkpoint saving as the timed phases `val` and `save`;
+checkpoints every `save_freq` steps, at the end, and after the step in flight on Ctrl-C or SIGTERM,
+see engine/signals.py); an `ExitStack` tears everything down, also on errors. Before any of it:
+every pre-flight check at once (engine/preflight.py), the run folder's lock (engine/runlock.py),
+the verified checkpoint to resume, whether the run is already finished, and a watchdog that ends
+everything the trainer started if it dies uncleanly (engine/reaper.py).
 
 Usage:
     sophiavl train recipes/quickstart.yaml
@@ -21,9 +25,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
 
 from sophiavl_cli.config.loading import dump_recipe
-from sophiavl_cli.config.recipe import Recipe
+from sophiavl_cli.config.recipe import ActorConfig, DataConfig, Recipe, TrainerConfig
 from sophiavl_cli.engine import cluster, quiet
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
 from sophiavl_cli.engine.objective import uses_reference
@@ -38,7 +45,9 @@ from sophiavl_cli.engine.throughput import FlopsModel, peak_flops, throughput_me
 from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.validation import validate
 from sophiavl_cli.engine.worker import WorkerSpec
+from sophiavl_cli.engine.workers import Workers
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.metrics import TRAIN_EPOCH
 
 
 @dataclass
@@ -56,15 +65,27 @@ class RunResult:
     seconds: float = 0.0
 
 
-def run_dir_of(recipe: Recipe) -> Path:
-    t = recipe.trainer
-    return Path(t.output_dir) / t.project_name / t.experiment_name
+def run_dir_of(trainer: TrainerConfig) -> Path:
+    return Path(trainer.output_dir) / trainer.project_name / trainer.experiment_name
 
 
-def optimizer_steps_per_step(recipe: Recipe) -> int:
-    return (
-        recipe.data.rollout_batch_size // recipe.worker.actor.global_batch_size
-    ) * recipe.worker.actor.ppo_epochs
+@dataclass
+class Run:
+    """A run ready to train: data, workers, reward model, loggers and where it starts (`build_run`)."""
+
+    recipe: Recipe
+    run_dir: Path
+    model_dir: Path
+    ctx: StepContext
+    loader: Any
+    val_rows: list[dict[str, Any]]
+    loggers: Any
+    manager: CheckpointManager
+    total_steps: int
+    start_step: int
+    peak_flops: float | None
+    recipe_yaml: str  # the resolved recipe, also saved with every checkpoint
+    say: Any
 
 
 class AlreadyFinished(UserError):
@@ -76,35 +97,40 @@ class AlreadyFinished(UserError):
 def train(
     recipe: Recipe, *, ray_address: str | None = None, resume: str = "auto", status: Any = None
 ) -> RunResult:
-    """Run training as the recipe says; returns where everything went. `status(text)` reports progress.
-
-    Before anything starts: every pre-flight check at once, the run folder's lock (one trainer per
-    folder), the checkpoint to resume (verified), and whether the run is already finished.
-    """
+    """Run training as the recipe says; returns where everything went. `status(text)` reports progress."""
     say = status or (lambda text: None)
+    started_at = time.perf_counter()
     preflight(recipe, ray_address=ray_address)
-    run_dir = run_dir_of(recipe)
-    with RunLock(run_dir):
+    run_dir = run_dir_of(recipe.trainer)
+    with RunLock(run_dir), ExitStack() as stack:
         checkpoint = resolve_resume(resume, run_dir, say)
         finished = finished_run(recipe, run_dir, checkpoint)
         if finished is not None:
             raise AlreadyFinished(finished)
-        return _train_locked(recipe, run_dir, checkpoint, ray_address=ray_address, say=say)
+        stack.callback(start_reaper().stop)  # first in, last out: after Ray and the RM are stopped
+        stop = stack.enter_context(StopFlag(recipe.trainer.stop_grace_s))
+        run = build_run(recipe, stack, ray_address=ray_address, checkpoint=checkpoint, say=say)
+        stop.install()  # again: ray.init took SIGTERM for itself
+        result = fit(run, stack, stop)
+    result.seconds = time.perf_counter() - started_at
+    return result
 
 
-def _train_locked(
-    recipe: Recipe, run_dir: Path, checkpoint: Path | None, *, ray_address: str | None, say: Any
-) -> RunResult:
-    from sophiavl_cli.engine.curves import plot_curves
+def build_run(
+    recipe: Recipe, stack: ExitStack, *, ray_address: str | None, checkpoint: Path | None, say: Any
+) -> Run:
+    """Everything before the first step; what must be torn down is registered on `stack`.
+
+    Data, model files and rewards load before Ray starts, so mistakes fail fast.
+    """
     from sophiavl_cli.engine.loggers import build_loggers
     from sophiavl_cli.models.processing import VLProcessor
     from sophiavl_cli.models.resolve import resolve_model
     from sophiavl_cli.rewards.failure_policy import FailureMonitor
     from sophiavl_cli.rewards.outcome import OutcomeScorer
 
-    started_at = time.perf_counter()
+    run_dir = run_dir_of(recipe.trainer)  # created by its lock; recipe.yaml is written once workers run
 
-    # ---- data, model files, rewards (no Ray yet: mistakes fail fast) ---------------------------
     say("loading data and model files")
     model_dir = resolve_model(recipe.worker.actor.model_path)
     processor = VLProcessor.from_pretrained(
@@ -112,162 +138,237 @@ def _train_locked(
     )
     builder = PromptBuilder(processor, recipe.data)
     scorer = OutcomeScorer(recipe.reward.custom, format_weight=recipe.reward.format_weight)
-    loader, val_rows = load_data(recipe, builder, say)
+    want_val = recipe.trainer.val_freq > 0 or recipe.trainer.val_before_train
+    loader, val_rows = load_data(recipe.data, recipe.reward.custom, builder, say, validation=want_val)
     total_steps = len(loader) * recipe.trainer.total_epochs
     if recipe.trainer.max_steps is not None:
         total_steps = min(total_steps, recipe.trainer.max_steps)
+    start_step, optimizer_step = restore_driver_state(checkpoint, loader, recipe.optimizer_steps_per_step)
 
-    start_step, optimizer_step = 0, 0
-    driver_state: dict[str, Any] = {}
+    rm_service = None
+    if recipe.algorithm.trust.enable:
+        rm_service = ThinkingService(recipe.reward.thinking)
+        stack.callback(rm_service.close)
+        rm_service.start()
+
+    say("starting Ray workers")
+    workers, device = start_workers(recipe, stack, ray_address, model_dir, total_steps, processor, say)
+    described = workers.describe()
+    _write_atomic(run_dir / "workers.json", json.dumps(described, indent=1) + "\n")
+    peak = peak_flops(str(described[0]["device_name"]), os.environ.get("SOPHIAVL_PEAK_FLOPS"))
     if checkpoint is not None:
-        driver_state = CheckpointManager.load_driver_state(checkpoint)
-        start_step = int(driver_state["step"])
-        optimizer_step = int(
-            driver_state.get("optimizer_step", start_step * optimizer_steps_per_step(recipe))
-        )
-        loader.load_state_dict(driver_state["loader"])
+        say(f"resuming from {checkpoint}")
+        workers.load_checkpoint(checkpoint, start_step, optimizer_step)
 
-    with ExitStack() as stack:
-        stack.callback(start_reaper().stop)  # first in, last out: after Ray and the RM are stopped
-        stop = stack.enter_context(StopFlag(recipe.trainer.stop_grace_s))
-        rm_service = None
-        if recipe.algorithm.trust.enable:
-            rm_service = ThinkingService(recipe.reward.thinking)
-            stack.callback(rm_service.close)
-            rm_service.start()
+    rm_client = rm_service.client() if rm_service is not None else None
+    use_ref = uses_reference(recipe)
+    ctx = StepContext(
+        recipe=recipe,
+        workers=workers,
+        processor=processor,
+        builder=builder,
+        scorer=scorer,
+        rm=rm_client,
+        monitor=FailureMonitor.from_config(recipe.reward.thinking) if rm_client is not None else None,
+        total_steps=total_steps,
+        use_ref=use_ref,
+        dump_dir=run_dir / "rollouts",
+        flops=FlopsModel.from_config(_model_config(model_dir)),
+    )
+    resolved = resolved_values(device, peak, described[0]["device_name"], rm_client, rm_service)
+    recipe_yaml = dump_recipe(recipe) + resolved_comment(resolved)
+    _write_atomic(run_dir / "recipe.yaml", recipe_yaml)
+    loggers = build_loggers(recipe, run_dir, resume_step=start_step)
+    stack.callback(loggers.close)
+    return Run(
+        recipe=recipe,
+        run_dir=run_dir,
+        model_dir=model_dir,
+        ctx=ctx,
+        loader=loader,
+        val_rows=val_rows,
+        loggers=loggers,
+        manager=CheckpointManager(checkpoints_dir(run_dir), recipe.trainer.save_limit),
+        total_steps=total_steps,
+        start_step=start_step,
+        peak_flops=peak,
+        recipe_yaml=recipe_yaml,
+        say=say,
+    )
 
-        say("starting Ray workers")
-        quiet.install(ray_logs=True)
-        started = cluster.connect(ray_address)
-        stack.callback(cluster.disconnect, started)
-        stop.install()  # after ray.init, which takes SIGTERM for itself
-        device = _resolve_device(recipe.trainer.device)
-        for note in ignored_options(recipe, device):
-            say(note)
-        group = cluster.WorkerGroup(recipe.world_size, device)
-        stack.callback(group.shutdown)
-        spec = _worker_spec(recipe, model_dir, group, device, total_steps, processor)
-        group.run("setup", spec)
-        workers = group.run("describe")
-        _write_atomic(run_dir / "workers.json", json.dumps(workers, indent=1) + "\n")
-        peak = peak_flops(str(workers[0]["device_name"]), os.environ.get("SOPHIAVL_PEAK_FLOPS"))
-        if checkpoint is not None:
-            say(f"resuming from {checkpoint}")
-            group.run("load_checkpoint", str(checkpoint), start_step, optimizer_step)
 
-        rm_client = rm_service.client() if rm_service is not None else None
-        ctx = StepContext(
-            recipe=recipe,
-            group=group,
-            processor=processor,
-            builder=builder,
-            scorer=scorer,
-            rm=rm_client,
-            monitor=FailureMonitor.from_config(recipe.reward.thinking) if rm_client is not None else None,
-            total_steps=total_steps,
-            use_ref=spec.need_ref,
-            dump_dir=run_dir / "rollouts",
-            flops=FlopsModel.from_config(_model_config(model_dir)),
-        )
-        loggers = build_loggers(recipe, run_dir, resume_step=start_step)
-        stack.callback(loggers.close)
-        manager = CheckpointManager(checkpoints_dir(run_dir), recipe.trainer.save_limit)
+def restore_driver_state(
+    checkpoint: Path | None, loader: Any, optimizer_steps_per_step: int
+) -> tuple[int, int]:
+    """(step, optimizer step) to continue from, with the loader moved to where the checkpoint left it."""
+    if checkpoint is None:
+        return 0, 0
+    state = CheckpointManager.load_driver_state(checkpoint)
+    start_step = int(state["step"])
+    loader.load_state_dict(state["loader"])
+    return start_step, int(state.get("optimizer_step", start_step * optimizer_steps_per_step))
 
-        def save(step: int) -> Path:
-            save_start = time.perf_counter()
-            tmp = manager.begin(step)
-            group.run("save_checkpoint", str(tmp))
-            state = {
-                "step": step,
-                "optimizer_step": step * optimizer_steps_per_step(recipe),
-                "loader": loader.state_dict(),
-                "total_steps": total_steps,
-                "world_size": recipe.world_size,
-            }
-            path = manager.commit(tmp, step, state, hf_source_dir=model_dir, recipe_yaml=dump_recipe(recipe))
-            say(f"saved {path} ({time.perf_counter() - save_start:.1f} s)")
-            return path
 
-        result = RunResult(
-            run_dir=run_dir, first_step=start_step + 1, last_step=start_step, total_steps=total_steps
-        )
-        if recipe.trainer.val_before_train and val_rows and start_step == 0:
-            metrics, samples = validate(ctx, val_rows, 0)
-            loggers.log(0, metrics)
-            loggers.log_generations(0, samples)
+def start_workers(
+    recipe: Recipe,
+    stack: ExitStack,
+    ray_address: str | None,
+    model_dir: Path,
+    total_steps: int,
+    processor: Any,
+    say: Any,
+) -> tuple[Workers, str]:
+    """Ray, one worker per rank, each set up with the policy (and reference, rollout engine)."""
+    quiet.install(ray_logs=True)
+    started = cluster.connect(ray_address)
+    stack.callback(cluster.disconnect, started)
+    device = _resolve_device(recipe.trainer.device)
+    for note in ignored_options(recipe.worker.actor, device):
+        say(note)
+    workers = Workers(cluster.WorkerGroup(recipe.world_size, device))
+    stack.callback(workers.shutdown)
+    workers.setup(_worker_spec(recipe, model_dir, workers, device, total_steps, processor))
+    return workers, device
 
-        _write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))  # only once the run has really started
-        timer = StepTimer()
-        saved_step = start_step
-        stack.enter_context(loggers.progress(total_steps, start_step))
-        for step in range(start_step + 1, last_step_of_this_run(recipe, start_step, total_steps) + 1):
-            if stop.requested:  # asked to stop during setup or validation: no new step
-                result.interrupted, result.stop_signal = True, stop.signum
-                break
-            timer.reset()
-            metrics = run_step(ctx, loader.next_batch(), step, timer)
-            stop.step_done()
-            metrics |= timer.metrics()
-            metrics |= throughput_metrics(metrics, recipe.world_size, peak)
-            metrics["train/epoch"] = float(loader.epoch)
-            if val_rows and recipe.trainer.val_freq > 0 and _due(step, recipe.trainer.val_freq, total_steps):
-                val_start = time.perf_counter()
-                val_metrics, samples = validate(ctx, val_rows, step)
-                metrics |= val_metrics | {"timing/val": time.perf_counter() - val_start}
-                loggers.log_generations(step, samples)
-            loggers.log(step, metrics)
-            result.last_step, result.last_metrics = step, metrics
-            if stop.requested or _due(step, recipe.trainer.save_freq, total_steps):
-                result.checkpoint = save(step)
-                saved_step = step
-            if stop.requested:
-                result.interrupted, result.stop_signal = True, stop.signum
-                break
-        if result.last_step > saved_step:
-            result.checkpoint = save(result.last_step)
-        loggers.stop()
-        loggers.close()
-        metrics_file = run_dir / "metrics.jsonl"
-        if metrics_file.is_file():
-            plot_curves(metrics_file, run_dir / "curves")
-    result.seconds = time.perf_counter() - started_at
+
+def fit(run: Run, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
+    """The training loop: steps, validation and checkpoints as timed phases, then the curves.
+
+    `stop` (Ctrl-C / SIGTERM, engine/signals.py) ends the loop after the step in flight, with a
+    checkpoint of it; without one, a fresh flag is entered on `stack`.
+    """
+    from sophiavl_cli.engine.curves import plot_curves
+
+    recipe, trainer, loggers = run.recipe, run.recipe.trainer, run.loggers
+    if stop is None:
+        stop = stack.enter_context(StopFlag(trainer.stop_grace_s))
+    result = RunResult(
+        run_dir=run.run_dir,
+        first_step=run.start_step + 1,
+        last_step=run.start_step,
+        total_steps=run.total_steps,
+    )
+    if trainer.val_before_train and run.val_rows and run.start_step == 0:
+        metrics, samples = validate(run.ctx, run.val_rows, 0)
+        loggers.log(0, metrics)
+        loggers.log_generations(0, samples)
+
+    timer, after = StepTimer(), StepTimer()  # the step's phases; validation and saving after it
+    last_step = last_step_of_this_run(trainer, run.start_step, run.total_steps)
+    stack.enter_context(loggers.progress(run.total_steps, run.start_step))
+    for step in range(run.start_step + 1, last_step + 1):
+        if stop.requested:  # asked to stop during setup or validation: no new step
+            result.interrupted, result.stop_signal = True, stop.signum
+            break
+        timer.reset()
+        metrics = run_step(run.ctx, run.loader.next_batch(), step, timer)
+        stop.step_done()
+        metrics |= timer.metrics()
+        metrics |= throughput_metrics(metrics, recipe.world_size, run.peak_flops)
+        metrics[TRAIN_EPOCH] = float(run.loader.epoch)
+        after.reset()
+        validating = run.val_rows and trainer.val_freq > 0 and _due(step, trainer.val_freq, run.total_steps)
+        if validating and not stop.requested:  # stopping: straight to the save, no validation
+            with after("val"):
+                val_metrics, samples = validate(run.ctx, run.val_rows, step)
+            metrics |= val_metrics
+            loggers.log_generations(step, samples)
+        if stop.requested or step == last_step or _due(step, trainer.save_freq, run.total_steps):
+            with after("save"):
+                result.checkpoint = save_checkpoint(run, step)
+        metrics |= after.phases()
+        loggers.log(step, metrics)
+        result.last_step, result.last_metrics = step, metrics
+        if stop.requested:
+            result.interrupted, result.stop_signal = True, stop.signum
+            break
+    loggers.stop()
+    loggers.close()
+    metrics_file = run.run_dir / "metrics.jsonl"
+    if metrics_file.is_file():
+        plot_curves(metrics_file, run.run_dir / "curves")
     return result
 
 
-def last_step_of_this_run(recipe: Recipe, start_step: int, total_steps: int) -> int:
+def save_checkpoint(run: Run, step: int) -> Path:
+    """Every rank's shards, then the driver state (data position, counters) and the HF copy."""
+    save_start = time.perf_counter()
+    tmp = run.manager.begin(step)
+    run.ctx.workers.save_checkpoint(tmp)
+    state = {
+        "step": step,
+        "optimizer_step": step * run.recipe.optimizer_steps_per_step,
+        "loader": run.loader.state_dict(),
+        "total_steps": run.total_steps,
+        "world_size": run.recipe.world_size,
+    }
+    path = run.manager.commit(tmp, step, state, hf_source_dir=run.model_dir, recipe_yaml=run.recipe_yaml)
+    run.say(f"saved {path} ({time.perf_counter() - save_start:.1f} s)")
+    return path
+
+
+def resolved_values(
+    device: str, peak: float | None, device_name: object, rm_client: Any, rm_service: Any
+) -> dict[str, Any]:
+    """What the run resolved from defaults and the environment; never a secret (no API key)."""
+    values: dict[str, Any] = {"device": device, "device_name": str(device_name), "peak_flops": peak}
+    if rm_client is not None:
+        values["reward_endpoint"] = _without_credentials(rm_client.base_url)
+        values["reward_model"] = rm_client.model
+        values["reward_server"] = "built-in" if rm_service.embedded else "external"
+    return values
+
+
+def resolved_comment(values: dict[str, Any]) -> str:
+    """`values` as a YAML comment block: a record for people and tools, not recipe keys to load."""
+    text = yaml.safe_dump({"resolved": values}, sort_keys=False)
+    return "# Resolved by this run at start (not recipe keys):\n" + "".join(
+        f"# {line}\n" for line in text.splitlines()
+    )
+
+
+def _without_credentials(url: str) -> str:
+    """The URL without user:password@ or a query string (where tokens sometimes ride)."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def last_step_of_this_run(trainer: TrainerConfig, start_step: int, total_steps: int) -> int:
     """The step this invocation ends after: the run's last, or earlier with `trainer.stop_after_steps`.
 
     Stopping early changes nothing but where the loop ends (the end-of-loop save writes the
     checkpoint): the LR and annealing schedules still span `total_steps`, so a run cut into
     pieces and resumed is the same run.
     """
-    stop_after = recipe.trainer.stop_after_steps
+    stop_after = trainer.stop_after_steps
     return total_steps if stop_after is None else min(total_steps, start_step + stop_after)
 
 
-def load_data(recipe: Recipe, builder: PromptBuilder, say: Any) -> tuple[Any, list[dict[str, Any]]]:
+def load_data(
+    data: DataConfig, custom: dict[str, str], builder: PromptBuilder, say: Any, *, validation: bool
+) -> tuple[Any, list[dict[str, Any]]]:
     """The training loader (rows over data.max_prompt_length dropped) and the validation rows."""
     from sophiavl_cli.data.loader import PromptDataLoader, load_rows
 
-    data = recipe.data
     registry = Path(data.registry) if data.registry else None
-    train_rows = load_rows(data.train_files, registry=registry, extra_types=recipe.reward.custom)
+    train_rows = load_rows(data.train_files, registry=registry, extra_types=custom)
     kept, dropped = builder.keep_fitting(train_rows)
     if dropped:
         say(f"dropped {dropped} training rows longer than data.max_prompt_length={data.max_prompt_length}")
         train_rows = train_rows.select(kept)
     val_rows: list[dict[str, Any]] = []
-    if data.val_files and (recipe.trainer.val_freq > 0 or recipe.trainer.val_before_train):
-        val_rows = list(load_rows(data.val_files, registry=registry, extra_types=recipe.reward.custom))
+    if data.val_files and validation:
+        val_rows = list(load_rows(data.val_files, registry=registry, extra_types=custom))
     loader = PromptDataLoader(
         train_rows, batch_size=data.rollout_batch_size, shuffle=data.shuffle, seed=data.seed
     )
     return loader, val_rows
 
 
-def ignored_options(recipe: Recipe, device: str) -> list[str]:
+def ignored_options(actor: ActorConfig, device: str) -> list[str]:
     """One line per recipe option this run cannot honour (said once, at start)."""
-    actor = recipe.worker.actor
     notes = []
     if device == "cuda" and actor.padding_free and importlib.util.find_spec("flash_attn") is None:
         notes.append(
@@ -301,12 +402,11 @@ def _resolve_device(device: str) -> str:
 
 
 def _worker_spec(
-    recipe: Recipe, model_dir: Path, group: cluster.WorkerGroup, device: str, total_steps: int, processor: Any
+    recipe: Recipe, model_dir: Path, workers: Workers, device: str, total_steps: int, processor: Any
 ) -> WorkerSpec:
-    import ray
     from transformers import GenerationConfig
 
-    host, port = ray.get(group.actors[0].rendezvous_address.remote())
+    host, port = workers.rendezvous_address()
     eos: list[int] = []
     try:
         generation = GenerationConfig.from_pretrained(str(model_dir))
@@ -331,7 +431,7 @@ def _worker_spec(
         master_addr=host,
         master_port=port,
         device=device,
-        optimizer_steps_total=max(total_steps * optimizer_steps_per_step(recipe), 1),
+        optimizer_steps_total=max(total_steps * recipe.optimizer_steps_per_step, 1),
         need_ref=uses_reference(recipe),
         eos_token_ids=eos,
         pad_token_id=int(pad),

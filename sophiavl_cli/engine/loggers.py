@@ -45,25 +45,19 @@ from rich.text import Text
 
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.console import console as default_console
+from sophiavl_cli.metrics import (
+    ACTOR_ENTROPY,
+    ACTOR_GRAD_NORM,
+    ACTOR_PG_LOSS,
+    REWARD_THINKING,
+    SUMMARY_KEYS,
+    TRUST_GAMMA,
+    TRUST_THINKING_COVERAGE,
+)
 from sophiavl_cli.optional import require
 
 METRICS_FILE = "metrics.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
-# The console table's columns, key -> header (every key is defined in sophiavl_cli/metrics.py;
-# keys absent from a step are skipped). Everything else still goes to JSONL and the trackers.
-CONSOLE_KEYS: dict[str, str] = {
-    "reward/outcome": "outcome",
-    "reward/thinking": "thinking",
-    "reward/final": "final",
-    "trust/gamma": "gamma",
-    "actor/pg_loss": "pg_loss",
-    "actor/kl": "kl",
-    "actor/entropy": "entropy",
-    "actor/grad_norm": "grad_norm",
-    "response/length_mean": "resp_len",
-    "val/outcome": "val",
-    "timing/step": "s/step",
-}
 
 
 class Backend(Protocol):
@@ -192,7 +186,14 @@ class ConsoleBackend:
 
 # When the terminal is too narrow for every column, these are left out, in this order; they stay in
 # metrics.jsonl and the trackers.
-CONSOLE_DROP_ORDER = ("actor/grad_norm", "actor/entropy", "actor/pg_loss", "trust/gamma", "reward/thinking")
+CONSOLE_DROP_ORDER = (
+    ACTOR_GRAD_NORM,
+    ACTOR_ENTROPY,
+    ACTOR_PG_LOSS,
+    TRUST_GAMMA,
+    REWARD_THINKING,
+    TRUST_THINKING_COVERAGE,
+)
 
 
 def metrics_table(step: int, total: int, metrics: dict[str, float], width: int | None = None) -> Table | None:
@@ -202,7 +203,7 @@ def metrics_table(step: int, total: int, metrics: dict[str, float], width: int |
     so an 80-column terminal gets one readable header line and one value line per step, not wrapped
     cells.
     """
-    keys = [k for k in CONSOLE_KEYS if k in metrics]
+    keys = [k for k in SUMMARY_KEYS if k in metrics]
     if not keys:
         return None
     first = f"{step}/{total}" if total else str(step)
@@ -211,7 +212,7 @@ def metrics_table(step: int, total: int, metrics: dict[str, float], width: int |
 
     def row_width() -> int:
         widths = [max(len("step"), len(first))]
-        widths += [max(len(CONSOLE_KEYS[k]), len(Text.from_markup(cells[k]).plain)) for k in keys]
+        widths += [max(len(SUMMARY_KEYS[k]), len(Text.from_markup(cells[k]).plain)) for k in keys]
         return sum(widths) + 2 * len(widths)  # one space of padding either side
 
     while width is not None and droppable and row_width() > width:
@@ -219,7 +220,7 @@ def metrics_table(step: int, total: int, metrics: dict[str, float], width: int |
     table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold cyan")
     table.add_column("step", justify="right", no_wrap=True)
     for key in keys:
-        table.add_column(CONSOLE_KEYS[key], justify="right", no_wrap=True)
+        table.add_column(SUMMARY_KEYS[key], justify="right", no_wrap=True)
     table.add_row(first, *(cells[k] for k in keys))
     return table
 

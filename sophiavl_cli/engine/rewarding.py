@@ -22,6 +22,15 @@ from sophiavl_cli.algo.trust_grpo import (
     step_trust_metrics,
 )
 from sophiavl_cli.config.recipe import Recipe
+from sophiavl_cli.metrics import (
+    ADV_ABS_MEAN,
+    ADV_ZERO_FRACTION,
+    REWARD_ACCURACY,
+    REWARD_FINAL,
+    REWARD_FORMAT,
+    REWARD_OUTCOME,
+    TRUST_THINKING_COVERAGE,
+)
 from sophiavl_cli.rewards.outcome import OutcomeScorer
 from sophiavl_cli.rewards.thinking import ThinkingResult, ThinkingSample
 
@@ -148,17 +157,17 @@ def _plain(outcome: list[float]) -> GroupRewards:
 def reward_metrics(outcome: OutcomeBatch, rewards: StepRewards, trust_enabled: bool) -> dict[str, float]:
     """reward/*, trust/* and adv/* metrics of one step (means over rollouts; trust stats over groups)."""
     metrics = {
-        "reward/outcome": float(outcome.overall.mean()),
-        "reward/format": float(outcome.format.mean()),
-        "reward/accuracy": float(outcome.accuracy.mean()),
-        "reward/final": float(rewards.final.mean()),
-        "adv/abs_mean": float(np.abs(rewards.advantages).mean()),
-        "adv/zero_fraction": float(np.mean(np.abs(rewards.advantages) < 1e-6)),
+        REWARD_OUTCOME: float(outcome.overall.mean()),
+        REWARD_FORMAT: float(outcome.format.mean()),
+        REWARD_ACCURACY: float(outcome.accuracy.mean()),
+        REWARD_FINAL: float(rewards.final.mean()),
+        ADV_ABS_MEAN: float(np.abs(rewards.advantages).mean()),
+        ADV_ZERO_FRACTION: float(np.mean(np.abs(rewards.advantages) < 1e-6)),
     }
     if trust_enabled:
         fallback = sum(g.fallback for g in rewards.groups)
         metrics |= step_trust_metrics(rewards.groups, fallback)
-        metrics["trust/thinking_coverage"] = thinking_coverage(len(rewards.groups), fallback)
+        metrics[TRUST_THINKING_COVERAGE] = thinking_coverage(len(rewards.groups), fallback)
     return metrics
 
 

@@ -3,12 +3,14 @@ name is its `timing/<name>` metric:
 
     gen     prompts -> n rollouts per prompt on the workers' rollout engines
     reward  outcome scores; the thinking-RM calls are submitted here and collected after `ref`
+    shard   sequences spread over ranks, token-balanced, and the shared micro-batch plan
     old     old log-probs on the workers (overlapping the RM calls)
     ref     reference log-probs (skipped when the KL term is off)
     adv     Trust-GRPO rewards per group and group advantages
     update  PPO-clip + KL + entropy, gradient accumulation, grad clip, AdamW
     sync    FSDP2 full tensors -> every worker's rollout copy
 
+then the tail: `dump_rollouts` (every trainer.rollout_dump_freq steps) and `step_metrics`.
 Everything is ordered by position (prompt i, sample k -> row i * n + k), never by arrival, so a
 step is a function of (weights, batch, step seed) only.
 """
@@ -31,12 +33,32 @@ from sophiavl_cli.engine.batching import (
     shared_micro_batch_count,
     spread_across_ranks,
 )
-from sophiavl_cli.engine.cluster import WorkerGroup
 from sophiavl_cli.engine.prompting import BuiltPrompt, PromptBuilder
-from sophiavl_cli.engine.rewarding import combine, reward_metrics, score_outcomes, thinking_requests
+from sophiavl_cli.engine.rewarding import (
+    OutcomeBatch,
+    StepRewards,
+    combine,
+    reward_metrics,
+    score_outcomes,
+    thinking_requests,
+)
 from sophiavl_cli.engine.rollout import RolloutOutput, SamplingParams, derive_seed
 from sophiavl_cli.engine.throughput import FlopsModel
 from sophiavl_cli.engine.timing import StepTimer
+from sophiavl_cli.engine.workers import Workers
+from sophiavl_cli.metrics import (
+    PERF_RESPONSE_TOKENS,
+    PERF_TOKENS,
+    PERF_UPDATE_FLOPS,
+    PERF_UPDATE_TOKENS,
+    RESPONSE_CLIP_RATIO,
+    RESPONSE_LENGTH_MAX,
+    RESPONSE_LENGTH_MEAN,
+    RM_CALLS,
+    RM_FAILURES,
+    TRUST_THINKING_COVERAGE,
+    reduce_records,
+)
 from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.rewards.failure_policy import FailureMonitor
 from sophiavl_cli.rewards.outcome import OutcomeScorer
@@ -48,7 +70,7 @@ class StepContext:
     """What every step uses; built once by the driver."""
 
     recipe: Recipe
-    group: WorkerGroup
+    workers: Workers
     processor: VLProcessor
     builder: PromptBuilder
     scorer: OutcomeScorer
@@ -78,12 +100,21 @@ def generate(
     ctx: StepContext, prompts: list[BuiltPrompt], n: int, sampling: SamplingParams, seed: int
 ) -> list[RolloutOutput]:
     """n rollouts per prompt, prompts spread over ranks; returned in (prompt, sample) order."""
-    world = ctx.group.world_size
-    assignment = spread_across_ranks([len(p.prompt.prompt_ids) for p in prompts], world)
-    per_rank = [([prompts[i].prompt for i in rows], n, sampling, seed) for rows in assignment]
-    results = ctx.group.run_each("generate", per_rank)
+    assignment = spread_across_ranks([len(p.prompt.prompt_ids) for p in prompts], ctx.workers.world_size)
+    results = ctx.workers.generate(
+        [[prompts[i].prompt for i in rows] for rows in assignment], n, sampling, seed
+    )
     outputs = [o for rank_outputs in results for o in rank_outputs]
     return sorted(outputs, key=lambda o: (o.prompt_index, o.sample_index))
+
+
+@dataclass
+class Rollouts:
+    """A step's rollouts in (prompt, sample) order, each with its prompt and decoded response."""
+
+    outputs: list[RolloutOutput]
+    owner: list[BuiltPrompt]  # the prompt of each rollout
+    responses: list[str]
 
 
 def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: StepTimer) -> dict[str, float]:
@@ -94,10 +125,14 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
     with timer("gen"):
         prompts = ctx.builder.build_batch(rows)
         outputs = generate(ctx, prompts, n, ctx.sampling(), derive_seed(recipe.trainer.seed, step))
-        responses = [ctx.processor.decode(o.response_ids) for o in outputs]
+        rollouts = Rollouts(
+            outputs,
+            [prompts[o.prompt_index] for o in outputs],
+            [ctx.processor.decode(o.response_ids) for o in outputs],
+        )
 
     with timer("reward"):
-        owner = [prompts[o.prompt_index] for o in outputs]
+        owner, responses = rollouts.owner, rollouts.responses
         outcome = score_outcomes(
             ctx.scorer,
             responses,
@@ -115,28 +150,18 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
             samples, positions = thinking_requests(outcome.overall, n, recipe.algorithm.trust.mode, sample)
             pending = ctx.rm.submit(samples) if samples else None  # type: ignore[union-attr]
 
-    sequences = [
-        TrainSequence(
-            index=i,
-            prompt_ids=owner[i].prompt.prompt_ids,
-            response_ids=o.response_ids,
-            pixel_values=owner[i].prompt.pixel_values,
-            image_grid_thw=owner[i].prompt.image_grid_thw,
-            old_logprobs=o.logprobs if recipe.worker.rollout.use_rollout_logprobs else None,
-        )
-        for i, o in enumerate(outputs)
-    ]
-    shards = shard_sequences(sequences, recipe, ctx.group.world_size)
-    plan = micro_batch_plan(sequences, shards, recipe)
+    with timer("shard"):
+        sequences = train_sequences(rollouts, recipe.worker.rollout.use_rollout_logprobs)
+        shards = shard_sequences(sequences, recipe, ctx.workers.world_size)
+        experience_count, update_counts = micro_batch_plan(sequences, shards, recipe)
     with timer("old"):
-        futures = ctx.group.call_each(
-            "set_sequences", [([sequences[i] for i in shard], *plan) for shard in shards]
+        ctx.workers.set_sequences(
+            [[sequences[i] for i in shard] for shard in shards], experience_count, update_counts
         )
-        ctx.group.wait(futures, "set_sequences")
-        ctx.group.run("compute_old_logprobs")
+        ctx.workers.compute_old_logprobs()
     if ctx.use_ref:
         with timer("ref"):
-            ctx.group.run("compute_ref_logprobs")
+            ctx.workers.compute_ref_logprobs()
 
     with timer("reward"):
         results = pending.result() if pending is not None else []
@@ -144,52 +169,87 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
         rewards = combine(recipe, outcome.overall, n, step, ctx.total_steps, positions, results)
 
     with timer("update"):
-        num_updates = recipe.data.rollout_batch_size // recipe.worker.actor.global_batch_size
-        per_rank = [([float(rewards.advantages[i]) for i in shard], num_updates) for shard in shards]
-        actor = ctx.group.run_each("update", per_rank)
+        advantages = [[float(rewards.advantages[i]) for i in shard] for shard in shards]
+        actor = ctx.workers.update(advantages, recipe.updates_per_step)
     with timer("sync"):
-        ctx.group.run("sync_weights")
+        ctx.workers.sync_weights()
 
+    every = recipe.trainer.rollout_dump_freq
+    if ctx.dump_dir is not None and every > 0 and step % every == 0:
+        dump_rollouts(ctx.dump_dir / f"step_{step:06d}.jsonl", step, rollouts, outcome, rewards)
+    return step_metrics(ctx, rollouts, sequences, outcome, rewards, actor, trust_on)
+
+
+def train_sequences(rollouts: Rollouts, use_rollout_logprobs: bool) -> list[TrainSequence]:
+    """What the workers train on, one per rollout, in rollout order."""
+    return [
+        TrainSequence(
+            index=i,
+            prompt_ids=rollouts.owner[i].prompt.prompt_ids,
+            response_ids=o.response_ids,
+            pixel_values=rollouts.owner[i].prompt.pixel_values,
+            image_grid_thw=rollouts.owner[i].prompt.image_grid_thw,
+            old_logprobs=o.logprobs if use_rollout_logprobs else None,
+        )
+        for i, o in enumerate(rollouts.outputs)
+    ]
+
+
+def step_metrics(
+    ctx: StepContext,
+    rollouts: Rollouts,
+    sequences: list[TrainSequence],
+    outcome: OutcomeBatch,
+    rewards: StepRewards,
+    actor: list[dict[str, float]],
+    trust_on: bool,
+) -> dict[str, float]:
+    """The step's metrics (timing and throughput are added by the driver); feeds the RM failure monitor."""
     metrics = reward_metrics(outcome, rewards, trust_on)
-    metrics |= actor_metrics(actor)
-    metrics |= response_metrics(outputs, recipe.data.max_response_length)
+    metrics |= reduce_records(actor)
+    metrics |= response_metrics(rollouts.outputs, ctx.recipe.data.max_response_length)
     if trust_on and ctx.rm is not None:
         stats = ctx.rm.stats(reset=True)
         metrics |= stats
         if ctx.monitor is not None:
             ctx.monitor.update(
-                int(stats.get("rm/calls", 0)),
-                int(stats.get("rm/failures", 0)),
-                coverage=metrics.get("trust/thinking_coverage"),
+                int(stats.get(RM_CALLS, 0)),
+                int(stats.get(RM_FAILURES, 0)),
+                coverage=metrics.get(TRUST_THINKING_COVERAGE),
             )
-    every = recipe.trainer.rollout_dump_freq
-    if ctx.dump_dir is not None and every > 0 and step % every == 0:
-        records = [
-            {
-                "step": step,
-                "prompt_index": o.prompt_index,
-                "sample_index": o.sample_index,
-                "problem_type": owner[i].problem_type,
-                "prompt": owner[i].text,
-                "images": len(owner[i].images),
-                "response": responses[i],
-                "answer": owner[i].answer,
-                "outcome": float(outcome.overall[i]),
-                "thinking": rewards.thinking[i],
-                "final": float(rewards.final[i]),
-                "advantage": float(rewards.advantages[i]),
-                "truncated": o.truncated,
-            }
-            for i, o in enumerate(outputs)
-        ]
-        write_jsonl(ctx.dump_dir / f"step_{step:06d}.jsonl", records)
-    metrics["perf/tokens"] = float(sum(s.num_tokens for s in sequences))
-    metrics["perf/response_tokens"] = float(sum(len(o.response_ids) for o in outputs))
-    epochs = recipe.worker.actor.ppo_epochs
-    metrics["perf/update_tokens"] = metrics["perf/tokens"] * epochs
+    metrics[PERF_TOKENS] = float(sum(s.num_tokens for s in sequences))
+    metrics[PERF_RESPONSE_TOKENS] = float(sum(len(o.response_ids) for o in rollouts.outputs))
+    epochs = ctx.recipe.worker.actor.ppo_epochs
+    metrics[PERF_UPDATE_TOKENS] = metrics[PERF_TOKENS] * epochs
     if ctx.flops is not None:
-        metrics["perf/update_flops"] = epochs * ctx.flops.training_flops(s.num_tokens for s in sequences)
+        metrics[PERF_UPDATE_FLOPS] = epochs * ctx.flops.training_flops(s.num_tokens for s in sequences)
     return metrics
+
+
+def dump_rollouts(
+    path: Path, step: int, rollouts: Rollouts, outcome: OutcomeBatch, rewards: StepRewards
+) -> None:
+    """Every rollout of the step, decoded, with its rewards and advantage (trainer.rollout_dump_freq)."""
+    owner = rollouts.owner
+    records = [
+        {
+            "step": step,
+            "prompt_index": o.prompt_index,
+            "sample_index": o.sample_index,
+            "problem_type": owner[i].problem_type,
+            "prompt": owner[i].text,
+            "images": len(owner[i].images),
+            "response": rollouts.responses[i],
+            "answer": owner[i].answer,
+            "outcome": float(outcome.overall[i]),
+            "thinking": rewards.thinking[i],
+            "final": float(rewards.final[i]),
+            "advantage": float(rewards.advantages[i]),
+            "truncated": o.truncated,
+        }
+        for i, o in enumerate(rollouts.outputs)
+    ]
+    write_jsonl(path, records)
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -231,7 +291,7 @@ def micro_batch_plan(
         return [(len(sequences[i].prompt_ids), len(sequences[i].response_ids)) for i in positions]
 
     experience = shared_micro_batch_count([lengths(shard) for shard in shards], budget)
-    per_update = len(shards[0]) // (recipe.data.rollout_batch_size // recipe.worker.actor.global_batch_size)
+    per_update = len(shards[0]) // recipe.updates_per_step
     update = [
         shared_micro_batch_count([lengths(shard[start : start + per_update]) for shard in shards], budget)
         for start in range(0, len(shards[0]), per_update)
@@ -239,20 +299,10 @@ def micro_batch_plan(
     return experience, update
 
 
-def actor_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
-    """actor/* from the ranks' update metrics: means over ranks (skipped: max)."""
-    keys = sorted({k for m in per_rank for k in m})
-    out = {}
-    for key in keys:
-        values = [m[key] for m in per_rank if key in m]
-        out[f"actor/{key}"] = float(max(values) if key == "skipped" else np.mean(values))
-    return out
-
-
 def response_metrics(outputs: list[RolloutOutput], max_length: int) -> dict[str, float]:
     lengths = np.asarray([len(o.response_ids) for o in outputs], dtype=np.float64)
     return {
-        "response/length_mean": float(lengths.mean()),
-        "response/length_max": float(lengths.max()),
-        "response/clip_ratio": float(np.mean([o.truncated for o in outputs])),
+        RESPONSE_LENGTH_MEAN: float(lengths.mean()),
+        RESPONSE_LENGTH_MAX: float(lengths.max()),
+        RESPONSE_CLIP_RATIO: float(np.mean([o.truncated for o in outputs])),
     }

@@ -21,6 +21,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from sophiavl_cli.metrics import (
+    PERF_GEN_TOKENS_PER_S,
+    PERF_GEN_TOKENS_PER_S_PER_WORKER,
+    PERF_MFU,
+    PERF_RESPONSE_TOKENS,
+    PERF_TOKENS,
+    PERF_TOKENS_PER_S,
+    PERF_TOKENS_PER_S_PER_WORKER,
+    PERF_UPDATE_FLOPS,
+    PERF_UPDATE_TOKENS,
+    PERF_UPDATE_TOKENS_PER_S_PER_WORKER,
+    TIMING_GEN,
+    TIMING_STEP,
+    TIMING_UPDATE,
+)
+
 # Dense (no sparsity) bf16 tensor-core peak per GPU, FLOP/s, from the vendors' datasheets.
 # Matched by substring of torch.cuda.get_device_name(), first match wins (PCIe before SXM).
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
@@ -106,23 +122,23 @@ def throughput_metrics(metrics: dict[str, float], world_size: int, peak: float |
 
     `peak` is one device's peak FLOP/s (None: no MFU). Rates whose phase did not run are absent.
     """
-    step_s = metrics.get("timing/step", 0.0)
-    gen_s = metrics.get("timing/gen", 0.0)
-    update_s = metrics.get("timing/update", 0.0)
-    tokens = metrics.get("perf/tokens", 0.0)
+    step_s = metrics.get(TIMING_STEP, 0.0)
+    gen_s = metrics.get(TIMING_GEN, 0.0)
+    update_s = metrics.get(TIMING_UPDATE, 0.0)
+    tokens = metrics.get(PERF_TOKENS, 0.0)
     out: dict[str, float] = {}
     if step_s > 0:
-        out["perf/tokens_per_s"] = tokens / step_s
-        out["perf/tokens_per_s_per_worker"] = tokens / step_s / world_size
+        out[PERF_TOKENS_PER_S] = tokens / step_s
+        out[PERF_TOKENS_PER_S_PER_WORKER] = tokens / step_s / world_size
     if gen_s > 0:
-        out["perf/gen_tokens_per_s"] = metrics.get("perf/response_tokens", 0.0) / gen_s
-        out["perf/gen_tokens_per_s_per_worker"] = out["perf/gen_tokens_per_s"] / world_size
+        out[PERF_GEN_TOKENS_PER_S] = metrics.get(PERF_RESPONSE_TOKENS, 0.0) / gen_s
+        out[PERF_GEN_TOKENS_PER_S_PER_WORKER] = out[PERF_GEN_TOKENS_PER_S] / world_size
     if update_s > 0:
-        trained = metrics.get("perf/update_tokens", 0.0)
-        out["perf/update_tokens_per_s_per_worker"] = trained / update_s / world_size
-        flops = metrics.get("perf/update_flops")
+        trained = metrics.get(PERF_UPDATE_TOKENS, 0.0)
+        out[PERF_UPDATE_TOKENS_PER_S_PER_WORKER] = trained / update_s / world_size
+        flops = metrics.get(PERF_UPDATE_FLOPS)
         if peak is not None and flops is not None:
-            out["perf/mfu"] = mfu(flops, update_s, world_size, peak)
+            out[PERF_MFU] = mfu(flops, update_s, world_size, peak)
     return out
 
 

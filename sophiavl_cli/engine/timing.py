@@ -1,7 +1,7 @@
 """Phase timers for the training loop.
 
 `with timer("gen"):` both names a phase of the step (the driver reads as a list of phases) and
-produces its metric, `timing/gen`, in seconds. Nested or repeated phases add up within a step.
+produces its metric, `timing/gen`, in seconds (a phase must be defined in `sophiavl_cli.metrics`). Nested or repeated phases add up within a step.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from sophiavl_cli.metrics import TIMING_STEP, timing_key
 
 
 class StepTimer:
@@ -30,10 +32,14 @@ class StepTimer:
         """Record time measured elsewhere (e.g. inside a worker) under `timing/<name>`."""
         self._seconds[name] = self._seconds.get(name, 0.0) + seconds
 
+    def phases(self) -> dict[str, float]:
+        """`timing/<phase>` for every phase seen since the last reset."""
+        return {timing_key(name): round(value, 6) for name, value in self._seconds.items()}
+
     def metrics(self) -> dict[str, float]:
         """`timing/<phase>` for every phase seen this step, plus `timing/step` (the whole step)."""
-        out = {f"timing/{name}": round(value, 6) for name, value in self._seconds.items()}
-        out["timing/step"] = round(time.perf_counter() - self._step_start, 6)
+        out = self.phases()
+        out[TIMING_STEP] = round(time.perf_counter() - self._step_start, 6)
         return out
 
     def reset(self) -> None:

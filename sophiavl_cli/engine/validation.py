@@ -16,6 +16,7 @@ import numpy as np
 from sophiavl_cli.engine.rewarding import score_outcomes
 from sophiavl_cli.engine.rollout import derive_seed
 from sophiavl_cli.engine.step import StepContext, generate
+from sophiavl_cli.metrics import VAL_FORMAT, VAL_OUTCOME, VAL_OUTCOME_FAMILY, family_key
 
 
 def validate(
@@ -58,7 +59,7 @@ def validate(
                         "score": float(score),
                     }
                 )
-    metrics = {"val/outcome": float(np.mean(scores)), "val/format": float(np.mean(formats))}
+    metrics = {VAL_OUTCOME: float(np.mean(scores)), VAL_FORMAT: float(np.mean(formats))}
     for problem_type, values in sorted(by_type.items()):
-        metrics[f"val/outcome/{problem_type.replace(' ', '_')}"] = float(np.mean(values))
+        metrics[family_key(VAL_OUTCOME_FAMILY, problem_type.replace(" ", "_"))] = float(np.mean(values))
     return metrics, samples

@@ -39,6 +39,7 @@ from sophiavl_cli.engine.oom import explain_oom
 from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams, build_rollout_engine
 from sophiavl_cli.engine.rollout.base import derive_seed
 from sophiavl_cli.engine.schedule import lr_multiplier
+from sophiavl_cli.metrics import ACTOR_GRAD_NORM, ACTOR_LR, ACTOR_SKIPPED, namespaced, reduce_records
 
 
 @dataclass(frozen=True)
@@ -236,23 +237,21 @@ class TrainWorker:
     # ---- update ------------------------------------------------------------------------------
 
     def update(self, advantages: list[float], num_updates: int) -> dict[str, float]:
-        """PPO epochs x `num_updates` optimizer steps over this rank's sequences; returns mean metrics."""
+        """PPO epochs x `num_updates` optimizer steps over this rank's sequences; metrics reduced by the registry."""
         if len(advantages) != len(self._sequences):
             raise ValueError(
                 f"rank {self.rank}: {len(advantages)} advantages for {len(self._sequences)} sequences"
             )
         sequences = [_with_advantage(s, a) for s, a in zip(self._sequences, advantages, strict=True)]
         per_update = len(sequences) // num_updates
-        history: dict[str, list[float]] = {}
+        history: list[dict[str, float]] = []
         self.policy.train()
         counts = self._update_counts or [None] * num_updates
         with explain_oom("update", self.recipe, self.spec.device):
             for _ in range(self.recipe.worker.actor.ppo_epochs):
                 for rows, count in zip(chunk(range(len(sequences)), per_update), counts, strict=True):
-                    metrics = self._optimizer_step([sequences[i] for i in rows], count)
-                    for key, value in metrics.items():
-                        history.setdefault(key, []).append(value)
-        return {key: float(np.mean(values)) for key, values in history.items()}
+                    history.append(self._optimizer_step([sequences[i] for i in rows], count))
+        return reduce_records(history)
 
     def _micro_batches(
         self, sequences: list[TrainSequence], size: int, count: int | None
@@ -267,14 +266,13 @@ class TrainWorker:
         actor = self.recipe.worker.actor
         mbs = self._micro_batches(sequences, actor.micro_batch_size_per_device_for_update, count)
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
+        records: list[dict[str, float]] = []
         nonfinite = False
         for mb in mbs:
             loss, metrics = self._micro_batch_loss(mb)
             nonfinite |= not bool(torch.isfinite(loss.detach()))
             (loss / len(mbs)).backward()
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value / len(mbs)
+            records.append(namespaced("actor", metrics))
         grad_norm = fsdp.clip_grad_norm(self.policy, actor.max_grad_norm)
         flag = torch.tensor([1.0 if nonfinite or not math.isfinite(grad_norm) else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank skips together, or none does
@@ -292,7 +290,11 @@ class TrainWorker:
                 group["lr"] = lr
             self.optimizer.step()
         self.optimizer_step += 1
-        return {**sums, "grad_norm": grad_norm, "lr": lr, "skipped": float(skipped)}
+        return reduce_records(records) | {
+            ACTOR_GRAD_NORM: grad_norm,
+            ACTOR_LR: lr,
+            ACTOR_SKIPPED: float(skipped),
+        }
 
     def _micro_batch_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.forward.logits(self.policy, mb)  # [B, R, V]

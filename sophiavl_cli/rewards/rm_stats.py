@@ -11,12 +11,25 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Protocol
 
-CALLS = "rm/calls"
-FAILURES = "rm/failures"
-FAILURES_BY_KIND = "rm/failures/{kind}"
-RETRIES = "rm/retries"
-LATENCY_P50 = "rm/latency_p50"
-LATENCY_P95 = "rm/latency_p95"
+from sophiavl_cli.metrics import (
+    RM_CALLS as CALLS,
+)
+from sophiavl_cli.metrics import (
+    RM_FAILURES as FAILURES,
+)
+from sophiavl_cli.metrics import (
+    RM_FAILURES_FAMILY,
+    family_key,
+)
+from sophiavl_cli.metrics import (
+    RM_LATENCY_P50 as LATENCY_P50,
+)
+from sophiavl_cli.metrics import (
+    RM_LATENCY_P95 as LATENCY_P95,
+)
+from sophiavl_cli.metrics import (
+    RM_RETRIES as RETRIES,
+)
 
 
 class _Result(Protocol):
@@ -61,7 +74,7 @@ class RMStats:
                 RETRIES: float(self._retries),
             }
             for kind, count in sorted(self._failures.items()):
-                out[FAILURES_BY_KIND.format(kind=kind)] = float(count)
+                out[family_key(RM_FAILURES_FAMILY, kind)] = float(count)
             if self._latencies:
                 out[LATENCY_P50] = percentile(self._latencies, 50)
                 out[LATENCY_P95] = percentile(self._latencies, 95)

@@ -1,0 +1,87 @@
+"""The driver's typed view of the worker actors: one method per `TrainWorker` RPC.
+
+`cluster.WorkerGroup` moves calls by method name (that is how Ray addresses actor methods); this
+facade names each method through the class itself (`TrainWorker.update.__name__`), so a renamed or
+misspelt RPC fails when this module is imported, an editor follows the call to the worker, and
+every argument and result has a type. Calls on all ranks wait for all of them and fail fast
+(`WorkerGroup.wait`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sophiavl_cli.engine.batching import TrainSequence
+from sophiavl_cli.engine.cluster import WorkerGroup
+from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams
+from sophiavl_cli.engine.worker import TrainWorker, WorkerSpec
+
+
+def _rpc(method: Callable[..., Any]) -> str:
+    return method.__name__
+
+
+class Workers:
+    """All ranks of one run. Per-rank arguments are lists in rank order; results come back in rank order."""
+
+    def __init__(self, group: WorkerGroup) -> None:
+        self.group = group
+
+    @property
+    def world_size(self) -> int:
+        return self.group.world_size
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """Rank 0's IP and a free port: the process group's store."""
+        method = _rpc(TrainWorker.rendezvous_address)
+        future = getattr(self.group.actors[0], method).remote()
+        return tuple(self.group.wait([future], method)[0])  # type: ignore[return-value]
+
+    def setup(self, spec: WorkerSpec) -> list[dict[str, float]]:
+        return self.group.run(_rpc(TrainWorker.setup), spec)
+
+    def describe(self) -> list[dict[str, object]]:
+        return self.group.run(_rpc(TrainWorker.describe))
+
+    def generate(
+        self, prompts: Sequence[list[RolloutPrompt]], n: int, sampling: SamplingParams, seed: int
+    ) -> list[list[RolloutOutput]]:
+        """Each rank samples `n` rollouts for its own prompts."""
+        per_rank = [(rank_prompts, n, sampling, seed) for rank_prompts in prompts]
+        return self.group.run_each(_rpc(TrainWorker.generate), per_rank)
+
+    def set_sequences(
+        self,
+        sequences: Sequence[list[TrainSequence]],
+        experience_count: int | None,
+        update_counts: list[int] | None,
+    ) -> None:
+        """Each rank's sequences for the step, with the micro-batch plan every rank shares."""
+        per_rank = [(rank_sequences, experience_count, update_counts) for rank_sequences in sequences]
+        self.group.run_each(_rpc(TrainWorker.set_sequences), per_rank)
+
+    def compute_old_logprobs(self) -> list[dict[str, float]]:
+        return self.group.run(_rpc(TrainWorker.compute_old_logprobs))
+
+    def compute_ref_logprobs(self) -> list[dict[str, float]]:
+        return self.group.run(_rpc(TrainWorker.compute_ref_logprobs))
+
+    def update(self, advantages: Sequence[list[float]], num_updates: int) -> list[dict[str, float]]:
+        """Each rank's update metrics (keys from `sophiavl_cli.metrics`), for `metrics.reduce_records`."""
+        per_rank = [(rank_advantages, num_updates) for rank_advantages in advantages]
+        return self.group.run_each(_rpc(TrainWorker.update), per_rank)
+
+    def sync_weights(self) -> list[float]:
+        return self.group.run(_rpc(TrainWorker.sync_weights))
+
+    def save_checkpoint(self, step_dir: Path) -> None:
+        self.group.run(_rpc(TrainWorker.save_checkpoint), str(step_dir))
+
+    def load_checkpoint(self, step_dir: Path, step: int, optimizer_step: int) -> None:
+        self.group.run(_rpc(TrainWorker.load_checkpoint), str(step_dir), step, optimizer_step)
+
+    def shutdown(self) -> None:
+        """Close every rank's process group, then release the actors (`WorkerGroup.shutdown`)."""
+        self.group.shutdown()

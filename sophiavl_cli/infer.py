@@ -178,7 +178,8 @@ class InferResult:
     def answer(self) -> str | None:
         from sophiavl_cli.rewards.format import extract_answer
 
-        return extract_answer(self.response)
+        # first: infer shows what the training reward would score (rewards/outcome.py)
+        return extract_answer(self.response, which="first")
 
     @property
     def format_ok(self) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from sophiavl_cli.eval.benchmarks.ocrbench import HME
+from sophiavl_cli.eval.builtin import ROWS as BUILTIN_ROWS
 
 
 def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
@@ -188,8 +189,12 @@ TSV_ROWS: dict[str, list[dict[str, Any]]] = {
     ],
 }
 
+# MMBench: two questions, each once per rotation of its options (index + k * 1e6)
+TSV_ROWS["MMBench"] = BUILTIN_ROWS["MMBench_DEV_EN"]
+
 # bench -> index -> a response the rules score as right (indexes as each layout names them)
 RIGHT: dict[str, dict[str, str]] = {
+    "MMBench": {row["index"]: f"<answer>{row['answer']}</answer>" for row in TSV_ROWS["MMBench"]},
     "MathVista": {"1": "<answer>B</answer>", "2": "<answer>14</answer>", "3": "<answer>1.449</answer>"},
     "MathVerse": {"1": "<answer>B</answer>", "2": "<answer>12</answer>"},
     "MathVision": {"1": "<answer>C</answer>", "2": "<answer>0.5</answer>"},
@@ -387,6 +392,10 @@ HF_ROWS: dict[str, list[dict[str, Any]]] = {
         },
     ],
 }
+HF_ROWS["MMBench"] = [
+    {**row, "index": int(row["index"]), "image": _img(RED if n % 2 else BLUE)}
+    for n, row in enumerate(TSV_ROWS["MMBench"])
+]
 MMMU_HF: dict[str, list[dict[str, Any]]] = {
     "Art": [
         {
@@ -420,6 +429,7 @@ HF_SPLIT = {
     "OCRBench": "test",
     "MME": "test",
     "MMMU": "validation",
+    "MMBench": "dev",
 }
 
 
@@ -440,6 +450,8 @@ def write_parquet(bench: str, folder: Path) -> Path:
 
     split = HF_SPLIT[bench]
     tables = MMMU_HF if bench == "MMMU" else {"": HF_ROWS[bench]}
+    if bench == "MMBench":  # lmms-lab/MMBench: one folder per config; `cn` must be ignored
+        tables = {"en": HF_ROWS[bench], "cn": HF_ROWS[bench][:1]}
     for config, rows in tables.items():
         target = folder / config if config else folder / "data"
         target.mkdir(parents=True, exist_ok=True)

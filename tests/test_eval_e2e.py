@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from eval_fixtures import RIGHT, write_jsonl, write_tsv
 
+from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks import get_benchmark
 from sophiavl_cli.eval.judge import JudgeSettings
 from sophiavl_cli.eval.runner import EvalSettings, read_cache, run_eval, score_predictions
@@ -53,6 +54,7 @@ class _JudgeServer(ThreadingHTTPServer):
     reply = "14"
     delay_s = 0.0
     fail_first = False
+    status = 200
     api_key_seen = ""
 
     def __init__(self) -> None:
@@ -84,6 +86,8 @@ class _JudgeHandler(BaseHTTPRequestHandler):
         time.sleep(server.delay_s)
         if server.fail_first and number == 1:
             status, payload = 500, {"error": "busy"}
+        elif server.status != 200:
+            status, payload = server.status, {"error": {"message": "no such model"}}
         else:
             status = 200
             payload = {"choices": [{"message": {"role": "assistant", "content": server.reply}}]}
@@ -191,11 +195,33 @@ def test_judge_extracts_answers_the_rules_cannot_read_with_retries_cache_and_bou
     assert judge_server.requests == 4 and again.score.score == result.score.score  # all from the cache
 
 
+def test_a_judge_refusing_the_request_is_one_line_without_the_key(
+    tmp_path: Path, judge_server: _JudgeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-loopback-secret"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    judge_server.status = 404
+    data = write_tsv("MathVista", tmp_path / "data")
+    preds = write_jsonl(tmp_path / "p.jsonl", [{"index": "2", "prediction": "no idea"}])
+    settings = JudgeSettings(model="missing-model", base_url=judge_server.url)
+    with pytest.raises(UserError) as refused:
+        score_predictions(
+            get_benchmark("MathVista"),
+            preds,
+            data=data,
+            judge=settings,
+            output_dir=tmp_path,
+            allow_partial=True,
+        )
+    assert "HTTP 404" in str(refused.value) and secret not in str(refused.value)
+    assert judge_server.requests == 1  # a 404 is not retried
+
+
 def test_rule_prefetch_skips_the_judge(tmp_path: Path, judge_server: _JudgeServer) -> None:
     data = write_tsv("MathVista", tmp_path / "data")
-    preds = write_jsonl(
-        tmp_path / "p.jsonl", [{"index": i, "prediction": r} for i, r in RIGHT["MathVista"].items()]
-    )
+    # VLMEvalKit's prefetch settles a number only when float() of the answer equals the gold value
+    right = {**RIGHT["MathVista"], "3": "<answer>1.45</answer>"}
+    preds = write_jsonl(tmp_path / "p.jsonl", [{"index": i, "prediction": r} for i, r in right.items()])
     settings = JudgeSettings(model="j", base_url=judge_server.url)
     result = score_predictions(
         get_benchmark("MathVista"), preds, data=data, judge=settings, output_dir=tmp_path

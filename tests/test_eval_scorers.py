@@ -44,10 +44,23 @@ def test_answer_text_takes_the_last_answer_tag_and_falls_back_to_text_outside_th
     assert answer_text("<think>r</think><answer>12") == "12"
 
 
+def test_one_answer_reader_serves_rewards_first_block_and_eval_last_block() -> None:
+    from sophiavl_cli.rewards.format import extract_answer
+
+    text = "<think>t</think><answer> draft </answer> wait <answer>final</answer>"
+    assert extract_answer(text, which="first") == "draft"  # the released reward's reading
+    assert extract_answer(text, which="last") == "final" == answer_text(text)  # eval's
+    assert extract_answer("<answer>open", which="last") is None
+    with pytest.raises(ValueError, match=r"first.*last"):
+        extract_answer(text, which="middle")  # type: ignore[arg-type]
+
+
 def test_list_literals_are_read_without_eval() -> None:
     assert parse_list_literal("['24/7', \"it's\", 3]") == ["24/7", "it's", "3"]
     assert parse_list_literal("__import__('os')") is None
     assert parse_list_literal("['unterminated]") is None
+    assert parse_list_literal("['new\\nyork', 'tab\\there']") == ["new\nyork", "tab\there"]  # escapes as eval
+    assert parse_list_literal("[true, x]") == ["true", "x"]  # not Python: the tokenizer
 
 
 # ---------------------------------------------------------------------- MathVista

@@ -186,9 +186,9 @@ def test_format_gate_allows_leading_whitespace_and_trailing_text() -> None:
 
 def test_the_first_answer_block_is_the_answer() -> None:
     response = "<think>x</think><answer>A</answer><answer>B</answer>"
-    assert extract_answer(response) == "A"
+    assert extract_answer(response, which="first") == "A"
     assert score_outcome(response, "B", "multiple choice") == 0.0
-    assert extract_answer("no tags") is None
+    assert extract_answer("no tags", which="first") is None
 
 
 def test_empty_answer_passes_format_but_scores_zero_for_every_type() -> None:
@@ -423,7 +423,7 @@ def test_answers_that_would_evaluate_forever_score_zero_quickly() -> None:
 def test_format_check_is_linear_on_degenerate_repetitions() -> None:
     start = time.perf_counter()
     assert score_format("<think>" + "</think><answer>" * 5000) == 0.0
-    assert extract_answer("<answer>" * 100_000) is None
+    assert extract_answer("<answer>" * 100_000, which="first") is None
     assert time.perf_counter() - start < 1.0
 
 
@@ -439,7 +439,7 @@ def test_format_check_equals_the_released_regex_on_random_tag_soup() -> None:
         text = "".join(rng.choices(pieces, k=rng.randint(0, 10)))
         assert (score_format(text) == 1.0) == (released.fullmatch(text.lstrip()) is not None), text
         match = first_answer.search(text)
-        assert extract_answer(text) == (match.group(1).strip() if match else None), text
+        assert extract_answer(text, which="first") == (match.group(1).strip() if match else None), text
 
 
 # ----------------------------------------------------------------------------- purity

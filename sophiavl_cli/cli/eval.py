@@ -14,18 +14,25 @@ import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sophiavl_cli.console import console, print_json
+from sophiavl_cli.console import console, err_console, print_json
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks import parse_bench_list
 from sophiavl_cli.eval.judge import DEFAULT_URL, JudgeSettings
 from sophiavl_cli.eval.report import EvalResult, summary_table
 from sophiavl_cli.eval.runner import MAX_PIXELS, MIN_PIXELS, EvalSettings, run_eval, score_predictions
 from sophiavl_cli.hub import DEFAULT_MODEL
+from sophiavl_cli.models.resolve import BUILTIN_PREFIX
+
+BUILTIN_MAX_NEW_TOKENS = 32
+BUILTIN_MIN_PIXELS = 4 * 28 * 28
+BUILTIN_MAX_PIXELS = 64 * 28 * 28
 
 EPILOG = (
     "Examples:\n\n"
+    "  sophiavl eval --bench MathVista --model builtin:tiny-qwen2.5-vl --data builtin\n\n"
     "  sophiavl eval --bench MathVista\n\n"
     "  sophiavl eval --model builtin:tiny-qwen2.5-vl --bench ChartQA --data ChartQA_TEST.tsv --limit 8\n\n"
     "  sophiavl eval --bench MathVista,MMMU --backend vllm --judge gpt-4o-mini\n\n"
@@ -38,7 +45,7 @@ def eval_command(
         ...,
         "--bench",
         help="Benchmarks, comma-separated: MathVista, MathVerse, "
-        "MathVision, MMMU, MMStar, ChartQA, OCRBench, MME.",
+        "MathVision, MMMU, MMStar, MMBench, ChartQA, OCRBench, MME.",
     ),
     model: str = typer.Option(
         DEFAULT_MODEL, "--model", help="Model folder, builtin:NAME, alias or cached hub id."
@@ -49,12 +56,22 @@ def eval_command(
         help="Score this file (.jsonl, or VLMEvalKit .xlsx/.tsv) instead of generating.",
     ),
     data: Path | None = typer.Option(
-        None, "--data", help="Benchmark data: VLMEvalKit .tsv, HF parquet file, or a folder of either."
+        None,
+        "--data",
+        help="Benchmark data: VLMEvalKit .tsv, HF parquet file, a folder of either, or `builtin` "
+        "(a few sample rows of every benchmark, to try the command).",
     ),
     split: str | None = typer.Option(
         None, "--split", help="Split (default: the benchmark's, e.g. testmini)."
     ),
     backend: str = typer.Option("hf", "--backend", help="Generation backend: hf or vllm."),
+    shards: int | None = typer.Option(
+        None,
+        "--shards",
+        min=1,
+        help="Generation processes, one Ray actor each (default: one per GPU group with vllm, else 1).",
+    ),
+    tensor_parallel: int = typer.Option(1, "--tensor-parallel", min=1, help="GPUs per vLLM engine."),
     prompt: str = typer.Option("default", "--prompt", help="default (VLMEvalKit's) or sophiavl-r1."),
     judge: str = typer.Option(
         "none", "--judge", help="Judge model for MathVista/MathVerse/MathVision, or none."
@@ -67,9 +84,28 @@ def eval_command(
     output_dir: Path = typer.Option(
         Path("eval_results"), "--output-dir", help="Where predictions and scores go."
     ),
-    max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="Generation budget per answer."),
-    min_pixels: int = typer.Option(MIN_PIXELS, "--min-pixels", help="Images below this are upscaled."),
-    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Images above this are downscaled."),
+    max_new_tokens: int | None = typer.Option(
+        None,
+        "--max-new-tokens",
+        min=1,
+        help="Generation budget per answer (default 2048; 32 for builtin: models).",
+    ),
+    min_pixels: int | None = typer.Option(
+        None, "--min-pixels", help=f"Images below this are upscaled (default {MIN_PIXELS}, the paper's)."
+    ),
+    max_pixels: int | None = typer.Option(
+        None, "--max-pixels", help=f"Images above this are downscaled (default {MAX_PIXELS}, the paper's)."
+    ),
+    lenient: bool = typer.Option(
+        False,
+        "--lenient",
+        help="Score with our documented departures from the official rules (docs/eval.md).",
+    ),
+    allow_partial: bool = typer.Option(
+        False,
+        "--allow-partial",
+        help="With --predictions: score even when items have no prediction (coverage is shown beside the score).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON instead of a table."),
 ) -> None:
     """Evaluate a model on benchmarks with the official scoring (or score existing predictions)."""
@@ -80,10 +116,19 @@ def eval_command(
             raise UserError("--predictions scores one benchmark at a time; pass a single --bench")
         results = [
             score_predictions(
-                benches[0], predictions, data=data, split=split, judge=judge_settings, output_dir=output_dir
+                benches[0],
+                predictions,
+                data=data,
+                split=split,
+                judge=judge_settings,
+                output_dir=output_dir,
+                allow_partial=allow_partial,
+                lenient=lenient,
+                warn=lambda line: err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True),
             )
         ]
     else:
+        max_new_tokens, min_pixels, max_pixels = _budget(model, max_new_tokens, min_pixels, max_pixels)
         settings = EvalSettings(
             model=model,
             benchmarks=tuple(benches),
@@ -97,9 +142,31 @@ def eval_command(
             max_pixels=max_pixels,
             limit=limit,
             judge=judge_settings,
+            lenient=lenient,
+            shards=shards,
+            tensor_parallel=tensor_parallel,
         )
         results = _run_with_progress(settings, quiet=as_json)
     _show(results, output_dir, as_json)
+
+
+def _budget(
+    model: str, max_new_tokens: int | None, min_pixels: int | None, max_pixels: int | None
+) -> tuple[int, int, int]:
+    """Generation budget: the paper's, or a small one for the random-weight builtin: test models.
+
+    A builtin model never stops on its own and would spend 2048 tokens on ~1000 vision tokens per
+    image; with it the point is to try the command, so it answers in seconds. Flags given win.
+    """
+    if model.startswith(BUILTIN_PREFIX):
+        small = (BUILTIN_MAX_NEW_TOKENS, BUILTIN_MIN_PIXELS, BUILTIN_MAX_PIXELS)
+    else:
+        small = (2048, MIN_PIXELS, MAX_PIXELS)
+    return (
+        max_new_tokens if max_new_tokens is not None else small[0],
+        min_pixels if min_pixels is not None else small[1],
+        max_pixels if max_pixels is not None else small[2],
+    )
 
 
 def _judge_settings(judge: str, judge_url: str | None, concurrency: int) -> JudgeSettings | None:
@@ -132,6 +199,11 @@ def _show(results: list[EvalResult], output_dir: Path, as_json: bool) -> None:
         return
     console.print(summary_table(results))
     for result in results:
+        if result.partial:
+            console.print(
+                f"[yellow]{result.score.benchmark}: {result.answered} of {result.num_samples} items scored "
+                f"({result.coverage:.0f}% coverage, --allow-partial); not comparable to a full run[/]"
+            )
         if result.scoring == "rule-based":
             console.print(
                 f"[yellow]{result.score.benchmark}: rule-based score (the official scorer uses an LLM judge; "

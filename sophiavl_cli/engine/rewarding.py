@@ -72,7 +72,8 @@ def ungated(response: str) -> str:
     """
     from sophiavl_cli.rewards.format import extract_answer
 
-    answer = extract_answer(response)
+    # first: the same block the gated reward scores (rewards/outcome.py)
+    answer = extract_answer(response, which="first")
     return f"<think></think><answer>{response if answer is None else answer}</answer>"
 
 

@@ -9,7 +9,7 @@ Layouts:
   `{"bytes", "path"}`; a path is resolved against the folder.
 
 Where the data comes from, in order: `--data PATH` (a `.tsv`, a `.parquet`, or a folder holding
-either); `$LMUData/<NAME>.tsv` (VLMEvalKit's cache); the dataset's snapshot in the local Hugging
+either; `builtin` for the few sample rows per benchmark shipped with sophiavl); `$LMUData/<NAME>.tsv` (VLMEvalKit's cache); the dataset's snapshot in the local Hugging
 Face cache (`sophiavl download`). Nothing here touches the network.
 
 Images are kept as encoded bytes or paths; `open_image` decodes one when the runner needs it,
@@ -45,8 +45,18 @@ def lmu_data_dir() -> Path:
     return Path(os.environ.get("LMUData", "~/LMUData")).expanduser()  # noqa: SIM112 (VLMEvalKit spells it so)
 
 
+def resolve_data(data: Path | None) -> Path | None:
+    """`--data` as a path: `builtin` is the folder of built-in sample TSVs (`eval/builtin.py`)."""
+    if data is not None and str(data) == "builtin":
+        from sophiavl_cli.eval.builtin import builtin_data_dir
+
+        return builtin_data_dir()
+    return data
+
+
 def find_data(bench: Benchmark, data: Path | None) -> Path:
     """The file or folder holding `bench`'s data (see the module docstring for the order)."""
+    data = resolve_data(data)
     if data is not None:
         data = Path(data).expanduser()
         if not data.exists():
@@ -215,6 +225,10 @@ def _split_parquets(bench: Benchmark, folder: Path, split: str) -> list[Path]:
 
     def split_of(path: Path) -> str:
         return path.stem.split("-")[0]
+
+    if bench.hf_configs:  # e.g. MMBench's `en` next to `cn` and `cc`: read only the named configs
+        in_configs = [p for p in files if set(p.relative_to(folder).parts[:-1]) & set(bench.hf_configs)]
+        files = in_configs or files
 
     chosen = [p for p in files if split_of(p) == split or p.parent.name == split]
     if not chosen:

@@ -1,14 +1,16 @@
-"""An optional LLM judge over any OpenAI-compatible `/chat/completions` endpoint.
+"""An optional LLM judge over any OpenAI-compatible endpoint, through the `openai` client.
 
 MathVista, MathVerse and MathVision's official scorers ask GPT to extract (and, for MathVerse,
 grade) the answer. `Judge.ask` is that call: thread-safe, cached, retried. The scoring layer runs
 it from a bounded thread pool, so at most `concurrency` requests are in flight.
 
-- Retries: up to `max_retries` tries, temperature `i * 0.5` on the i-th (as VLMEvalKit), a short
-  backoff between; connection errors, 429/5xx and empty replies are retried; after the last try a
-  one-line error (the cache keeps every answer received so far, so a rerun resumes).
+- Transport: `openai.OpenAI(base_url=..., timeout=..., max_retries=...)`; the library retries
+  connection errors, timeouts, 408/409/429 and 5xx with backoff. Other HTTP errors (a wrong model
+  name, a bad key) stop at once with a one-line error.
+- Empty replies: asked again up to `max_retries` times at temperature `i * 0.5` (as VLMEvalKit).
 - Cache: JSONL beside the predictions, keyed by sha256 of (judge model, prompt); a judged item
-  is never sent twice. Replies are stored, the API key never is.
+  is never sent twice, and a rerun after a failure resumes. The API key is read from the
+  environment variable `api_key_env` and is never stored, logged or put in an error.
 """
 
 from __future__ import annotations
@@ -17,10 +19,8 @@ import hashlib
 import json
 import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sophiavl_cli.errors import UserError
 
@@ -49,16 +49,15 @@ class Judge:
     """A cached, retrying, thread-safe client for one judge model."""
 
     def __init__(self, settings: JudgeSettings, cache_path: Path | None = None) -> None:
-        import httpx
+        import openai
 
         self.settings = settings
-        url = settings.base_url.rstrip("/")
-        self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(settings.api_key_env, "")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.Client(timeout=settings.timeout_s, headers=headers)
+        self.url = settings.base_url.rstrip("/").removesuffix("/chat/completions")
+        # a local server (vLLM) wants no key, but the client insists on one
+        key = os.environ.get(settings.api_key_env) or "EMPTY"
+        self._client = openai.OpenAI(
+            base_url=self.url, api_key=key, timeout=settings.timeout_s, max_retries=settings.max_retries
+        )
         self._lock = threading.Lock()
         self.cache_path = cache_path
         self._cache: dict[str, str] = _read_cache(cache_path) if cache_path else {}
@@ -85,50 +84,38 @@ class Judge:
         return reply
 
     def _request(self, prompt: str) -> str:
-        import httpx
+        import openai
 
-        problem = "no reply"
-        for attempt in range(self.settings.max_retries):
-            body = {
-                "model": self.settings.model,
-                "messages": [{"role": "user", "content": prompt}],
-                "temperature": attempt * 0.5,
-                "max_tokens": self.settings.max_tokens,
-            }
+        where = f"judge {self.settings.model} at {self.url}"
+        for attempt in range(max(1, self.settings.max_retries)):
             try:
-                response = self._client.post(self.url, json=body)
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    content = _content(response)
-                    if content:
-                        return content
-                    problem = "empty reply"
-                elif response.status_code in (408, 409, 429) or response.status_code >= 500:
-                    problem = f"HTTP {response.status_code}"
-                else:
-                    raise UserError(
-                        f"judge {self.settings.model} at {self.url} answered HTTP {response.status_code}; "
-                        "check --judge (model name), --judge-url and the API key"
-                    )
-            time.sleep(min(0.25 * 2**attempt, 8.0))
+                response = self._client.chat.completions.create(
+                    model=self.settings.model,
+                    messages=[{"role": "user", "content": prompt}],
+                    temperature=attempt * 0.5,
+                    max_tokens=self.settings.max_tokens,
+                )
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
+                raise UserError(
+                    f"{where} failed after {self.settings.max_retries} retries ({type(exc).__name__}); "
+                    "check the server, then rerun (answers so far are cached)"
+                ) from None
+            except openai.APIStatusError as exc:
+                raise UserError(
+                    f"{where} answered HTTP {exc.status_code}; check --judge (model name), --judge-url and "
+                    f"the API key in ${self.settings.api_key_env}"
+                ) from None
+            content = (response.choices[0].message.content or "").strip() if response.choices else ""
+            if content:
+                return content
         raise UserError(
-            f"judge {self.settings.model} at {self.url} failed {self.settings.max_retries} times ({problem}); "
-            "check the server, then rerun (answers so far are cached)"
+            f"{where} gave {self.settings.max_retries} empty replies; check the model, then rerun "
+            "(answers so far are cached)"
         )
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self._client.close()
-
-
-def _content(response: Any) -> str:
-    try:
-        payload = response.json()
-        return str(payload["choices"][0]["message"]["content"] or "").strip()
-    except (ValueError, KeyError, IndexError, TypeError):
-        return ""
 
 
 def _read_cache(path: Path) -> dict[str, str]:

@@ -1,26 +1,52 @@
-"""Pure answer-matching helpers shared by the benchmark scorers.
+"""Pure answer-matching rules shared by the benchmark scorers, ported from the official code.
 
-Nothing here evaluates text as code: list literals in data fields (`"['a', 'b']"`) are read by
-`parse_list_literal`, a small tokenizer, and numbers by `parse_number`, never by `eval()`.
+Reference versions (read, not copied; tests/eval_official.py holds line-by-line ports used as the
+differential oracle):
+- VLMEvalKit at `VLMEVALKIT_COMMIT` (2025-05-24, the harness and period of the SophiaVL-R1 paper):
+  `vlmeval/utils/matching_util.py` (`can_infer*`), `vlmeval/smp/misc.py` (`process_punctuation`),
+  `vlmeval/dataset/utils/yorn.py` (`YOrN_Extraction`), `utils/mathv.py` (`is_equal`).
+  Later VLMEvalKit changed MCQ matching (Aug 2025: a lone letter must sit in the last 5 words and
+  option text is not searched in long answers; Jun 2026: an `answer is X` regex with no word
+  boundary, which reads "the answer is definitely C" as D), so its MCQ numbers differ from the
+  paper's; `lenient=True` is our own, documented reading (docs/eval.md).
 
-- `answer_text`: what the model answered. The paper scored the content of `<answer>...</answer>`;
-  without the tags, any `<think>` block is dropped and the rest is the answer.
-- `can_infer*`: VLMEvalKit's option matching (`vlmeval/utils/matching_util.py`): an option
-  letter standing alone in the text, else exactly one option text inside it.
-- `yes_no`: VLMEvalKit's `YOrN_Extraction` for MME.
+Nothing here evaluates text as code: list literals are read by `parse_list_literal` (a small
+tokenizer) and the arithmetic VLMEvalKit hands to `eval()` by `safe_arithmetic` (numbers and
+operators only).
 """
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_OPEN_ANSWER = re.compile(r"<answer>(.*)$", re.DOTALL | re.IGNORECASE)
+from sophiavl_cli.rewards.answer import NUMERIC_TIMEOUT_S, equivalent
+from sophiavl_cli.rewards.deadline import call_with_deadline
+from sophiavl_cli.rewards.format import extract_answer
+
+VLMEVALKIT_COMMIT = "095a1efead1d093f5502a300d6cea7d4a9a0ee1c"
+
+_OPEN_ANSWER = re.compile(r"<answer>(.*)$", re.DOTALL)
 _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
-_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*\**\(?([A-Z])\)?\**", re.IGNORECASE)
+# VLMEvalKit's refusals: the answer becomes the non-option letter Z (wrong).
+_REFUSALS = (
+    "Sorry, I can't help with images of people yet.",
+    "I can't process this file.",
+    "I'm sorry, but without the image provided",
+    "Cannot determine the answer",
+)
+_API_FAILURE = "Failed to obtain answer via API"
+# Lenient only: "answer is X" / "answer: X", up to two filler words before a letter that ends the
+# phrase ("the answer is definitely C.", "the answer is b"); "the answer is a cat" is not a letter.
+_STATED = re.compile(
+    r"answer\s*(?:is|:)\s*(?:[A-Za-z]{2,}\s+){0,2}?[(\[*]*([A-Za-z])[)\]*]*(?=\s*(?:$|[.,;:!?\n]))",
+    re.IGNORECASE,
+)
 
 
 def answer_text(response: str) -> str:
@@ -30,9 +56,11 @@ def answer_text(response: str) -> str:
         >>> answer_text("<think>2+2</think><answer> 4 </answer>")
         '4'
     """
-    tagged = _ANSWER_TAG.findall(response)
-    if tagged:
-        return tagged[-1].strip()
+    # last: the paper scored the model's final answer block; a model that drafts an answer and
+    # then corrects itself means the later one
+    tagged = extract_answer(response, which="last")
+    if tagged is not None:
+        return tagged
     unclosed = _OPEN_ANSWER.search(response)
     if unclosed:  # cut by max_new_tokens after the opening tag
         return unclosed.group(1).strip()
@@ -68,7 +96,10 @@ def short_answer(text: str) -> str:
 
 
 def parse_number(text: str) -> float | None:
-    """`float` of a bare number (thousands commas and a trailing `%`/`.` allowed), else None."""
+    """`float` of a bare number (thousands commas and a trailing `%`/`.` allowed), else None.
+
+    Looser than Python's `float()` on purpose: rule-mode guessing only, never an official check.
+    """
     cleaned = text.strip().rstrip(".").replace(",", "").strip()
     if cleaned.endswith("%"):
         cleaned = cleaned[:-1]
@@ -86,9 +117,27 @@ def last_number(text: str) -> float | None:
     return parse_number(found[-1]) if found else None
 
 
+def py_int(text: str) -> int | None:
+    """Python's `int(text)` (what VLMEvalKit's prefetch calls), None where it raises."""
+    try:
+        return int(text)
+    except (ValueError, TypeError):
+        return None
+
+
+def py_float(text: str) -> float | None:
+    """Python's `float(text)`, None where it raises."""
+    try:
+        return float(text)
+    except (ValueError, TypeError):
+        return None
+
+
 def parse_list_literal(text: str) -> list[str] | None:
     """Items of a Python/JSON list literal of strings or numbers, read without `eval`.
 
+    Python literals go through `ast.literal_eval` (escapes such as `\\n` decoded as upstream's
+    `eval` would); other bracketed lists (JSON `true`, bare words) through a small tokenizer.
     Returns None when `text` is not a bracketed list.
 
     Example:
@@ -98,6 +147,12 @@ def parse_list_literal(text: str) -> list[str] | None:
     text = text.strip()
     if len(text) < 2 or text[0] != "[" or text[-1] != "]":
         return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = None
+    if isinstance(value, list):
+        return [str(item) for item in value]
     body = text[1:-1]
     items: list[str] = []
     pos = 0
@@ -131,6 +186,9 @@ def letters(count: int) -> list[str]:
     return list(string.ascii_uppercase[:count])
 
 
+# ---------------------------------------------------------------------- options (VLMEvalKit)
+
+
 def _option_tokens(answer: str) -> list[str]:
     cleaned = answer
     for char in ".()[],:;!*#{}":
@@ -138,39 +196,57 @@ def _option_tokens(answer: str) -> list[str]:
     return cleaned.split()
 
 
-def can_infer_option(answer: str, options: Mapping[str, str]) -> str | None:
-    """The one option letter written as a word in `answer` (VLMEvalKit `can_infer_option`).
+def stated_letter(answer: str, options: Mapping[str, str]) -> str | None:
+    """Lenient: the option letter after the last "answer is" / "answer:", any case, else None."""
+    found = [m.group(1).upper() for m in _STATED.finditer(answer)]
+    found = [letter for letter in found if letter in options]
+    return found[-1] if found else None
 
-    A letter counts when it stands alone after punctuation is blanked. With several letters in
-    the text, "the answer is (B)" or a single distinct letter among the last 5 words decides.
+
+def can_infer_option(answer: str, options: Mapping[str, str], *, lenient: bool = False) -> str | None:
+    """VLMEvalKit's `can_infer_option`: the one option letter standing alone as a word.
+
+    After blanking `.()[],:;!*#{}`, exactly one option letter among the words decides; none but a
+    `Z` word, or a known refusal, gives `Z` (a wrong answer); several give nothing. `lenient`
+    then also reads "the answer is (definitely) c" (see `stated_letter`).
     """
+    if _API_FAILURE in answer:
+        return None
+    if any(refusal in answer for refusal in _REFUSALS):
+        return "Z"
     tokens = _option_tokens(answer)
     found = [key for key in options if key in tokens]
-    if len(found) == 1:
+    if len(found) == 1 and not (lenient and stated_letter(answer, options) not in (None, found[0])):
         return found[0]
-    if len(found) > 1:
-        stated = _ANSWER_IS.findall(answer)
-        if stated and stated[-1].upper() in options:
-            return stated[-1].upper()
-        tail = {token for token in tokens[-5:] if token in options}
-        if len(tail) == 1:
-            return tail.pop()
-    return None
+    if not found and "Z" in tokens:
+        return "Z"
+    return stated_letter(answer, options) if lenient else None
 
 
-def can_infer_text(answer: str, options: Mapping[str, str]) -> str | None:
-    """The one option whose text appears in `answer` (case-insensitive), else None."""
+def can_infer_text(answer: str, options: Mapping[str, str], *, lenient: bool = False) -> str | None:
+    """VLMEvalKit's `can_infer_text`: the one option whose text is inside the answer (any case).
+
+    `lenient` skips empty option texts and, as later VLMEvalKit does, answers longer than twice
+    the options' total length (a long reasoning names many options).
+    """
     lowered = answer.lower()
-    total = sum(len(str(text)) for text in options.values())
-    if total and len(answer) > 2 * total + 20:
-        return None  # a long reasoning text mentions many options; text matching would guess
-    found = [key for key, text in options.items() if str(text).strip() and str(text).lower() in lowered]
+    texts = {key: str(value).lower() for key, value in options.items()}
+    if lenient:
+        if len(lowered) > 2 * sum(len(value) for value in texts.values()):
+            return None
+        texts = {key: value for key, value in texts.items() if value.strip()}
+    found = [key for key, value in texts.items() if value in lowered]
     return found[0] if len(found) == 1 else None
 
 
-def can_infer(answer: str, options: Mapping[str, str]) -> str | None:
-    """Option letter of `answer`: a standalone letter first, then option text, else None."""
-    return can_infer_option(answer, options) or can_infer_text(answer, options)
+def can_infer(answer: str, options: Mapping[str, str], *, lenient: bool = False) -> str | None:
+    """Option letter of `answer` (VLMEvalKit `can_infer`): a standalone letter, then option text."""
+    return can_infer_option(answer, options, lenient=lenient) or can_infer_text(
+        answer, options, lenient=lenient
+    )
+
+
+# ---------------------------------------------------------------------- edit distance
 
 
 def levenshtein(a: str, b: str) -> int:
@@ -191,15 +267,67 @@ def most_similar(text: str, choices: Sequence[str]) -> str:
     return min(choices, key=lambda choice: levenshtein(text, choice))
 
 
+# ---------------------------------------------------------------------- yes / no (VLMEvalKit)
+
+_PUNCT = (
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+)
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+_PERIOD_STRIP = re.compile(r"(?<!\d)\.(?!\d)")
+# Upstream calls `periodStrip.sub('', text, re.UNICODE)`: the flag lands in `count`, so at most
+# 32 periods are removed. Kept for parity.
+_PERIOD_COUNT = int(re.UNICODE)
+
+
 def process_punctuation(text: str) -> str:
-    """Punctuation to spaces (keeps decimal points and commas inside numbers), as in VQA eval."""
-    out = re.sub(r"(?<!\d)[.,](?!\d)", " ", text)
-    return re.sub(r"[;/\[\]\"{}()=+\\_\-><@`?!*:']", " ", out)
+    """VLMEvalKit's `process_punctuation` (VQA eval): punctuation removed or blanked, lone periods dropped.
+
+    A mark next to a space (or any mark at all when the text has a digit,digit) is deleted, else
+    replaced by a space. `*`, `:`, `'` and `.` between digits are kept.
+    """
+    out = text
+    digit_comma = _COMMA_STRIP.search(text) is not None
+    for mark in _PUNCT:
+        if mark + " " in text or " " + mark in text or digit_comma:
+            out = out.replace(mark, "")
+        else:
+            out = out.replace(mark, " ")
+    return _PERIOD_STRIP.sub("", out, count=_PERIOD_COUNT)
 
 
-def yes_no(response: str) -> str:
-    """`Yes`, `No` or `Unknown`: yes-only or no-only wording decides (VLMEvalKit `YOrN_Extraction`)."""
-    words = process_punctuation(response.lower()).split()
+_LENIENT_STRIP = re.compile(r"[*:'\"]")
+
+
+def yes_no(response: str, *, lenient: bool = False) -> str:
+    """`Yes`, `No` or `Unknown` (VLMEvalKit `YOrN_Extraction`): yes-only or no-only wording decides.
+
+    `**Yes**` or `Answer:yes` stay Unknown there (the marks are kept); `lenient` drops `*`, `:` and
+    quotes first.
+    """
+    text = response.lower()
+    if lenient:
+        text = _LENIENT_STRIP.sub(" ", text)
+    words = process_punctuation(text).split()
     has_yes, has_no = "yes" in words, "no" in words
     if has_yes and not has_no:
         return "Yes"
@@ -208,23 +336,101 @@ def yes_no(response: str) -> str:
     return "Unknown"
 
 
-def math_equal(prediction: str, gold: str) -> bool:
-    """Rule equivalence of two math answers: text, then numbers (|a-b| < 1e-6), then mathruler.
+# ---------------------------------------------------------------------- math (VLMEvalKit mathv.py)
 
-    mathruler's `grade_answer` handles LaTeX fractions, roots, units and tuples; it stands in for
-    the `latex2sympy` step of MathVision's official `is_equal`.
+_BINARY: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.BitXor: operator.xor,
+    ast.BitAnd: operator.and_,
+    ast.BitOr: operator.or_,
+}
+_UNARY: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_MAX_EXPONENT = 10_000
+
+
+def safe_arithmetic(text: str) -> Any:
+    """What Python's `eval` gives for a numbers-and-operators expression; ValueError for anything else.
+
+    VLMEvalKit's MathVision `is_equal` calls `eval()` on answers; this keeps its results for
+    arithmetic (`2^3` is XOR there, `1,000` a tuple) without running code. Names, calls and
+    attribute access are refused, as are exponents above 10,000 (they would not finish).
     """
-    pred, ref = prediction.strip(), gold.strip()
-    if not pred:
-        return False
-    if pred.lower() == ref.lower():
-        return True
-    a, b = parse_number(pred), parse_number(ref)
-    if a is not None and b is not None:
-        return abs(a - b) < 1e-6
-    from mathruler.grader import grade_answer
-
     try:
-        return bool(grade_answer(pred, ref))
-    except Exception:  # sympy can raise almost anything on odd input; a failed check is "not equal"
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError) as exc:
+        raise ValueError(str(exc)) from exc
+    return _arith(tree.body)
+
+
+def _arith(node: ast.AST) -> Any:
+    if (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, int | float | complex)
+        and not isinstance(node.value, bool)
+    ):
+        return node.value
+    if isinstance(node, ast.Tuple):
+        return tuple(_arith(element) for element in node.elts)
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_arith(node.operand))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _arith(node.left), _arith(node.right)
+        if isinstance(node.op, ast.Pow) and isinstance(right, int | float) and abs(right) > _MAX_EXPONENT:
+            raise ValueError("exponent too large")
+        return _BINARY[type(node.op)](left, right)
+    raise ValueError(f"not arithmetic: {type(node).__name__}")
+
+
+def _close(a: Any, b: Any) -> bool:
+    return bool(abs(a - b) < 1e-6)
+
+
+def _latex_equal(prediction: str, gold: str) -> bool:
+    """The latex2sympy step of `is_equal`: numeric values of both parses within 1e-6."""
+    from latex2sympy2_extended import latex2sympy
+
+    a, b = latex2sympy(gold), latex2sympy(prediction)
+    if _close(safe_arithmetic(str(a)), safe_arithmetic(str(b))):
+        return True
+    return _close(a, b)
+
+
+def is_equal(prediction: str, gold: str, *, timeout: float | None = NUMERIC_TIMEOUT_S) -> bool:
+    """VLMEvalKit's MathVision `is_equal`: lowercased text, then arithmetic, then latex2sympy values.
+
+    Each later step runs only when the earlier one fails or raises; the latex step is time-limited
+    (upstream: 30 s per item, we use the shared reward limit).
+    """
+    pred, ref = str(prediction).lower().strip(), str(gold).lower().strip()
+    if pred == ref:
+        return True
+    try:
+        if _close(safe_arithmetic(ref), safe_arithmetic(pred)):
+            return True
+    except Exception:  # upstream catches everything eval() and the subtraction raise
+        pass
+
+    def latex() -> bool:
+        try:
+            return _latex_equal(pred, ref)
+        except Exception:  # latex2sympy and sympy raise many kinds on odd input: "not equal"
+            return False
+
+    return bool(call_with_deadline(latex, timeout))
+
+
+def math_equal(prediction: str, gold: str, *, timeout: float | None = NUMERIC_TIMEOUT_S) -> bool:
+    """Rule equivalence where no official rule exists (rule-mode guesses, `--lenient`).
+
+    `is_equal`, then the shared reward checker (`rewards.answer.equivalent`: mathruler, then
+    math-verify), both time-limited.
+    """
+    if not prediction.strip():
         return False
+    return is_equal(prediction, gold, timeout=timeout) or equivalent(prediction, gold, timeout=timeout)

@@ -32,6 +32,7 @@ class Predictions:
     responses: dict[str, str]
     origins: dict[str, str]
     samples: list[Sample] | None = field(default=None)
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # index -> every row giving it
 
 
 def read_predictions(path: Path, bench: Benchmark) -> Predictions:
@@ -66,6 +67,7 @@ def _check_file_name(path: Path, bench: Benchmark) -> None:
 def _read_jsonl(path: Path, bench: Benchmark) -> Predictions:
     responses: dict[str, str] = {}
     origins: dict[str, str] = {}
+    seen: dict[str, list[str]] = {}
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -86,9 +88,15 @@ def _read_jsonl(path: Path, bench: Benchmark) -> Predictions:
             text = record.get("prediction", record.get("response"))
             if text is None:
                 raise UserError(f"{origin}: no `prediction` (or `response`) field")
-            responses[str(record["index"])] = str(text)
-            origins[str(record["index"])] = origin
-    return Predictions(path, responses, origins)
+            index = str(record["index"])
+            seen.setdefault(index, []).append(origin)
+            responses[index] = str(text)  # the last line of an index wins (a rerun appends)
+            origins[index] = origin
+    return Predictions(path, responses, origins, duplicates=_repeated(seen))
+
+
+def _repeated(seen: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {index: rows for index, rows in seen.items() if len(rows) > 1}
 
 
 def _read_table(path: Path, bench: Benchmark) -> Predictions:
@@ -100,20 +108,31 @@ def _read_table(path: Path, bench: Benchmark) -> Predictions:
             )
     responses = {str(r["index"]).strip(): str(r["prediction"]) for r in rows}
     origins = {str(r["index"]).strip(): f"{path} row {n}" for n, r in enumerate(rows, start=1)}
+    seen: dict[str, list[str]] = {}
+    for number, row in enumerate(rows, start=1):
+        seen.setdefault(str(row["index"]).strip(), []).append(f"{path} row {number}")
     has_data = all(c in columns for c in bench.required_columns.get(TSV, ()))
     samples = samples_from_table(bench, path) if has_data else None
-    return Predictions(path, responses, origins, samples)
+    if samples is not None:  # a repeated prediction row repeats its data row: keep the first
+        unique: dict[str, Sample] = {}
+        for sample in samples:
+            unique.setdefault(sample.index, sample)
+        samples = list(unique.values())
+    return Predictions(path, responses, origins, samples, duplicates=_repeated(seen))
 
 
-def pair_with_samples(
-    bench: Benchmark, predictions: Predictions, samples: Sequence[Sample] | None
-) -> list[Sample]:
-    """The samples the predictions answer, in data order; an unknown index is a one-line error."""
+def data_pool(bench: Benchmark, predictions: Predictions, samples: Sequence[Sample] | None) -> list[Sample]:
+    """Every sample the predictions should answer: the file's own data rows, else `samples`."""
     pool = predictions.samples if predictions.samples is not None else samples
     if pool is None:
         raise UserError(
             f"{predictions.path}: holds predictions only; pass --data with the {bench.name} data to score it"
         )
+    return list(pool)
+
+
+def pair_with_samples(bench: Benchmark, predictions: Predictions, pool: Sequence[Sample]) -> list[Sample]:
+    """The samples the predictions answer, in data order; an unknown index is a one-line error."""
     by_index = {s.index: s for s in pool}
     for index, origin in predictions.origins.items():
         if index not in by_index:
@@ -122,3 +141,17 @@ def pair_with_samples(
                 "for another benchmark or split?"
             )
     return [s for s in pool if s.index in predictions.responses]
+
+
+def coverage_problem(bench: Benchmark, predictions: Predictions, pool: Sequence[Sample]) -> str | None:
+    """A one-line account of missing and duplicate items, or None when every item is there once."""
+    missing = [s.index for s in pool if s.index not in predictions.responses]
+    parts = []
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        parts.append(f"{len(missing)} of {len(pool)} {bench.name} items have no prediction (index {shown})")
+    if predictions.duplicates:
+        dup = sorted(predictions.duplicates)
+        shown = ", ".join(dup[:5]) + (", ..." if len(dup) > 5 else "")
+        parts.append(f"{len(dup)} indexes appear more than once, the last line wins (index {shown})")
+    return f"{predictions.path}: " + "; ".join(parts) if parts else None

@@ -31,6 +31,7 @@ PAPER_SCORES: dict[str, dict[str, float]] = {
     "MMMU": {SOPHIAVL: 61.3, QWEN: 57.4},
     "MME": {SOPHIAVL: 2403.8, QWEN: 2306.0},
     "ChartQA": {SOPHIAVL: 88.5, QWEN: 86.3},
+    "MMBench": {SOPHIAVL: 85.4, QWEN: 83.3},
     "MMStar": {SOPHIAVL: 66.7, QWEN: 64.3},
 }
 
@@ -48,6 +49,20 @@ class EvalResult:
     methods: dict[str, int] = field(
         default_factory=dict
     )  # how items were matched: prefetch, rule, judge, ...
+    answered: int | None = None  # samples with a prediction (None: all of them)
+    duplicates: int = 0  # indexes given more than once in a predictions file
+    lenient: bool = False  # scored with our documented departures (`--lenient`)
+
+    @property
+    def coverage(self) -> float:
+        """Share of the data's samples that have a prediction, in %."""
+        answered = self.num_samples if self.answered is None else self.answered
+        return 100.0 * answered / self.num_samples if self.num_samples else 0.0
+
+    @property
+    def partial(self) -> bool:
+        """Whether some samples of the data have no prediction."""
+        return self.answered is not None and self.answered < self.num_samples
 
     def to_json(self) -> dict[str, Any]:
         """The scores JSON object."""
@@ -63,6 +78,13 @@ class EvalResult:
             "unit": s.unit,
             "num_samples": self.num_samples,
             "num_scored": s.num_items,
+            "coverage": {
+                "answered": self.num_samples if self.answered is None else self.answered,
+                "of": self.num_samples,
+                "percent": round(self.coverage, 2),
+                "duplicates": self.duplicates,
+            },
+            "lenient": self.lenient,
             "match_methods": self.methods,
             "extra": {k: round(v, 4) for k, v in s.extra.items()},
             "breakdown": {
@@ -82,10 +104,15 @@ def make_result(
     prompt: str,
     split: str,
     num_samples: int,
+    answered: int | None = None,
+    duplicates: int = 0,
+    lenient: bool = False,
 ) -> EvalResult:
     """An `EvalResult` with the match-method counts of `items`."""
     methods = dict(sorted(Counter(item.method for item in items).items()))
-    return EvalResult(score, scoring, model, prompt, split, num_samples, methods)
+    return EvalResult(
+        score, scoring, model, prompt, split, num_samples, methods, answered, duplicates, lenient
+    )
 
 
 def csv_text(result: EvalResult) -> str:
@@ -133,12 +160,16 @@ def summary_table(results: Sequence[EvalResult]) -> Table:
     for result in results:
         s = result.score
         paper = PAPER_SCORES.get(s.benchmark, {})
+        n = str(s.num_items)
+        if result.partial:  # the score covers only part of the data: say so beside it
+            n = f"{result.answered}/{result.num_samples} ({result.coverage:.0f}% coverage)"
+        scoring = f"{result.scoring}, lenient" if result.lenient else result.scoring
         table.add_row(
             s.benchmark,
             f"{s.metric} ({s.unit})",
-            str(s.num_items),
+            n,
             _fmt(s.score, s.unit),
-            result.scoring,
+            scoring,
             _fmt(paper.get(SOPHIAVL), s.unit) if paper else "—",
             _fmt(paper.get(QWEN), s.unit) if paper else "—",
         )

@@ -27,12 +27,13 @@ from typing import Any
 from sophiavl_cli.data.prompts import SYSTEM_PROMPT, sophiavl_user_text
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks.base import Benchmark, Sample
-from sophiavl_cli.eval.data import load_samples, open_image
+from sophiavl_cli.eval.data import load_samples, open_image, resolve_data
 from sophiavl_cli.eval.generation import BACKENDS, HFGenerator, Request, VLLMGenerator
 from sophiavl_cli.eval.judge import Judge, JudgeSettings
 from sophiavl_cli.eval.matching import answer_text
 from sophiavl_cli.eval.report import EvalResult, make_result, write_result
 from sophiavl_cli.eval.scoring import score_items, scoring_label
+from sophiavl_cli.eval.sharding import SHARD_GLOB, ShardPool, default_shards, merge, plan
 
 PROMPTS = ("default", "sophiavl-r1")
 MIN_PIXELS = 1280 * 28 * 28
@@ -62,6 +63,9 @@ class EvalSettings:
     judge: JudgeSettings | None = None
     max_model_len: int | None = None
     vllm_options: Mapping[str, Any] | None = None  # extra `vllm.LLM` arguments (tests, tuning)
+    lenient: bool = False  # score with our documented departures from the official rules
+    shards: int | None = None  # generation processes (None: one per GPU group with vllm, else 1)
+    tensor_parallel: int = 1  # GPUs per vLLM engine
 
     def generation_settings(self) -> dict[str, Any]:
         """The settings that change what the model generates (part of every cache key)."""
@@ -169,27 +173,63 @@ def run_eval(settings: EvalSettings, progress: Progress | None = None) -> list[E
     # all data is loaded (and checked) before the model is
     loaded = [(b, _samples_for(b, settings)) for b in settings.benchmarks]
     max_images = max((len(s.images) for _, samples in loaded for s in samples), default=1)
+    num_shards = settings.shards or default_shards(settings.backend, settings.tensor_parallel)
     generator: Generator | None = None
+    pool: ShardPool | None = None
     results: list[EvalResult] = []
-    for bench, samples in loaded:
-        folder = settings.output_dir / bench.name
-        responses = _cached_responses(bench, samples, settings, str(model_path), folder)
-        missing = [s for s in samples if s.index not in responses]
-        if missing:
-            generator = generator or _generator(settings, model_path, max_images)
-            _generate(
-                bench,
-                missing,
-                settings,
-                str(model_path),
-                generator,
-                folder,
-                responses,
-                progress,
-                len(samples),
-            )
-        results.append(_score(bench, samples, responses, settings, folder))
+    try:
+        for bench, samples in loaded:
+            folder = settings.output_dir / bench.name
+            responses = _cached_responses(bench, samples, settings, str(model_path), folder)
+            missing = [s for s in samples if s.index not in responses]
+            if missing and num_shards > 1:
+                pool = pool or ShardPool(settings, model_path, max_images, num_shards)
+                _generate_sharded(bench, samples, missing, settings, pool, folder, responses, progress)
+                responses = _cached_responses(bench, samples, settings, str(model_path), folder)
+            elif missing:
+                generator = generator or _generator(settings, model_path, max_images)
+                _generate(
+                    bench,
+                    missing,
+                    settings,
+                    str(model_path),
+                    generator,
+                    folder,
+                    responses,
+                    progress,
+                    len(samples),
+                )
+            keys = {s.index: _key(bench, s, settings, str(model_path)) for s in samples}
+            merge(folder, PREDICTIONS_FILE, samples, keys)  # shards of this or an interrupted run
+            results.append(_score(bench, samples, responses, settings, folder))
+    finally:
+        if pool is not None:
+            pool.close()
     return results
+
+
+def _key(bench: Benchmark, sample: Sample, settings: EvalSettings, model_id: str) -> str:
+    return prediction_key(bench.name, sample.index, model_id, settings.prompt, settings.generation_settings())
+
+
+def _generate_sharded(
+    bench: Benchmark,
+    samples: Sequence[Sample],
+    missing: Sequence[Sample],
+    settings: EvalSettings,
+    pool: ShardPool,
+    folder: Path,
+    responses: dict[str, str],
+    progress: Progress | None,
+) -> None:
+    shards = plan(samples, {s.index for s in missing}, pool.num_shards)
+    done_before = len(responses)
+
+    def report(done: int) -> None:
+        if progress is not None:
+            progress(bench.name, min(len(samples), done_before + done), len(samples))
+
+    pool.run(bench, shards, folder, report)
 
 
 Generator = HFGenerator | VLLMGenerator
@@ -202,6 +242,9 @@ def _generator(settings: EvalSettings, model_path: Path, max_images: int) -> Gen
         model_path, min_pixels=settings.min_pixels, max_pixels=settings.max_pixels
     )
     if settings.backend == "vllm":
+        options = dict(settings.vllm_options or {})
+        if settings.tensor_parallel > 1:
+            options.setdefault("tensor_parallel_size", settings.tensor_parallel)
         return VLLMGenerator(
             model_path,
             processor,
@@ -209,13 +252,13 @@ def _generator(settings: EvalSettings, model_path: Path, max_images: int) -> Gen
             min_pixels=settings.min_pixels,
             max_pixels=settings.max_pixels,
             max_model_len=settings.max_model_len,
-            engine_options=settings.vllm_options,
+            engine_options=options,
         )
     return HFGenerator(model_path, processor)
 
 
 def _samples_for(bench: Benchmark, settings: EvalSettings) -> list[Sample]:
-    data = settings.data
+    data = resolve_data(settings.data)
     if data is not None and len(settings.benchmarks) > 1 and data.is_dir():
         for candidate in (data / f"{bench.tsv_name}.tsv", data / bench.name, data / bench.tsv_name):
             if candidate.exists():
@@ -228,6 +271,8 @@ def _cached_responses(
     bench: Benchmark, samples: Sequence[Sample], settings: EvalSettings, model_id: str, folder: Path
 ) -> dict[str, str]:
     cache = read_cache(folder / PREDICTIONS_FILE)
+    for shard in sorted(folder.glob(SHARD_GLOB)):  # answers of shards not merged yet (interrupted run)
+        cache.update(read_cache(shard))
     gen = settings.generation_settings()
     responses: dict[str, str] = {}
     for sample in samples:
@@ -247,6 +292,8 @@ def _generate(
     responses: dict[str, str],
     progress: Progress | None,
     total: int,
+    *,
+    file_name: str = PREDICTIONS_FILE,
 ) -> None:
     gen = settings.generation_settings()
     processor = generator.processor
@@ -258,7 +305,7 @@ def _generate(
             images = tuple(open_image(sample.images[i], sample.origin) for i in order)
             yield Request(key, processor.apply_chat_template(messages), images)
 
-    writer = CacheWriter(folder / PREDICTIONS_FILE)
+    writer = CacheWriter(folder / file_name)
 
     def on_result(key: str, text: str) -> None:
         sample = by_key[key]
@@ -290,7 +337,10 @@ def _score(
     responses: dict[str, str],
     settings: EvalSettings,
     folder: Path,
+    *,
+    duplicates: int = 0,
 ) -> EvalResult:
+    bench = bench.configured(lenient=settings.lenient)
     judge = Judge(settings.judge, folder / JUDGE_CACHE_FILE) if settings.judge and bench.uses_judge else None
     try:
         items = score_items(bench, samples, responses, judge)
@@ -306,6 +356,9 @@ def _score(
         prompt=settings.prompt,
         split=settings.split or bench.default_split,
         num_samples=len(samples),
+        answered=len(scored),
+        duplicates=duplicates,
+        lenient=settings.lenient,
     )
     write_result(result, folder)
     return result
@@ -319,15 +372,32 @@ def score_predictions(
     split: str | None = None,
     judge: JudgeSettings | None = None,
     output_dir: Path | None = None,
+    allow_partial: bool = False,
+    lenient: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> EvalResult:
-    """Score an existing predictions file (no model); reports go to `output_dir/<Benchmark>/`."""
-    from sophiavl_cli.eval.predictions import pair_with_samples, read_predictions
+    """Score an existing predictions file (no model); reports go to `output_dir/<Benchmark>/`.
 
+    Items of the data without a prediction stop the run (a score over part of a benchmark is not
+    comparable) unless `allow_partial`; then the coverage is reported beside the score. Duplicate
+    indexes are reported through `warn`.
+    """
+    from sophiavl_cli.eval.predictions import coverage_problem, data_pool, pair_with_samples, read_predictions
+
+    bench = bench.configured(lenient=lenient)
     predictions = read_predictions(predictions_path, bench)
     samples = None
     if predictions.samples is None:
         samples = load_samples(bench, data, split)
-    paired = pair_with_samples(bench, predictions, samples)
+    pool = data_pool(bench, predictions, samples)
+    paired = pair_with_samples(bench, predictions, pool)
+    problem = coverage_problem(bench, predictions, pool)
+    if len(paired) < len(pool) and not allow_partial:
+        raise UserError(
+            f"{problem}; pass --allow-partial to score what is there (coverage is shown beside it)"
+        )
+    if problem and warn is not None:
+        warn(problem)
     folder = (output_dir or predictions_path.parent) / bench.name
     settings = EvalSettings(
         model=predictions_path.name,
@@ -336,5 +406,8 @@ def score_predictions(
         split=split,
         prompt="(from predictions file)",
         judge=judge,
+        lenient=lenient,
     )
-    return _score(bench, paired, predictions.responses, settings, folder)
+    return _score(
+        bench, pool, predictions.responses, settings, folder, duplicates=len(predictions.duplicates)
+    )

@@ -96,9 +96,18 @@ def numerical_score(answer: str, truth: str, *, timeout: float | None = NUMERIC_
     comparison that runs past `timeout` seconds scores 0.
     """
     pred, gold = _PERCENT.sub("", answer).strip(), _PERCENT.sub("", truth).strip()
+    return 1.0 if equivalent(pred, gold, timeout=timeout) else 0.0
+
+
+def equivalent(answer: str, truth: str, *, timeout: float | None = NUMERIC_TIMEOUT_S) -> bool:
+    """The one math-equivalence check of rewards and eval: mathruler, then math-verify, time-limited.
+
+    Empty sides are never equal; a comparison that runs past `timeout` seconds is "not equal".
+    """
+    pred, gold = answer.strip(), truth.strip()
     if not pred or not gold:
-        return 0.0
-    return 1.0 if _numbers_equal_within(pred, gold, timeout) else 0.0
+        return False
+    return _numbers_equal_within(pred, gold, timeout)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -74,7 +74,8 @@ def _builtin_scorer(name: str, numeric_timeout: float | None) -> AnswerScorer:
 def _breakdown(scorer: AnswerScorer, response: str, ground_truth: str, format_weight: float) -> OutcomeScore:
     if not passes_format(response):
         return OutcomeScore(overall=0.0, format=0.0, accuracy=0.0)
-    answer = strip_math_delimiters(extract_answer(response) or "")
+    # first: the released SophiaVL-R1 reward scored the first block, and training keeps its reward
+    answer = strip_math_delimiters(extract_answer(response, which="first") or "")
     accuracy = scorer(answer, ground_truth_answer(ground_truth)) if answer else 0.0
     overall = (1.0 - format_weight) * accuracy + format_weight
     return OutcomeScore(overall=overall, format=1.0, accuracy=accuracy)

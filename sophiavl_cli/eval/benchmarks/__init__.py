@@ -10,6 +10,7 @@ from sophiavl_cli.eval.benchmarks import (
     mathverse,
     mathvision,
     mathvista,
+    mmbench,
     mme,
     mmmu,
     mmstar,
@@ -19,7 +20,7 @@ from sophiavl_cli.eval.benchmarks.base import Benchmark, BenchScore, ItemScore, 
 
 BENCHMARKS: dict[str, Benchmark] = {
     module.BENCHMARK.name: module.BENCHMARK
-    for module in (mathvista, mathverse, mathvision, mmmu, mmstar, chartqa, ocrbench, mme)
+    for module in (mathvista, mathverse, mathvision, mmmu, mmstar, mmbench, chartqa, ocrbench, mme)
 }
 
 _LOOKUP: dict[str, str] = {}

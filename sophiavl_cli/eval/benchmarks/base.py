@@ -11,6 +11,7 @@ Benchmarks whose official scorer asks an LLM (MathVista, MathVerse, MathVision) 
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -84,6 +85,13 @@ class Benchmark(ABC):
     metric: ClassVar[str] = "accuracy"
     unit: ClassVar[str] = "%"
     problem_type: ClassVar[str] = "free-form"  # sophiavl-r1 prompt suffix for non-MC items
+    lenient: bool = False  # our documented departures from the official rule (docs/eval.md)
+
+    def configured(self, *, lenient: bool) -> Benchmark:
+        """A copy of this benchmark scoring with (`lenient=True`) or without our departures."""
+        clone = copy.copy(self)
+        clone.lenient = lenient
+        return clone
 
     # ---- data ---------------------------------------------------------------------------------
 

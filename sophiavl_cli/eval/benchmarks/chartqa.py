@@ -28,7 +28,7 @@ SUFFIX = "\nAnswer the question using a single word or phrase."
 
 def _to_float(value: str) -> float | None:
     try:
-        return float(value[:-1]) / 100.0 if value.endswith("%") else float(value)
+        return float(value.rstrip("%")) / 100.0 if value.endswith("%") else float(value)
     except ValueError:
         return None
 
@@ -77,7 +77,7 @@ class ChartQA(Benchmark):
     def score(self, sample: Sample, response: str) -> ItemScore:
         prediction = answer_text(response).strip()
         golds = sample.meta.get("answers") or (sample.answer,)
-        hit = any(relaxed_correctness(str(gold).strip(), prediction) for gold in golds)
+        hit = any(relaxed_correctness(str(gold), prediction) for gold in golds)
         return self.item(sample, hit, prediction, "rule")
 
 

@@ -1,10 +1,11 @@
 """MathVerse testmini: accuracy per problem version (Text Dominant ... Vision Only), subject, subfield.
 
 The official scorer is two LLM calls (extract the answer, then judge it against the standard
-answer). VLMEvalKit skips both when the extracted answer equals the gold one ("prefetch"). The
-rule score here: a multiple-choice answer is the option letter found in the answer text; a
-free-form one is compared by `math_equal` (text, number, mathruler), so without `--judge` the
-number is labelled rule-based.
+answer); VLMEvalKit skips the second when the extracted answer equals the gold one ("prefetch").
+`--lenient` also skips the first when the answer text already equals the gold answer. Without a
+judge there is no official rule: a multiple-choice answer is the option letter found in the answer
+text, a free-form one is compared by `math_equal` (`is_equal`, then the shared reward checker), and
+the number is labelled rule-based.
 
 Prompt: image + the `question` field, as VLMEvalKit's `MathVerse.build_prompt` without `cot`.
 """
@@ -103,7 +104,7 @@ class MathVerse(Benchmark):
         if answer.strip() == sample.answer.strip():
             return True, answer.strip(), "prefetch"
         if self._is_choice(sample):
-            letter = can_infer_option(answer, {c: c for c in "ABCDEFGH"}) or ""
+            letter = can_infer_option(answer, {c: c for c in "ABCDEFGH"}, lenient=self.lenient) or ""
             return letter == sample.answer, letter, "rule"
         guess = short_answer(answer)
         return math_equal(guess, sample.answer), guess, "rule"
@@ -114,11 +115,11 @@ class MathVerse(Benchmark):
 
     def judge_score(self, sample: Sample, response: str, ask: AskJudge) -> ItemScore:
         answer = answer_text(response)
-        if answer.strip() == sample.answer.strip():
+        if self.lenient and answer.strip() == sample.answer.strip():
             return self.item(sample, True, answer.strip(), "prefetch")
         extracted = ask(f"{EXTRACT_PROMPT}Model response: '{answer}'\nExtracted Answer:").strip()
-        if extracted == sample.answer.strip():
-            return self.item(sample, True, extracted, "judge")
+        if extracted == sample.answer.strip():  # VLMEvalKit's prefetch of the scoring call
+            return self.item(sample, True, extracted, "prefetch")
         verdict = ask(
             f"{SCORE_PROMPT}[Question]: {sample.question}\n[Standard Answer]: {sample.answer}\n"
             f"[Model Answer]: {extracted}\nJudgement:"

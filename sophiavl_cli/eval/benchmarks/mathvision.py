@@ -1,10 +1,11 @@
 """MathVision (test 3040 / testmini 304): accuracy overall and per subject and level.
 
-VLMEvalKit's `utils/mathv.py`: the answer is extracted by GPT (same style as MathVista), then
-`post_check`: with options, the option letter (`can_infer`) must equal the gold letter; without,
-`is_equal` compares text, then numbers, then LaTeX via sympy. Here: prefetch/rule extraction
-(answer text, boxed content or last line) and `math_equal` (text, number, mathruler), so the
-judge-free number is labelled rule-based.
+VLMEvalKit's `utils/mathv.py`: prefetch first (with options, any option letter `can_infer` finds
+settles the item; without, the answer text settles it when `is_equal` to the gold answer), else
+GPT extracts the answer (same style as MathVista); then `post_check`: the option letter must
+equal the gold letter, or `is_equal` (lowercased text, then arithmetic, then latex2sympy values)
+must hold. Without `--judge` the extraction is our rule guess (boxed content or last line), so the
+number is labelled rule-based. `--lenient` adds the shared reward checker (mathruler, math-verify).
 
 Prompt: image + question; for the Hugging Face layout the options are appended as
 `(A) ...` lines when the question does not list them already.
@@ -27,7 +28,7 @@ from sophiavl_cli.eval.benchmarks.base import (
     text,
 )
 from sophiavl_cli.eval.benchmarks.mathvista import extraction_prompt
-from sophiavl_cli.eval.matching import answer_text, can_infer, letters, math_equal, short_answer
+from sophiavl_cli.eval.matching import answer_text, can_infer, is_equal, letters, math_equal, short_answer
 
 
 class MathVision(Benchmark):
@@ -78,22 +79,24 @@ class MathVision(Benchmark):
     def _check(self, sample: Sample, extracted: str, method: str) -> ItemScore:
         if sample.choices:
             options = dict(zip(letters(len(sample.choices)), sample.choices, strict=True))
-            letter = can_infer(extracted, options) or ""
-            return self.item(sample, letter == sample.answer.strip().upper(), letter, method)
-        return self.item(sample, math_equal(extracted, sample.answer), extracted, method)
+            letter = can_infer(extracted, options, lenient=self.lenient) or ""
+            return self.item(sample, is_equal(letter or "false", sample.answer), letter, method)
+        equal = math_equal if self.lenient else is_equal
+        return self.item(sample, equal(extracted, sample.answer), extracted, method)
+
+    def _prefetch(self, sample: Sample, answer: str) -> ItemScore | None:
+        first = self._check(sample, answer, "prefetch")
+        return first if first.score or (sample.choices and first.extracted) else None
 
     def score(self, sample: Sample, response: str) -> ItemScore:
         answer = answer_text(response)
-        first = self._check(sample, answer, "prefetch")
-        if first.score or (sample.choices and first.extracted):
-            return first
-        return self._check(sample, short_answer(answer), "rule")
+        return self._prefetch(sample, answer) or self._check(sample, short_answer(answer), "rule")
 
     def judge_score(self, sample: Sample, response: str, ask: AskJudge) -> ItemScore:
         answer = answer_text(response)
-        first = self._check(sample, answer, "prefetch")
-        if first.score:
-            return first
+        fetched = self._prefetch(sample, answer)
+        if fetched is not None:
+            return fetched
         extracted = ask(extraction_prompt(self.prompt_text(sample), answer)).strip()
         return self._check(sample, extracted, "judge")
 

@@ -1,14 +1,18 @@
 """MathVista testmini: data, VLMEvalKit's default prompt, the official normalise-and-match scorer.
 
-Official scoring (`evaluation/calculate_score.py`): a multiple-choice answer is a letter mapped to
-its choice text (a non-letter goes to the most similar choice by edit distance); integers become
-`str(int(float(x)))`, floats `str(round(float(x), precision))`, lists `str(x)`; then exact string
-equality. Departure: the gold numeric answer goes through the same normalisation (it is already
-canonical in the released data, so scores are unchanged; hand-made files with "0.60" still work).
-
-The official extraction asks GPT; without `--judge` we use VLMEvalKit's prefetch (option matching,
-`int()`/`float()` of the answer) and then a rule guess (boxed content, last line, last number),
-so the reported number is labelled rule-based and is a lower bound on the judged one.
+Scoring, in order:
+1. **Prefetch** (VLMEvalKit `utils/mathvista.py::post_check(prefetch=True)`): a multiple-choice
+   answer whose option letter `can_infer` finds is settled (right or wrong); an integer/float
+   answer is settled only when Python's `int()`/`float()` of the answer text equals the gold
+   value. Nothing else is stripped first (`60%` and `1,000` are not numbers here).
+2. Otherwise the judge's extraction (`--judge`), or without one our rule guess: the `\\boxed{}`
+   content, else the last line, and for numeric items the last number in it (this guess, and only
+   it, reads thousands commas and a trailing `%`/`.`). A rule-based score is labelled as such.
+3. **Normalise and match** (MathVista `evaluation/calculate_score.py`): a choice letter (upper
+   case, or the letter in `(x)`) becomes the choice text, anything else the most similar choice by
+   edit distance (an empty extraction included); integers `str(int(float(x)))`, floats
+   `str(round(float(x), precision))`, lists `str(x)`; then exact string equality with the gold
+   answer as released.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from sophiavl_cli.eval.matching import (
     letters,
     most_similar,
     parse_number,
+    py_float,
+    py_int,
     short_answer,
 )
 
@@ -80,20 +86,21 @@ def normalize(extraction: str, sample: Sample) -> str | None:
     extraction = extraction.strip()
     answer_type = sample.meta.get("answer_type", "text")
     if sample.meta.get("question_type") == "multi_choice" and sample.choices:
-        if extraction in sample.choices:
-            return extraction
         letter = _PAREN_LETTER.findall(extraction)
         if letter:
             extraction = letter[0].upper()
         options = letters(len(sample.choices))
-        if extraction.upper() in options and len(extraction) == 1:
-            return sample.choices[options.index(extraction.upper())]
+        if extraction in options:  # upper case only, as upstream
+            return sample.choices[options.index(extraction)]
         return most_similar(extraction, sample.choices)
-    if answer_type in ("integer", "float"):
-        number = parse_number(extraction)
-        if number is None:
-            return None
-        return str(int(number)) if answer_type == "integer" else str(round(number, _precision(sample)))
+    number = py_float(extraction)
+    try:
+        if answer_type == "integer":
+            return None if number is None else str(int(number))
+        if answer_type == "float":
+            return None if number is None else str(round(number, _precision(sample)))
+    except (ValueError, OverflowError):  # int() of nan / inf: upstream's `except Exception` -> None
+        return None
     return extraction
 
 
@@ -156,46 +163,61 @@ class MathVista(Benchmark):
     def _gold(self, sample: Sample) -> str:
         if sample.meta.get("question_type") == "multi_choice" and sample.choices:
             options = letters(len(sample.choices))
-            if sample.answer in options and sample.answer not in sample.choices:
+            if sample.answer in options and sample.answer not in sample.choices:  # a hand-made file
                 return sample.choices[options.index(sample.answer)]
-            return sample.answer
-        return normalize(sample.answer, sample) or sample.answer
+        return sample.answer
 
     def prefetch(self, sample: Sample, answer: str) -> str | None:
-        """VLMEvalKit's judge-free first try: option matching, or `int()`/`float()` of the answer."""
+        """VLMEvalKit's judge-free first try; the settled extraction, or None to ask the judge."""
         if sample.meta.get("question_type") == "multi_choice" and sample.choices:
-            option = can_infer(answer, dict(zip(letters(len(sample.choices)), sample.choices, strict=True)))
-            return option if option else None
-        if sample.meta.get("answer_type") in ("integer", "float"):
-            return answer if parse_number(answer) is not None else None
+            options = dict(zip(letters(len(sample.choices)), sample.choices, strict=True))
+            return can_infer(answer, options, lenient=self.lenient)
+        answer_type = sample.meta.get("answer_type")
+        if answer_type == "integer":
+            value, gold = py_int(answer), py_int(sample.answer)
+            return answer if value is not None and value == gold else None
+        if answer_type == "float":
+            value, gold_float = py_float(answer), py_float(sample.answer)
+            return answer if value is not None and value == gold_float else None
         return None
+
+    def _matched(self, sample: Sample, extraction: str, method: str) -> ItemScore:
+        if method == "prefetch":
+            # VLMEvalKit scores a prefetched item itself: a number prefetches only when it equals
+            # the answer; a letter must be the gold option (a refusal's `Z` never is)
+            if not sample.choices:
+                return self.item(sample, True, extraction, method)
+            options = letters(len(sample.choices))
+            if extraction not in options:
+                return self.item(sample, False, extraction, method)
+            chosen = sample.choices[options.index(extraction)]
+            return self.item(sample, chosen == self._gold(sample), chosen, method)
+        normalized = normalize(extraction, sample)
+        hit = normalized is not None and normalized == self._gold(sample)
+        return self.item(sample, hit, normalized or "", method)
 
     def score(self, sample: Sample, response: str) -> ItemScore:
         answer = answer_text(response)
         fetched = self.prefetch(sample, answer)
         if fetched is not None:
-            normalized = normalize(fetched, sample)
-            return self.item(sample, normalized == self._gold(sample), normalized or "", "prefetch")
+            return self._matched(sample, fetched, "prefetch")
         guess = short_answer(answer)
-        if sample.meta.get("answer_type") in ("integer", "float") and parse_number(guess) is None:
-            number = last_number(guess)
+        if sample.meta.get("answer_type") in ("integer", "float") and py_float(guess) is None:
+            number = parse_number(guess)
+            number = last_number(guess) if number is None else number
             number = last_number(answer) if number is None else number
             guess = "" if number is None else repr(number)
-        normalized = normalize(guess, sample) if guess else None
-        return self.item(
-            sample, normalized is not None and normalized == self._gold(sample), normalized or "", "rule"
-        )
+        if not guess and not sample.choices:
+            return self.item(sample, False, "", "rule")
+        return self._matched(sample, guess, "rule")
 
     def judge_score(self, sample: Sample, response: str, ask: AskJudge) -> ItemScore:
         answer = answer_text(response)
         fetched = self.prefetch(sample, answer)
         if fetched is not None:
-            return self.score(sample, response)
+            return self._matched(sample, fetched, "prefetch")
         extracted = ask(extraction_prompt(self.prompt_text(sample), answer)).strip()
-        normalized = normalize(extracted, sample) if extracted else None
-        return self.item(
-            sample, normalized is not None and normalized == self._gold(sample), normalized or "", "judge"
-        )
+        return self._matched(sample, extracted, "judge")
 
 
 BENCHMARK = MathVista()

@@ -2,7 +2,8 @@
 
 `ImageMCQDataset.build_prompt`: an optional `Hint:` line, `Question: ...`, then `Options:` with one
 `A. text` line per option and "Please select the correct answer from the options above." Without a
-judge (`exact_matching`), the letter comes from `can_infer`; an unmatched answer counts as wrong.
+judge (`exact_matching`), the letter comes from `can_infer`; an unmatched answer counts as wrong
+(VLMEvalKit records `Z`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def mcq_prompt(question: str, options: Sequence[str], hint: str = "") -> str:
     return prompt
 
 
-def match_option(answer: str, options: Sequence[str]) -> str | None:
-    """The option letter `answer` names (letter or option text), else None."""
+def match_option(answer: str, options: Sequence[str], *, lenient: bool = False) -> str | None:
+    """The option letter `answer` names (letter or option text; `Z` for a refusal), else None."""
     if not options:
-        return can_infer_option(answer, {key: key for key in "ABCD"})
-    return can_infer(answer, dict(zip(letters(len(options)), options, strict=True)))
+        return can_infer_option(answer, {key: key for key in "ABCD"}, lenient=lenient)
+    return can_infer(answer, dict(zip(letters(len(options)), options, strict=True)), lenient=lenient)

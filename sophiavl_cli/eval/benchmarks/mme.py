@@ -1,7 +1,9 @@
 """MME: yes/no answers, acc + acc+ per category, perception and cognition sums (max 2000 / 800).
 
-VLMEvalKit's `YOrN_Extraction` + `MME_rating`: a response is Yes when it says yes and not no,
-No the other way round, else Unknown (wrong without a judge). Per category, score = acc x 100 +
+VLMEvalKit's `YOrN_Extraction` + `MME_rating`: after VLMEvalKit's `process_punctuation`, a
+response is Yes when the word yes occurs and no does not, No the other way round, else Unknown
+(wrong without a judge). `*`, `:` and quotes are kept there, so `**Yes**` is Unknown; `--lenient`
+drops them first. Per category, score = acc x 100 +
 acc+ x 100, where acc+ counts an image only when both of its questions are right. The paper's
 "MME" is perception + cognition (max 2800). Questions of one image are paired by `image_path`
 (TSV), `question_id` (Hugging Face) or, failing both, the image reference of the TSV row.
@@ -73,7 +75,7 @@ class MME(Benchmark):
         return {"category": (str(sample.meta.get("category") or ""),)}
 
     def score(self, sample: Sample, response: str) -> ItemScore:
-        said = yes_no(answer_text(response))
+        said = yes_no(answer_text(response), lenient=self.lenient)
         method = "unmatched" if said == "Unknown" else "rule"
         return self.item(sample, said == sample.answer, said, method)
 

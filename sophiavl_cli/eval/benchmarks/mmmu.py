@@ -2,11 +2,14 @@
 
 Scoring follows the MMMU repository (`eval/eval_utils.py`):
 - multiple choice: `(A)` forms first, then a bare ` A `, then option text (responses over 5
-  words); several candidates -> the one written last; none -> a seeded random letter (seed 42,
-  per item so the result does not depend on order), recorded as method `random`;
+  words); several candidates -> the one written last; none -> a random letter. Upstream draws it
+  from one generator seeded 42 in data order; here it is seeded per item (42 and the index) so a
+  score does not depend on order or sharding: the one unavoidable departure, counted under
+  `match_methods.random`;
 - open: key sub-responses after "is", "so", "therefore", "answer", "=" ... plus every number in
-  them, normalised (floats rounded to 2 places, strings lowercased); correct when a normalised
-  number equals a gold number or a gold string is inside a predicted string.
+  them (an integer only where a word ends: "5cm" is no number), normalised (floats rounded to 2
+  places, strings lowercased); correct when a normalised number equals a gold number or a gold
+  string is inside a predicted string.
 
 Departure from VLMEvalKit (which turns open questions into 2-option MCQs and needs a judge for
 them): the official open parser is used, so no judge is needed. The response is first reduced
@@ -61,7 +64,8 @@ _DISCIPLINE_OF = {subject: group for group, subjects in DISCIPLINES.items() for 
 _ID_SUBJECT = re.compile(r"^(?:dev|validation|test)_(.+)_\d+$")
 _COMMAS = r"-?\b\d{1,3}(?:,\d{3})+\b"
 _SCIENTIFIC = r"-?\d+(?:\.\d+)?[eE][+-]?\d+"
-_SIMPLE = r"-?(?:\d+\.\d+|\.\d+|\d+)(?![eE][+-]?\d+)(?![,\d])"
+# `\d+\b`: an integer counts only where a word ends, so "5cm" and "7x" are not numbers there
+_SIMPLE = r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])"
 _INDICATORS = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
 
 
@@ -79,7 +83,7 @@ def parse_multi_choice(response: str, options: Mapping[str, str], seed: str) -> 
     if not candidates:
         candidates = [key for key in options if f" {key} " in padded]
     if not candidates and len(padded.split()) > 5:
-        candidates = [key for key, value in options.items() if value and value.lower() in padded.lower()]
+        candidates = [key for key, value in options.items() if value.lower() in padded.lower()]
         by_text = bool(candidates)
     if not candidates:
         return random.Random(seed).choice(sorted(options)), "random"

@@ -80,7 +80,7 @@ class MMStar(Benchmark):
         return {key: (str(sample.meta[key]),) for key in ("category", "l2-category") if sample.meta.get(key)}
 
     def score(self, sample: Sample, response: str) -> ItemScore:
-        letter = match_option(answer_text(response), sample.choices)
+        letter = match_option(answer_text(response), sample.choices, lenient=self.lenient)
         if letter is None:
             return self.item(sample, False, "", "unmatched")
         return self.item(sample, letter == sample.answer, letter, "rule")

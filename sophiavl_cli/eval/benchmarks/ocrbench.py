@@ -1,8 +1,10 @@
 """OCRBench: substring hits over 1000 items, summed per category ("Final Score" out of 1000).
 
-VLMEvalKit's `OCRBench.evaluate`: for Handwritten Mathematical Expression Recognition all
-whitespace is removed from gold and prediction; for every other category both are lowercased and
-stripped. An item hits when any gold answer is a substring of the prediction. The 6 text
+VLMEvalKit's `OCRBench.evaluate`: for Handwritten Mathematical Expression Recognition both sides
+are stripped, newlines become spaces and spaces are removed (tabs stay); for every other category
+both are lowercased, stripped and newlines become spaces. An item hits when any gold answer is a
+substring of the prediction, so an empty gold answer hits anything. `--lenient` removes every
+whitespace character for HME and never lets an empty gold answer hit. The 6 text
 recognition categories are also summed into "Text Recognition". Gold lists are read without
 `eval` (VLMEvalKit calls `eval(line['answer'])`).
 """
@@ -36,13 +38,18 @@ TEXT_RECOGNITION = (
 _WHITESPACE = re.compile(r"\s+")
 
 
-def ocr_hit(golds: Sequence[str], prediction: str, category: str) -> bool:
+def ocr_hit(golds: Sequence[str], prediction: str, category: str, *, lenient: bool = False) -> bool:
     """Whether any gold answer occurs in the prediction under the category's normalisation."""
+    if lenient:
+        golds = [gold for gold in golds if gold.strip()]
     if category == HME:
-        pred = _WHITESPACE.sub("", prediction)
-        return any(_WHITESPACE.sub("", gold) in pred for gold in golds if gold.strip())
+        if lenient:
+            pred = _WHITESPACE.sub("", prediction)
+            return any(_WHITESPACE.sub("", gold) in pred for gold in golds)
+        pred = prediction.strip().replace("\n", " ").replace(" ", "")
+        return any(gold.strip().replace("\n", " ").replace(" ", "") in pred for gold in golds)
     pred = prediction.lower().strip().replace("\n", " ")
-    return any(gold.lower().strip().replace("\n", " ") in pred for gold in golds if gold.strip())
+    return any(gold.lower().strip().replace("\n", " ") in pred for gold in golds)
 
 
 class OCRBench(Benchmark):
@@ -82,8 +89,8 @@ class OCRBench(Benchmark):
 
     def score(self, sample: Sample, response: str) -> ItemScore:
         prediction = answer_text(response)
-        golds = [str(g) for g in (sample.meta.get("answers") or (sample.answer,))]
-        hit = ocr_hit(golds, prediction, str(sample.meta.get("category") or ""))
+        golds = [str(g) for g in sample.meta.get("answers", (sample.answer,))]
+        hit = ocr_hit(golds, prediction, str(sample.meta.get("category") or ""), lenient=self.lenient)
         return self.item(sample, hit, prediction, "rule")
 
     def aggregate(self, samples: Sequence[Sample], items: Sequence[ItemScore]) -> BenchScore:

@@ -1,0 +1,129 @@
+"""MMBench dev (English): VLMEvalKit's MCQ prompt and CircularEval, per category and l2-category.
+
+The data (VLMEvalKit's `MMBench_DEV_EN.tsv`, or the Hugging Face `lmms-lab/MMBench` `en` config)
+holds every question once per rotation of its options: the question as asked has index `i`, its
+rotations `i + k * 1e6`. As `mcq_circular_eval` does, rows are grouped by `index % 1e6` and a
+question counts as right only when every row of its group is (letter by `can_infer`; unmatched or
+a refusal's `Z` is wrong). Only groups whose unrotated row is present are scored, and the
+breakdowns use that row's `category` / `l2-category`. The headline is the circular accuracy; the
+plain accuracy of the unrotated rows is reported beside it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from sophiavl_cli.errors import UserError
+from sophiavl_cli.eval.benchmarks.base import (
+    Benchmark,
+    BenchScore,
+    ImageSource,
+    ItemScore,
+    Sample,
+    breakdown,
+    option_columns,
+    text,
+)
+from sophiavl_cli.eval.benchmarks.mcq import match_option, mcq_prompt
+from sophiavl_cli.eval.matching import answer_text
+
+ROTATION = 1_000_000  # VLMEvalKit: g_index = int(index % 1e6)
+
+
+def group_of(index: str, origin: str = "") -> int:
+    """The question a row belongs to: its integer index modulo 1e6."""
+    try:
+        return int(float(index)) % ROTATION
+    except ValueError:
+        raise UserError(
+            f"{origin or 'MMBench'}: index {index!r} is not an integer; MMBench rows need integer indexes "
+            "(rotations are index + k*1000000)"
+        ) from None
+
+
+class MMBench(Benchmark):
+    """MMBench_DEV_EN (1164 questions in 4329 rows): CircularEval accuracy."""
+
+    name: ClassVar[str] = "MMBench"
+    aliases: ClassVar[tuple[str, ...]] = ("mmbench_dev_en", "mmbench-dev-en", "mmbench_en")
+    hf_repo: ClassVar[str] = "lmms-lab/MMBench"
+    hf_configs: ClassVar[tuple[str, ...]] = ("en",)
+    default_split: ClassVar[str] = "dev"
+    tsv_name: ClassVar[str] = "MMBench_DEV_EN"
+    required_columns: ClassVar[dict[str, tuple[str, ...]]] = {
+        "hf": ("index", "question", "answer", "A", "B"),
+        "tsv": ("index", "question", "answer", "A", "B"),
+    }
+    metric: ClassVar[str] = "circular accuracy"
+
+    def from_record(
+        self, record: Mapping[str, Any], layout: str, origin: str, images: tuple[ImageSource, ...]
+    ) -> Sample:
+        index = text(record, "index")
+        choices = option_columns(record)
+        question = text(record, "question")
+        return Sample(
+            index=index,
+            question=question,
+            answer=text(record, "answer").upper(),
+            choices=choices,
+            images=images,
+            meta={
+                "group": group_of(index, origin),
+                "category": text(record, "category"),
+                "l2-category": text(record, "l2-category") or text(record, "l2_category"),
+            },
+            prompt=mcq_prompt(question, choices, text(record, "hint")),
+            origin=origin,
+        )
+
+    def sample_problem_type(self, sample: Sample) -> str:
+        return "multiple choice"
+
+    def groups(self, sample: Sample) -> dict[str, tuple[str, ...]]:
+        return {key: (str(sample.meta[key]),) for key in ("l2-category", "category") if sample.meta.get(key)}
+
+    def score(self, sample: Sample, response: str) -> ItemScore:
+        letter = match_option(answer_text(response), sample.choices, lenient=self.lenient)
+        if letter is None:
+            return self.item(sample, False, "", "unmatched")
+        return self.item(sample, letter == sample.answer, letter, "rule")
+
+    def circular(self, samples: Sequence[Sample], items: Sequence[ItemScore]) -> dict[int, ItemScore]:
+        """Question (index % 1e6) -> its unrotated row's score, 1 only when every rotation is right."""
+        by_index = {s.index: s for s in samples}
+        rows: dict[int, list[ItemScore]] = defaultdict(list)
+        main: dict[int, ItemScore] = {}
+        for item in items:
+            group = int(by_index[item.index].meta["group"])
+            rows[group].append(item)
+            if int(float(item.index)) == group:
+                main[group] = item
+        return {
+            group: replace(item, score=float(all(r.score for r in rows[group])))
+            for group, item in main.items()
+        }
+
+    def aggregate(self, samples: Sequence[Sample], items: Sequence[ItemScore]) -> BenchScore:
+        by_group = self.circular(samples, items)
+        circular = list(by_group.values())
+        unrotated = [item for item in items if int(float(item.index)) in by_group]
+        return BenchScore(
+            benchmark=self.name,
+            metric=self.metric,
+            score=_pct(circular),
+            unit=self.unit,
+            num_items=len(circular),
+            breakdown=breakdown(circular),
+            extra={"accuracy (unrotated rows)": _pct(unrotated)},
+        )
+
+
+def _pct(items: Sequence[ItemScore]) -> float:
+    return 100.0 * sum(item.score for item in items) / len(items) if items else 0.0
+
+
+BENCHMARK = MMBench()

@@ -122,3 +122,29 @@ def test_sigterm_saves_the_finished_step_exits_143_and_the_same_command_resumes(
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resuming from" in again.stdout
     assert _steps(run_dir) == [1, 2, 3]
+
+
+def test_a_step_past_stop_grace_is_abandoned_even_inside_a_blocking_ray_wait():
+    import ray
+
+    from sophiavl_cli.engine import cluster
+    from sophiavl_cli.engine.signals import StopFlag, Stopped
+
+    @ray.remote(num_cpus=0)
+    class Slow:
+        def step(self) -> str:
+            time.sleep(120)  # a step that will not end within the grace
+            return "finished"
+
+    started = cluster.connect(None, num_cpus=1)
+    try:
+        slow = Slow.remote()
+        ray.get(slow.__ray_ready__.remote())
+        with pytest.raises(Stopped) as info, StopFlag(grace_s=2) as stop:
+            stop.install()  # after ray.init, as the driver does
+            os.kill(os.getpid(), signal.SIGTERM)
+            ray.get(slow.step.remote())
+        assert info.value.exit_code == 143
+        ray.kill(slow)
+    finally:
+        cluster.disconnect(started)

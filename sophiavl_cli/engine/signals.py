@@ -41,6 +41,7 @@ class StopFlag:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
         self._armed = False
+        self._raised: Stopped | None = None
 
     @property
     def requested(self) -> bool:
@@ -62,7 +63,8 @@ class StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         name = _NAMES.get(signum, f"signal {signum}")
         if self.signum is not None:
-            raise Stopped(signum, f"{name} again: stopped at once, the step in flight is not saved")
+            self._raised = Stopped(signum, f"{name} again: stopped at once, the step in flight is not saved")
+            raise self._raised
         self.signum = signum
         grace = ""
         if self.grace_s is not None and self.grace_s > 0 and self._previous:
@@ -77,11 +79,12 @@ class StopFlag:
     def _grace_over(self, signum: int, frame: Any) -> None:
         self._armed = False
         assert self.signum is not None
-        raise Stopped(
+        self._raised = Stopped(
             self.signum,
             f"the step in flight did not finish within trainer.stop_grace_s={self.grace_s:g} s; stopped without "
             "saving it (--resume auto continues from the newest checkpoint; raise trainer.stop_grace_s to wait longer)",
         )
+        raise self._raised
 
     def step_done(self) -> None:
         """The step in flight has ended: the grace timer no longer applies (the save follows)."""
@@ -89,8 +92,12 @@ class StopFlag:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._armed = False
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.step_done()
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Stopped) and self._raised is not None:
+            # Ray's blocking calls turn the handler's exception into a bare KeyboardInterrupt; give
+            # back ours, with its message and exit code (143 for SIGTERM).
+            raise self._raised from None

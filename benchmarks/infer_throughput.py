@@ -52,8 +52,8 @@ def demo_requests(folder: Path, rows: int) -> Path:
 def measure(
     args: argparse.Namespace, backend: str, batch_size: int, requests: Path, folder: Path
 ) -> dict[str, Any]:
-    from sophiavl_cli.infer import GenerationSettings, Inferencer
-    from sophiavl_cli.infer_batch import read_requests, run_batch
+    from sophiavl_cli.infer.batch import read_requests, run_batch
+    from sophiavl_cli.infer.inferencer import GenerationSettings, Inferencer
 
     start = time.perf_counter()
     inferencer = Inferencer(
@@ -85,7 +85,7 @@ def measure(
 
 
 def main() -> None:
-    from sophiavl_cli.infer import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+    from sophiavl_cli.infer.inferencer import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="builtin:tiny-qwen2.5-vl")

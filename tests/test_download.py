@@ -20,8 +20,8 @@ import pytest
 from _loopback_hub import FakeRepo, LoopbackHub
 from data_fixtures import png_bytes, sophiavl_row
 
-from sophiavl_cli.download import DownloadTarget, resolve_target
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.hub.download import DownloadTarget, resolve_target
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bunny127/SophiaVL-R1-7B"

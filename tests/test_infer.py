@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw
 
 from sophiavl_cli.data.prompts import SYSTEM_PROMPT, TYPE_SUFFIX
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.infer import GenerationSettings, Inferencer, InferRequest, InferResult
-from sophiavl_cli.infer_batch import answered_keys, read_requests, run_batch
+from sophiavl_cli.infer.batch import answered_keys, read_requests, run_batch
+from sophiavl_cli.infer.inferencer import GenerationSettings, Inferencer, InferRequest, InferResult
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "builtin:tiny-qwen2.5-vl"
@@ -317,7 +317,7 @@ def test_vllm_backend_answers_a_batch_file_in_one_generate_call_with_the_hf_gree
     ]  # fmt: skip
     requests = write_requests(tmp_path / "requests.jsonl", rows)
     answers = tmp_path / "answers.jsonl"
-    llm = vllm_inferencer.backend.start(2)  # type: ignore[attr-defined]  # the one engine start of this file
+    llm = vllm_inferencer.backend.generator.start(2)  # type: ignore[attr-defined]  # the one engine start of this file
     calls: list[int] = []
     real_generate = llm.generate
 

@@ -51,15 +51,40 @@ def test_training_flops_are_three_forwards_of_six_n_plus_the_attention_term():
     )
     # per layer: q 4*4 + k,v 2*4*2 + o 4*4 + mlp 3*4*8 = 16 + 16 + 16 + 96 = 144; x2 layers + lm head 40
     assert shape.matmul_params == 2 * 144 + 40
-    seq = 5
-    forward = (2 * 328 + 4 * 2 * 4 * seq) * seq
-    assert shape.forward_flops(seq) == forward
-    assert shape.training_flops([seq, seq]) == 6 * forward
+    seq, response = 5, 2
+    forward = 2 * 288 * seq + 4 * 2 * 4 * seq**2 + 2 * 40 * response  # the head only on the 2 responses
+    assert shape.forward_flops(seq, response) == forward
+    assert shape.training_flops([(seq, response), (seq, response)]) == 6 * forward
+
+
+def test_a_7b_step_counts_the_head_on_response_tokens_only_as_a_hand_count_does():
+    """Qwen2.5-VL-7B's language model (config.json): a 1000-token prompt with a 500-token response."""
+    shape = FlopsModel(
+        num_layers=28,
+        hidden_size=3584,
+        num_heads=28,
+        num_kv_heads=4,
+        head_dim=128,
+        intermediate_size=18944,
+        vocab_size=152064,
+    )
+    q = o = 3584 * 3584  # 12,845,056
+    k = v = 3584 * 4 * 128  # 1,835,008
+    mlp = 3 * 3584 * 18944  # 203,685,888
+    assert q + k + v + o + mlp == 233_046_016
+    decoder = 28 * 233_046_016  # 6,525,288,448
+    head = 152064 * 3584  # 544,997,376; the 152064 x 3584 embedding is a lookup and not counted
+    assert (shape.decoder_params, shape.head_params) == (decoder, head)
+    hand = 2 * decoder * 1500 + 4 * 28 * 3584 * 1500**2 + 2 * head * 500
+    assert shape.forward_flops(1500, 500) == hand == 21_024_030_720_000
+    assert shape.training_flops([(1500, 500)]) == 3 * hand
+    assert shape.forward_flops(1500, 500) < shape.forward_flops(1500, 1500)  # head on all: too high
 
 
 def test_peak_flops_come_from_the_device_name_or_the_override():
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA H100 NVL") == 835e12
     assert peak_flops("NVIDIA H200") == 989e12
     assert peak_flops("NVIDIA A800-SXM4-80GB") == 312e12
     assert peak_flops("cpu") is None

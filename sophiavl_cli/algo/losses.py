@@ -6,10 +6,13 @@ accumulation. No torch.distributed here: workers call these on local tensors.
 
 Numerics follow EasyR1: the PPO log-ratio and the k3 KL argument are clamped to [-10, 10] so one
 token far off-policy cannot overflow `exp`; log-probs and entropies are computed in float32 in
-row chunks, so a bf16 [B, T, V] logits tensor is never copied whole into float32.
+row chunks, so a bf16 [B, T, V] logits tensor is never copied whole into float32 (nor kept
+whole for backward: each chunk is recomputed there; `logprobs_and_entropy`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -84,38 +87,78 @@ def _row_chunks(rows: int, chunk_rows: int | None) -> list[slice]:
     return [slice(start, start + step) for start in range(0, rows, step)]
 
 
-def entropy_from_logits(logits: torch.Tensor, chunk_rows: int | None = 1024) -> torch.Tensor:
-    """Entropy of softmax(logits) over the last dim, in float32: [..., V] -> [...].
+class _ChunkedLogprobsEntropy(torch.autograd.Function):
+    """Sampled-token log-probs and entropies of softmax(logits / T), one row chunk in float32 at a time.
 
-    H = logsumexp(z) - sum(softmax(z) * z), stable for large logits; computed `chunk_rows`
-    positions at a time so only one chunk is ever upcast (differentiable).
+    Autograd through a chunked loop would keep every chunk's float32 intermediates for backward and
+    build a full-size zero gradient per slice; here backward recomputes each chunk's softmax and
+    writes its gradient straight into one buffer in the logits' dtype. Extra memory: that buffer
+    (the gradient itself) plus a few [chunk_rows, V] float32 tensors.
     """
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: torch.Tensor, labels: torch.Tensor, temperature: float, chunk_rows: int | None
+    ):  # type: ignore[override]
+        logp = logits.new_empty(logits.shape[0], dtype=torch.float32)  # [N]
+        entropy = torch.empty_like(logp)  # [N]
+        lse = torch.empty_like(logp)  # [N]
+        for rows in _row_chunks(logits.shape[0], chunk_rows):
+            z = logits[rows].to(torch.float32, copy=True).div_(temperature)  # [n, V]
+            lse[rows] = torch.logsumexp(z, dim=-1)
+            logp[rows] = z.gather(-1, labels[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
+            entropy[rows] = lse[rows] - torch.softmax(z, dim=-1).mul_(z).sum(dim=-1)
+        ctx.save_for_backward(logits, labels, lse, entropy)
+        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad_logp: torch.Tensor | None, grad_entropy: torch.Tensor | None):  # type: ignore[override]
+        logits, labels, lse, entropy = ctx.saved_tensors
+        grad = torch.empty_like(logits)  # [N, V]
+        for rows in _row_chunks(logits.shape[0], ctx.chunk_rows):  # in place: ~2 chunks of float32 live
+            dz = (
+                logits[rows].to(torch.float32, copy=True).div_(ctx.temperature).sub_(lse[rows, None])
+            )  # [n, V]: log p
+            p = dz.exp()  # [n, V]
+            if grad_entropy is not None:  # dH/dz_j = -p_j (log p_j + H)
+                dz.add_(entropy[rows, None]).mul_(p).mul_(-grad_entropy[rows, None])
+            else:
+                dz.zero_()
+            if grad_logp is not None:  # d log p_y / dz_j = 1[j = y] - p_j
+                g = grad_logp[rows, None]
+                dz.sub_(p.mul_(g)).scatter_add_(-1, labels[rows].unsqueeze(-1), g)
+            grad[rows] = dz.div_(ctx.temperature)
+        return grad, None, None, None
+
+
+def logprobs_and_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, chunk_rows: int | None = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log softmax(z)[labels], entropy of softmax(z)) with z = logits / temperature, in float32.
+
+    Shapes [..., V], [...] -> ([...], [...]). `logits[..., t, :]` must already be the prediction
+    for `labels[..., t]` (shifted by the caller). The temperature matches the sampler's, so old
+    log-probs equal the rollout's. Only `chunk_rows` positions are ever upcast, in forward and
+    backward: a bf16 [B, T, V] tensor is never copied whole into float32.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")
     flat = logits.reshape(-1, logits.shape[-1])  # [N, V]
-    parts = []
-    for rows in _row_chunks(flat.shape[0], chunk_rows):
-        z = flat[rows].float()  # [n, V]
-        probs = torch.softmax(z, dim=-1)  # [n, V]
-        parts.append(torch.logsumexp(z, dim=-1) - (probs * z).sum(dim=-1))  # [n]
-    out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)  # [N]
-    return out.reshape(logits.shape[:-1])  # [...]
+    logp, entropy = _ChunkedLogprobsEntropy.apply(flat, labels.reshape(-1), temperature, chunk_rows)
+    return logp.reshape(labels.shape), entropy.reshape(labels.shape)
+
+
+def entropy_from_logits(
+    logits: torch.Tensor, chunk_rows: int | None = 1024, temperature: float = 1.0
+) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) over the last dim, in float32: [..., V] -> [...]."""
+    labels = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
+    return logprobs_and_entropy(logits, labels, temperature, chunk_rows)[1]
 
 
 def token_logprobs(
     logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, chunk_rows: int | None = 1024
 ) -> torch.Tensor:
-    """log softmax(logits / temperature) at `labels`, in float32: [..., V], [...] -> [...].
-
-    `logits[..., t, :]` must already be the prediction for `labels[..., t]` (shifted by the
-    caller). The temperature matches the sampler's, so old log-probs equal the rollout's.
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")
-    flat = logits.reshape(-1, logits.shape[-1])  # [N, V]
-    flat_labels = labels.reshape(-1)  # [N]
-    parts = []
-    for rows in _row_chunks(flat.shape[0], chunk_rows):
-        z = flat[rows].float() / temperature  # [n, V]
-        picked = z.gather(-1, flat_labels[rows].unsqueeze(-1)).squeeze(-1)  # [n]
-        parts.append(picked - torch.logsumexp(z, dim=-1))  # [n]
-    out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)  # [N]
-    return out.reshape(labels.shape)  # [...]
+    """log softmax(logits / temperature) at `labels`, in float32: [..., V], [...] -> [...]."""
+    return logprobs_and_entropy(logits, labels, temperature, chunk_rows)[0]

@@ -22,6 +22,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from sophiavl_cli.cli.options import JsonOutput, MaxPixels, MinPixels, ModelRef, Preset, Registry
 from sophiavl_cli.console import console, print_json
 from sophiavl_cli.data.check import CheckOptions, CheckReport, check_tables, entry_tables
 from sophiavl_cli.data.loader import load_tables
@@ -42,20 +43,11 @@ from sophiavl_cli.errors import UserError
 
 app = typer.Typer(help="List, show, check and remove registered datasets.", no_args_is_help=True)
 
-# ---- shared options, defined once
+# ---- options shared by this group's commands (those shared with other commands: cli/options.py)
 
-RegistryOpt = typer.Option(
-    None, "--registry", help="Registry file; default $SOPHIAVL_DATASET_REGISTRY or ./dataset_info.json."
-)
-ModelOpt = typer.Option(
-    None, "--model", help="Model (folder, builtin:*, alias) whose processor counts prompt tokens."
-)
 MaxLenOpt = typer.Option(8192, "--max-prompt-length", help="Token limit per prompt, image tokens included.")
-MinPixOpt = typer.Option(262144, "--min-pixels", help="Images below this many pixels are upscaled.")
-MaxPixOpt = typer.Option(4194304, "--max-pixels", help="Images above this many pixels are downscaled.")
 SkipBadOpt = typer.Option(False, "--skip-bad", help="Accept bad rows: exit 0 and (on register) skip them.")
 ReportOpt = typer.Option(None, "--report", help="Where to write the bad rows (JSON lines).")
-PresetOpt = typer.Option("sophiavl-r1", "--preset", help="Prompt preset used to count tokens.")
 TemplateOpt = typer.Option(
     None, "--template", help="Prompt template (Jinja file or text) used to count tokens."
 )
@@ -81,13 +73,13 @@ def register_dataset(
         help="SRC=DST column mapping (repeatable); default problem=prompt solution=answer path=images.",
     ),
     problem_type: str = typer.Option(None, "--problem-type", help="Type of rows that have no problem_type."),
-    registry: Path = RegistryOpt,
+    registry: Registry = None,
     force: bool = typer.Option(False, "--force", help="Replace an entry of the same name."),
     no_check: bool = typer.Option(False, "--no-check", help="Register without the pre-flight check."),
-    model: str = ModelOpt,
+    model: ModelRef = None,
     max_prompt_length: int = MaxLenOpt,
-    min_pixels: int = MinPixOpt,
-    max_pixels: int = MaxPixOpt,
+    min_pixels: MinPixels = 262144,
+    max_pixels: MaxPixels = 4194304,
     skip_bad: bool = SkipBadOpt,
     report: Path = ReportOpt,
     extra_type: list[str] = ExtraTypesOpt,
@@ -130,8 +122,8 @@ def register_dataset(
 
 @app.command("list")
 def list_datasets(
-    registry: Path = RegistryOpt,
-    as_json: bool = typer.Option(False, "--json", help="Print the registry as JSON."),
+    registry: Registry = None,
+    as_json: JsonOutput = False,
 ) -> None:
     """List the registered datasets."""
     path = registry_path(registry)
@@ -153,7 +145,7 @@ def list_datasets(
 
 
 @app.command("show")
-def show(name: str = typer.Argument(..., help="Registry name."), registry: Path = RegistryOpt) -> None:
+def show(name: str = typer.Argument(..., help="Registry name."), registry: Registry = None) -> None:
     """Show one entry as stored, and where its paths resolve to."""
     path = registry_path(registry)
     entry = get_entry(name, path)
@@ -171,14 +163,14 @@ def check(
     spec: str = typer.Argument(
         ..., help="A registry name (all its splits), NAME@split, a file, or a comma list."
     ),
-    registry: Path = RegistryOpt,
-    model: str = ModelOpt,
+    registry: Registry = None,
+    model: ModelRef = None,
     max_prompt_length: int = MaxLenOpt,
-    min_pixels: int = MinPixOpt,
-    max_pixels: int = MaxPixOpt,
+    min_pixels: MinPixels = 262144,
+    max_pixels: MaxPixels = 4194304,
     skip_bad: bool = SkipBadOpt,
     report: Path = ReportOpt,
-    preset: str = PresetOpt,
+    preset: Preset = "sophiavl-r1",
     template: str = TemplateOpt,
     extra_type: list[str] = ExtraTypesOpt,
     workers: int = WorkersOpt,
@@ -201,7 +193,7 @@ def check(
 
 
 @app.command("remove")
-def remove(name: str = typer.Argument(..., help="Registry name."), registry: Path = RegistryOpt) -> None:
+def remove(name: str = typer.Argument(..., help="Registry name."), registry: Registry = None) -> None:
     """Remove one entry (the others are left exactly as they are)."""
     path = registry_path(registry)
     remove_entry(name, path)

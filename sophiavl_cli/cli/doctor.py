@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from sophiavl_cli.cli.options import JsonOutput
 from sophiavl_cli.console import console, print_json
 from sophiavl_cli.doctor import run_checks
 
@@ -20,7 +21,7 @@ _STYLE = {
 
 
 def doctor(
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    json_out: JsonOutput = False,
 ) -> None:
     """Check Python, torch/CUDA, transformers, Ray, vLLM, flash-attn, reward-model env and HF cache."""
     rows = run_checks()

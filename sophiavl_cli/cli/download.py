@@ -18,9 +18,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from sophiavl_cli.cli.options import Registry
 from sophiavl_cli.console import console
 from sophiavl_cli.data.registry import registry_path
-from sophiavl_cli.download import (
+from sophiavl_cli.errors import UserError
+from sophiavl_cli.hub.download import (
     DEFAULT_NAME,
     DownloadResult,
     all_aliases,
@@ -28,7 +30,6 @@ from sophiavl_cli.download import (
     human_size,
     resolve_target,
 )
-from sophiavl_cli.errors import UserError
 
 _ALIASES_HELP = ", ".join(f"{alias} ({repo})" for alias, (repo, _kind) in all_aliases().items())
 
@@ -57,11 +58,7 @@ def download_command(
     register: bool = typer.Option(
         False, "--register", help="After a data set download: register its parts and run the data check."
     ),
-    registry: Path = typer.Option(
-        None,
-        "--registry",
-        help="Registry file for --register (default $SOPHIAVL_DATASET_REGISTRY or ./dataset_info.json).",
-    ),
+    registry: Registry = None,
 ) -> None:
     """Download a model or data set (resumable, HF cache or --local-dir), or materialise a built-in one."""
     if repo_type not in (None, "model", "dataset"):
@@ -98,7 +95,7 @@ def _summary(result: DownloadResult) -> None:
 def _register(result: DownloadResult, registry: Path) -> None:
     """Register every part, then run the data check on each and summarise it in one table."""
     from sophiavl_cli.data.check import CheckOptions, check_tables, entry_tables
-    from sophiavl_cli.download_register import register_parts
+    from sophiavl_cli.hub.register import register_parts
 
     repo_id = "demo" if result.target.builtin else result.target.repo_id
     parts = register_parts(result.path, repo_id, registry)

@@ -17,13 +17,14 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from sophiavl_cli.cli.options import Backend, JsonOutput, ModelRef
 from sophiavl_cli.console import console, err_console, print_json
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks import parse_bench_list
 from sophiavl_cli.eval.judge import DEFAULT_URL, JudgeSettings
 from sophiavl_cli.eval.report import EvalResult, summary_table
 from sophiavl_cli.eval.runner import MAX_PIXELS, MIN_PIXELS, EvalSettings, run_eval, score_predictions
-from sophiavl_cli.hub import DEFAULT_MODEL
+from sophiavl_cli.hub.names import DEFAULT_MODEL
 from sophiavl_cli.models.resolve import BUILTIN_PREFIX
 
 BUILTIN_MAX_NEW_TOKENS = 32
@@ -47,9 +48,7 @@ def eval_command(
         help="Benchmarks, comma-separated: MathVista, MathVerse, "
         "MathVision, MMMU, MMStar, MMBench, ChartQA, OCRBench, MME.",
     ),
-    model: str = typer.Option(
-        DEFAULT_MODEL, "--model", help="Model folder, builtin:NAME, alias or cached hub id."
-    ),
+    model: ModelRef = DEFAULT_MODEL,
     predictions: Path | None = typer.Option(
         None,
         "--predictions",
@@ -64,7 +63,7 @@ def eval_command(
     split: str | None = typer.Option(
         None, "--split", help="Split (default: the benchmark's, e.g. testmini)."
     ),
-    backend: str = typer.Option("hf", "--backend", help="Generation backend: hf or vllm."),
+    backend: Backend = "hf",
     shards: int | None = typer.Option(
         None,
         "--shards",
@@ -106,7 +105,7 @@ def eval_command(
         "--allow-partial",
         help="With --predictions: score even when items have no prediction (coverage is shown beside the score).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON instead of a table."),
+    as_json: JsonOutput = False,
 ) -> None:
     """Evaluate a model on benchmarks with the official scoring (or score existing predictions)."""
     benches = parse_bench_list(bench)

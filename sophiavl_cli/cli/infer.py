@@ -19,9 +19,11 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sophiavl_cli.cli.options import Backend, JsonOutput, MaxNewTokens, MaxPixels, MinPixels, ModelRef, Preset
 from sophiavl_cli.console import console, print_json
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.infer import (
+from sophiavl_cli.hub.names import DEFAULT_MODEL
+from sophiavl_cli.infer.inferencer import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     GenerationSettings,
@@ -44,11 +46,7 @@ EPILOG = (
 
 
 def infer(
-    model: str = typer.Option(
-        None,
-        "--model",
-        help="Folder, alias, owner/name in the HF cache, or builtin:NAME (default: sophiavl-r1-7b).",
-    ),
+    model: ModelRef = DEFAULT_MODEL,
     image: list[str] = typer.Option(None, "--image", help="Local image file (repeatable, in prompt order)."),
     prompt: str = typer.Option(
         None,
@@ -57,21 +55,17 @@ def infer(
     ),
     type_: str = typer.Option(None, "--type", help="numerical | 'multiple choice' | free-form | OCR | text."),
     options: str = typer.Option(None, "--options", help='Multiple-choice options: "A. ..;B. ..".'),
-    backend: str = typer.Option("hf", "--backend", help="hf (transformers) or vllm."),
-    max_new_tokens: int = typer.Option(2048, "--max-new-tokens", help="Tokens to generate at most."),
+    backend: Backend = "hf",
+    max_new_tokens: MaxNewTokens = 2048,
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (the released setting)."),
-    preset: str = typer.Option("sophiavl-r1", "--preset", help="sophiavl-r1 (training prompt) or none."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of panels."),
+    preset: Preset = "sophiavl-r1",
+    json_out: JsonOutput = False,
     input_: Path = typer.Option(None, "--input", help="Batch mode: JSON-lines requests."),
     output: Path = typer.Option(
         None, "--output", help="Batch mode: JSON-lines answers (appended; resumable)."
     ),
-    min_pixels: int = typer.Option(
-        DEFAULT_MIN_PIXELS, "--min-pixels", help="Smaller images are upscaled to this."
-    ),
-    max_pixels: int = typer.Option(
-        DEFAULT_MAX_PIXELS, "--max-pixels", help="Larger images are downscaled to this."
-    ),
+    min_pixels: MinPixels = DEFAULT_MIN_PIXELS,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     batch_size: int = typer.Option(8, "--batch-size", help="hf backend: prompts per generate call."),
 ) -> None:
     """Answer a question about images with a SophiaVL-R1-style model (reasoning and answer shown apart)."""
@@ -159,7 +153,7 @@ def render_result(result: InferResult, model: str, backend: str, timing: dict[st
 def _run_batch(
     inferencer: Inferencer, input_: Path, output: Path, settings: GenerationSettings, json_out: bool
 ) -> None:
-    from sophiavl_cli.infer_batch import run_batch
+    from sophiavl_cli.infer.batch import run_batch
 
     with Progress(
         TextColumn("answering"),

@@ -235,15 +235,17 @@ class WorkerConfig(Section):
 class ThinkingRewardConfig(Section):
     url: str | None = Field(
         None,
-        description="OpenAI-compatible endpoint (base URL or .../chat/completions); default $OPENAI_API_URL; none starts the built-in server.",
+        description="OpenAI-compatible endpoint (base URL or .../chat/completions); default $OPENAI_API_URL; "
+        "with neither, serve_model starts a built-in server.",
     )
     model: str | None = Field(None, description="Served reward-model name; default $REWARD_MODEL.")
     api_key_env: EnvVarName = Field(
         "OPENAI_API_KEY", description="Environment variable holding the API key (never saved)."
     )
-    serve_model: str = Field(
-        "builtin:tiny-qwen2.5-vl",
-        description="Model the built-in reward server loads when no url is configured.",
+    serve_model: str | None = Field(
+        None,
+        description="Model a built-in reward server loads for the run when no url (nor $OPENAI_API_URL) is "
+        "configured; unset, such a run stops before it starts.",
     )
     concurrency: int = Field(64, gt=0, description="Requests in flight at once.")
     timeout: float = Field(60.0, gt=0, description="Seconds per request before it is retried.")

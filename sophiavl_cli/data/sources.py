@@ -21,7 +21,7 @@ from typing import Any
 
 from sophiavl_cli.data.registry import RELEASED_COLUMNS, DatasetEntry, get_entry, parse_entry, read_registry
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.hub import dataset_repo_id
+from sophiavl_cli.hub.names import dataset_repo_id
 
 BUILTIN_DEMO = "builtin:demo"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")

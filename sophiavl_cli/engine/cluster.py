@@ -3,9 +3,13 @@
 Without an address a local Ray is started with a capped object store and no dashboard; with one
 (`--ray-address`, e.g. `10.0.0.1:6379` from `ray start --head`) the driver joins it. Workers are
 placed with a placement group of `nnodes x n_workers_per_node` bundles (PACK: fill a node before
-the next). On CPU a worker asks for one core (less when the cluster has fewer cores than
+the next), and ranks are given out node by node (`ranks_by_node`): Ray does not promise that
+bundle indices follow nodes, and a tensor-parallel group (consecutive ranks) must never span two. On CPU a worker asks for one core (less when the cluster has fewer cores than
 workers) and runs torch with that many threads; on GPU one GPU each. No `runtime_env`: it costs
-seconds per actor; the few env vars the workers need are passed to their constructor.
+seconds per actor; the few env vars the workers need are passed to their constructor: the hub
+and cache settings, and every NCCL / gloo network setting of the driver's environment
+(`forwarded_env`), so one `export NCCL_SOCKET_IFNAME=...` before `sophiavl train` reaches the
+workers on every node (docs/multinode.md).
 
 `WorkerGroup.run` waits on all ranks and, the moment one fails or dies, kills the others (they
 would otherwise wait in a collective until its timeout) and raises `WorkerFailure`.
@@ -24,6 +28,33 @@ OBJECT_STORE_BYTES = 768 * 1024**2
 PLACEMENT_TIMEOUT_S = 60.0
 LOCAL_START_ATTEMPTS = 3  # the raylet must come up within Ray's fixed 30 s; busy machines miss that
 FORWARDED_ENV = ("SOPHIAVL_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")
+# Collective-communication settings: NCCL's own, torch's NCCL knobs, and the gloo/TensorPipe interface.
+FORWARDED_ENV_PREFIXES = (
+    "NCCL_",
+    "TORCH_NCCL_",
+    "GLOO_SOCKET_IFNAME",
+    "TP_SOCKET_IFNAME",
+    "CUDA_DEVICE_MAX_CONNECTIONS",
+)
+
+
+def forwarded_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The driver's variables every worker gets: `FORWARDED_ENV` and the collective settings."""
+    return {
+        key: value
+        for key, value in environ.items()
+        if key in FORWARDED_ENV or key.startswith(FORWARDED_ENV_PREFIXES)
+    }
+
+
+def ranks_by_node(bundle_nodes: Sequence[str]) -> list[int]:
+    """Bundle index of each rank, so that the ranks of one node are consecutive.
+
+    `bundle_nodes[i]` is the node Ray put bundle `i` on. Nodes are taken in the order their first
+    bundle appears (bundle 0's node hosts rank 0), bundles within a node in index order.
+    """
+    order = list(dict.fromkeys(bundle_nodes))
+    return sorted(range(len(bundle_nodes)), key=lambda i: (order.index(bundle_nodes[i]), i))
 
 
 class WorkerFailure(RuntimeError):
@@ -105,18 +136,20 @@ class WorkerGroup:
                 f"the Ray cluster cannot place {world_size} workers x {bundle} (it has {have.get('CPU', 0):g} CPUs, "
                 f"{have.get('GPU', 0):g} GPUs); lower trainer.nnodes x trainer.n_workers_per_node or add nodes"
             )
-        forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ} | (env or {})
+        forwarded = forwarded_env(os.environ) | (env or {})
+        table = ray.util.placement_group_table(self.placement)["bundles_to_node_id"]
+        self.bundles = ranks_by_node([str(table[i]) for i in range(world_size)])
         remote_cls = ray.remote(TrainWorker)
         self.actors = [
             remote_cls.options(
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    self.placement, placement_group_bundle_index=rank
+                    self.placement, placement_group_bundle_index=bundle
                 ),
                 max_concurrency=1,
             ).remote(rank, world_size, forwarded, max(1, int(num_cpus)))
-            for rank in range(world_size)
+            for rank, bundle in enumerate(self.bundles)
         ]
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:

@@ -17,7 +17,6 @@ Usage:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -30,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from sophiavl_cli.config.loading import dump_recipe
-from sophiavl_cli.config.recipe import ActorConfig, DataConfig, Recipe, TrainerConfig
+from sophiavl_cli.config.recipe import DataConfig, Recipe, TrainerConfig
 from sophiavl_cli.engine import cluster, quiet
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
 from sophiavl_cli.engine.objective import uses_reference
@@ -46,7 +45,6 @@ from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.validation import validate
 from sophiavl_cli.engine.worker import WorkerSpec
 from sophiavl_cli.engine.workers import Workers
-from sophiavl_cli.errors import UserError
 from sophiavl_cli.metrics import TRAIN_EPOCH
 
 
@@ -223,7 +221,7 @@ def start_workers(
     started = cluster.connect(ray_address)
     stack.callback(cluster.disconnect, started)
     device = _resolve_device(recipe.trainer.device)
-    for note in ignored_options(recipe.worker.actor, device):
+    for note in ignored_options(recipe, device):
         say(note)
     workers = Workers(cluster.WorkerGroup(recipe.world_size, device))
     stack.callback(workers.shutdown)
@@ -367,18 +365,11 @@ def load_data(
     return loader, val_rows
 
 
-def ignored_options(actor: ActorConfig, device: str) -> list[str]:
-    """One line per recipe option this run cannot honour (said once, at start)."""
-    notes = []
-    if device == "cuda" and actor.padding_free and importlib.util.find_spec("flash_attn") is None:
-        notes.append(
-            "worker.actor.padding_free: needs flash-attn installed (packing under sdpa is slower); padded"
-        )
-    if device == "cuda" and (actor.fsdp.offload_params or actor.fsdp.offload_optimizer):
-        notes.append("worker.actor.fsdp.offload_*: CPU offload is not implemented yet; ignored")
-    if not actor.fsdp.full_shard:
-        notes.append("worker.actor.fsdp.full_shard=false: FSDP2 always shards fully here; ignored")
-    return notes
+def ignored_options(recipe: Recipe, device: str) -> list[str]:
+    """One line per recipe option this run cannot honour (said once, at start); see engine.honoured."""
+    from sophiavl_cli.engine.honoured import RunFacts, unhonoured_keys
+
+    return unhonoured_keys(recipe, RunFacts.detect(device))
 
 
 def _due(step: int, every: int, total: int) -> bool:
@@ -404,27 +395,11 @@ def _resolve_device(device: str) -> str:
 def _worker_spec(
     recipe: Recipe, model_dir: Path, workers: Workers, device: str, total_steps: int, processor: Any
 ) -> WorkerSpec:
-    from transformers import GenerationConfig
+    from sophiavl_cli.generation.tokens import pad_token_id, stop_token_ids
 
     host, port = workers.rendezvous_address()
-    eos: list[int] = []
-    try:
-        generation = GenerationConfig.from_pretrained(str(model_dir))
-        eos = (
-            [generation.eos_token_id]
-            if isinstance(generation.eos_token_id, int)
-            else list(generation.eos_token_id or [])
-        )
-    except OSError:  # no generation_config.json: the tokenizer's EOS alone
-        pass
-    tokenizer = processor.tokenizer
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
-        eos.append(int(tokenizer.eos_token_id))
-    if not eos:
-        raise UserError(
-            f"{model_dir}: neither generation_config.json nor the tokenizer names an EOS token; add one"
-        )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    eos = stop_token_ids(model_dir, processor.tokenizer)
+    pad = pad_token_id(processor.tokenizer, eos)
     return WorkerSpec(
         recipe=recipe,
         model_dir=str(model_dir),

@@ -96,8 +96,9 @@ class ResponseForward:
         if "pixel_values" in inputs:
             packed |= {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
         out = model(**packed, use_cache=False, logits_to_keep=predicting)  # logits [1, K, V]
+        # written in place into one zero tensor: no second [B, R, V] copy (out.logits is freed on return)
         logits = out.logits.new_zeros((*response_mask.shape, out.logits.shape[-1]))  # [B, R, V]
-        return logits.index_put((rows, cols), out.logits[0])
+        return logits.index_put_((rows, cols), out.logits[0])
 
     def _positions(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """mrope positions of the padded batch, [3, B, L]: the model's own rule (1D for text rows)."""

@@ -12,8 +12,9 @@ the transformers names.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -21,17 +22,59 @@ from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+STORE_TIMEOUT_S = 600.0  # ranks joining the store: model loading on a busy node can take minutes
+
+
+def host_store(world_size: int) -> dist.TCPStore:
+    """Rank 0's rendezvous store on a port the OS picks and this process keeps.
+
+    Binding the store itself closes the race of "find a free port, close it, bind it later":
+    nothing else can take the port between the choice and the use. The driver reads `port`
+    and hands it to the other ranks, which connect as clients.
+    """
+    return dist.TCPStore(
+        "0.0.0.0",
+        0,
+        world_size,
+        is_master=True,
+        timeout=timedelta(seconds=STORE_TIMEOUT_S),
+        wait_for_workers=False,
+    )
+
 
 def init_process_group(
-    rank: int, world_size: int, master_addr: str, master_port: int, device: str, timeout_s: float
+    rank: int,
+    world_size: int,
+    master_addr: str,
+    master_port: int,
+    device: str,
+    timeout_s: float,
+    store: dist.Store | None = None,
 ) -> None:
-    """Join the run's process group through env-var rendezvous (set by the driver per rank)."""
+    """Join the run's process group through rank 0's store (`host_store`), or one made here at the port.
+
+    The torchrun variables are set too (vLLM's external launcher reads them). `LOCAL_RANK` is 0 on
+    every rank, set rather than defaulted: Ray shows each worker actor only its own GPU, as
+    cuda:0, whatever a launcher around Ray exported.
+    """
     os.environ.update(
-        MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size)
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0",
     )
+    if store is None:
+        store = dist.TCPStore(
+            master_addr,
+            master_port,
+            world_size,
+            is_master=rank == 0,
+            timeout=timedelta(seconds=max(timeout_s, STORE_TIMEOUT_S)),
+        )
     backend = "nccl" if device == "cuda" else "gloo"
     dist.init_process_group(
-        backend=backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
+        backend=backend, store=store, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
     )
 
 
@@ -63,6 +106,49 @@ def shard_model(model: nn.Module, *, param_dtype: torch.dtype | None = None) -> 
     for module in block_modules(model):
         fully_shard(module, **kwargs)
     fully_shard(model, **kwargs)
+    return model
+
+
+def load_sharded(
+    model_dir: str | Path,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    param_dtype: torch.dtype | None = None,
+    prepare: Callable[[nn.Module], None] | None = None,
+) -> nn.Module:
+    """Load a checkpoint once (rank 0, host memory) and give every rank its FSDP2 shard of it.
+
+    Every other rank builds the model on the meta device (no memory), shards it, allocates only
+    its shard on `device` and receives the weights from rank 0 (`broadcast_from_rank0`), as verl
+    does: host RAM at start is one full copy per job instead of one per rank (8 x ~33 GB fp32 for
+    a 7B policy on an 8-GPU node). Buffers that are not in the state dict (rotary frequencies)
+    are broadcast too. `prepare(model)` runs before sharding on every rank (gradient
+    checkpointing, frozen parameters).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from sophiavl_cli.models.loading import load_vl_model, meta_vl_model
+
+    rank0 = dist.get_rank() == 0
+    if rank0:
+        model = load_vl_model(model_dir, dtype=dtype, device="cpu", attn_device=device)
+        full = model.state_dict()
+    else:
+        model, full = meta_vl_model(model_dir, dtype=dtype, attn_device=device), {}
+    if prepare is not None:
+        prepare(model)
+    shard_model(model, param_dtype=param_dtype)
+    if rank0:
+        model.to(device)
+    else:
+        model.to_empty(device=device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full, options=options)
+    del full
+    with torch.no_grad():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
     return model
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sophiavl_cli.algo.losses import entropy_from_logits, kl_penalty, masked_mean, policy_loss, token_logprobs
+from sophiavl_cli.algo.losses import kl_penalty, logprobs_and_entropy, masked_mean, policy_loss
 from sophiavl_cli.config.recipe import Recipe
 
 
@@ -56,9 +56,9 @@ def actor_objective(
     advantages: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss [], metrics) for logits [B, R, V], tokens/mask/old/ref [B, R], advantages [B]."""
-    logp = token_logprobs(logits, tokens, cfg.temperature)  # [B, R]
+    logp, token_entropy = logprobs_and_entropy(logits, tokens, cfg.temperature)  # [B, R] each, one pass
     pg, pg_metrics = policy_loss(logp, old_logp, advantages, mask, cfg.clip_ratio)
-    entropy = masked_mean(entropy_from_logits(logits.float() / cfg.temperature), mask)  # []
+    entropy = masked_mean(token_entropy, mask)  # []
     loss = pg - cfg.entropy_coef * entropy
     metrics = {key: float(value) for key, value in pg_metrics.items()}
     metrics["entropy"] = float(entropy.detach())

@@ -65,8 +65,14 @@ def oom_knobs(phase: str, recipe: Recipe) -> tuple[list[str], list[str]]:
         lower.append(f"worker.rollout.gpu_memory_utilization (now {rollout.gpu_memory_utilization})")
         if not rollout.enable_sleep_mode:
             turn_on.append("worker.rollout.enable_sleep_mode")
-    # worker.actor.fsdp.offload_* and worker.ref.offload are not named: this build ignores them
-    # (driver.ignored_options says so at start); name them here once offload is implemented.
+    # what rests on the GPU through this phase without being used in it (engine.offload)
+    fsdp, kl = actor.fsdp, recipe.algorithm.use_kl_loss and recipe.algorithm.kl_coef > 0
+    if phase in ("generate", "ref log-probs") and not fsdp.offload_params:
+        turn_on.append("worker.actor.fsdp.offload_params")
+    if phase != "update" and not fsdp.offload_optimizer:
+        turn_on.append("worker.actor.fsdp.offload_optimizer")
+    if phase != "ref log-probs" and kl and not recipe.worker.ref.offload:
+        turn_on.append("worker.ref.offload")
     return lower, turn_on
 
 

@@ -33,7 +33,7 @@ def preflight(recipe: Recipe, *, ray_address: str | None, env: dict[str, str] | 
     check(lambda: _model(recipe.worker.actor.model_path, "worker.actor.model_path"))
     thinking = recipe.reward.thinking
     if recipe.algorithm.trust.enable and not (thinking.url or env.get("OPENAI_API_URL")):
-        check(lambda: _model(thinking.serve_model, "reward.thinking.serve_model"))
+        check(lambda: _reward_model(thinking.serve_model))
     check(lambda: _data(recipe.data.train_files, recipe, "data.train_files"))
     if recipe.data.val_files and (recipe.trainer.val_freq > 0 or recipe.trainer.val_before_train):
         check(lambda: _data(recipe.data.val_files, recipe, "data.val_files"))
@@ -57,6 +57,15 @@ def _model(ref: str, key: str) -> None:
         resolve_model(ref)
     except UserError as exc:
         raise UserError(f"{key}: {exc}") from None
+
+
+def _reward_model(serve_model: str | None) -> None:
+    """The model a built-in reward server would load; naming none (and no endpoint) is a problem."""
+    if not serve_model:
+        from sophiavl_cli.engine.rm_service import NO_ENDPOINT
+
+        raise UserError(NO_ENDPOINT)
+    _model(serve_model, "reward.thinking.serve_model")
 
 
 def _data(spec: str, recipe: Recipe, key: str) -> None:

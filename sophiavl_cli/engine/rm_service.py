@@ -1,10 +1,11 @@
 """The thinking reward model for a run: the configured endpoint, or the built-in server.
 
-Endpoint precedence: `reward.thinking.url` > `$OPENAI_API_URL` > the built-in server, started
-on a free loopback port with `reward.thinking.serve_model` for the length of the run (the
-quickstart's default: the tiny built-in model, so `sophiavl train recipes/quickstart.yaml` needs
-nothing else). The server starts in a background thread so it loads while Ray and the workers
-come up.
+Endpoint precedence: `reward.thinking.url` > `$OPENAI_API_URL` > a built-in server, started on a
+free loopback port with `reward.thinking.serve_model` for the length of the run. Only a recipe
+that names `serve_model` gets a built-in server (the quickstart names the tiny built-in model, so
+`sophiavl train recipes/quickstart.yaml` needs nothing else); with none of the three the run
+stops before Ray starts, rather than scoring rollouts with a model nobody chose. The server
+starts in a background thread so it loads while Ray and the workers come up.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sophiavl_cli.config.recipe import ThinkingRewardConfig
+from sophiavl_cli.errors import UserError
 from sophiavl_cli.rewards.thinking import ThinkingRewardClient
+
+NO_ENDPOINT = (
+    "algorithm.trust.enable needs a thinking reward model: set reward.thinking.url, export OPENAI_API_URL, "
+    "or name reward.thinking.serve_model (e.g. thinking-rm) to serve one for the run"
+)
 
 
 class ThinkingService:
@@ -25,6 +32,8 @@ class ThinkingService:
         self.cfg = cfg
         self.env = env
         self.embedded = not (cfg.url or env.get("OPENAI_API_URL"))
+        if self.embedded and not cfg.serve_model:
+            raise UserError(NO_ENDPOINT)
         self._server: Any = None
         self._pending: Future[Any] | None = None
         self._client: ThinkingRewardClient | None = None

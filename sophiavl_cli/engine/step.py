@@ -222,7 +222,9 @@ def step_metrics(
     epochs = ctx.recipe.worker.actor.ppo_epochs
     metrics[PERF_UPDATE_TOKENS] = metrics[PERF_TOKENS] * epochs
     if ctx.flops is not None:
-        metrics[PERF_UPDATE_FLOPS] = epochs * ctx.flops.training_flops(s.num_tokens for s in sequences)
+        metrics[PERF_UPDATE_FLOPS] = epochs * ctx.flops.training_flops(
+            (s.num_tokens, len(s.response_ids)) for s in sequences
+        )
     return metrics
 
 

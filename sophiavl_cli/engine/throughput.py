@@ -4,15 +4,20 @@ MFU counts *model* FLOPs (what the maths of the model needs), not hardware FLOPs
 recomputation under gradient checkpointing is not counted, so two runs of the same model are
 comparable whatever their memory settings (PaLM's definition; verl/EasyR1 report the same).
 
-Per token of a sequence of length S, the language model's forward pass costs
+A forward pass over a sequence of S tokens of which K get logits costs
 
-    2 * N_matmul            (every weight matrix: a multiply and an add per weight)
-  + 4 * L * d_attn * S      (QK^T and attention x V over the whole sequence, per layer)
+    2 * N_decoder * S        (every decoder weight matrix: a multiply and an add per weight per token)
+  + 4 * L * d_attn * S^2     (QK^T and attention x V over the whole sequence, per layer)
+  + 2 * V * h * K            (the LM head, on the K positions whose logits are computed)
 
-with N_matmul the weights of the decoder's linear layers plus the LM head (the input embedding
-is a lookup, not a matmul) and d_attn = heads x head_dim. Backward costs twice the forward, so a
-trained token costs 3x. The vision tower's FLOPs on image patches are left out: MFU is a slight
-underestimate on image-heavy batches, never an overestimate.
+with N_decoder the weights of the decoder's linear layers (q, k, v, o, gate, up, down) and
+d_attn = heads x head_dim. The training forward computes logits only for the response tokens
+(`logits_to_keep`), so K is the response length, not S: at 1k prompt + 0.5k response tokens on
+a 7B shape the head on all S would overstate the step's FLOPs by ~4%. The input embedding is a
+lookup, not a matmul, and is left out (verl's counter adds embedding and head on every token).
+Backward costs twice the forward, so a trained token costs 3x. The vision tower's FLOPs on
+image patches are left out: MFU is a slight underestimate on image-heavy batches, never an
+overestimate.
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ from sophiavl_cli.metrics import (
 )
 
 # Dense (no sparsity) bf16 tensor-core peak per GPU, FLOP/s, from the vendors' datasheets.
-# Matched by substring of torch.cuda.get_device_name(), first match wins (PCIe before SXM).
+# Matched by substring of torch.cuda.get_device_name(), first match wins (PCIe and NVL before SXM).
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),  # datasheet: 1,671 TFLOPS with sparsity per GPU
+    ("H200 NVL", 835e12),
     ("H100", 989e12),
     ("H200", 989e12),
     ("H800", 989e12),
@@ -82,20 +89,29 @@ class FlopsModel:
         return self.num_heads * self.head_dim
 
     @property
-    def matmul_params(self) -> int:
-        """Weights of the decoder's linear layers (q, k, v, o, gate, up, down) plus the LM head."""
+    def decoder_params(self) -> int:
+        """Weights of the decoder's linear layers: q, k, v, o, gate, up, down, over all layers."""
         h, q, kv = self.hidden_size, self.attention_dim, self.num_kv_heads * self.head_dim
         per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size
-        return self.num_layers * per_layer + self.vocab_size * h
+        return self.num_layers * per_layer
 
-    def forward_flops(self, seq_len: int) -> float:
-        """FLOPs of one forward pass over a sequence of `seq_len` tokens (all of them)."""
-        per_token = 2 * self.matmul_params + 4 * self.num_layers * self.attention_dim * seq_len
-        return float(per_token) * seq_len
+    @property
+    def head_params(self) -> int:
+        return self.vocab_size * self.hidden_size
 
-    def training_flops(self, seq_lens: Iterable[int]) -> float:
-        """FLOPs of forward + backward (3x forward) over sequences of these lengths."""
-        return 3.0 * sum(self.forward_flops(n) for n in seq_lens)
+    @property
+    def matmul_params(self) -> int:
+        """All matmul weights of the language model: the decoder's linear layers plus the LM head."""
+        return self.decoder_params + self.head_params
+
+    def forward_flops(self, seq_len: int, logit_tokens: int) -> float:
+        """FLOPs of one forward pass over `seq_len` tokens with logits at `logit_tokens` positions."""
+        decoder = 2 * self.decoder_params * seq_len + 4 * self.num_layers * self.attention_dim * seq_len**2
+        return float(decoder + 2 * self.head_params * logit_tokens)
+
+    def training_flops(self, sequences: Iterable[tuple[int, int]]) -> float:
+        """FLOPs of forward + backward (3x forward) over (sequence length, response length) pairs."""
+        return 3.0 * sum(self.forward_flops(total, response) for total, response in sequences)
 
 
 def peak_flops(device_name: str, override: str | None = None) -> float | None:

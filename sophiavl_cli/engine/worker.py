@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from sophiavl_cli.engine.batching import (
 )
 from sophiavl_cli.engine.forward import ResponseForward, response_tokens
 from sophiavl_cli.engine.objective import ObjectiveConfig, actor_objective
+from sophiavl_cli.engine.offload import Offload
 from sophiavl_cli.engine.oom import explain_oom
 from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams, build_rollout_engine
 from sophiavl_cli.engine.rollout.base import derive_seed
@@ -77,11 +77,9 @@ class TrainWorker:
     # ---- setup -------------------------------------------------------------------------------
 
     def rendezvous_address(self) -> tuple[str, int]:
-        """This node's IP and a free port, for rank 0 to host the process-group store."""
-        host = _node_ip()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("", 0))
-            return host, int(sock.getsockname()[1])
+        """This node's IP and the port of the process-group store rank 0 now hosts (kept bound)."""
+        self._store = fsdp.host_store(self.world_size)
+        return _node_ip(), int(self._store.port)
 
     def describe(self) -> dict[str, object]:
         """Rank, host, pid and device: written to the run dir's workers.json (debugging, kill tests, MFU)."""
@@ -92,8 +90,6 @@ class TrainWorker:
     def setup(self, spec: WorkerSpec) -> dict[str, float]:
         """Join the process group, load and shard the policy (and reference), build the rollout copy."""
         from transformers.utils import logging as hf_logging
-
-        from sophiavl_cli.models.loading import load_vl_model
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
@@ -113,26 +109,37 @@ class TrainWorker:
             spec.master_port,
             spec.device,
             spec.collective_timeout_s,
+            store=getattr(self, "_store", None),
         )
         torch.manual_seed(derive_seed(spec.recipe.trainer.seed, self.rank))
         compute_dtype = torch.bfloat16 if spec.device == "cuda" and actor.dtype in ("auto", "bf16") else None
 
-        self.policy = load_vl_model(spec.model_dir, dtype=torch.float32, device=self.device)
+        def prepare_policy(model: torch.nn.Module) -> None:
+            if actor.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if actor.freeze_vision_tower:
+                visual = getattr(getattr(model, "model", model), "visual", None)
+                for param in visual.parameters() if visual is not None else []:
+                    param.requires_grad_(False)
+
+        # fp32 master weights, computed in bf16 on GPU; loaded once (rank 0) and sharded
+        self.policy = fsdp.load_sharded(
+            spec.model_dir,
+            dtype=torch.float32,
+            device=self.device,
+            param_dtype=compute_dtype,
+            prepare=prepare_policy,
+        )
         self.policy.train()
-        if actor.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if actor.freeze_vision_tower:
-            visual = getattr(getattr(self.policy, "model", self.policy), "visual", None)
-            for param in visual.parameters() if visual is not None else []:
-                param.requires_grad_(False)
-        fsdp.shard_model(self.policy, param_dtype=compute_dtype)
 
         self.ref = None
-        if spec.need_ref:
-            self.ref = load_vl_model(spec.model_dir, dtype=torch.float32, device=self.device)
-            for param in self.ref.parameters():
-                param.requires_grad_(False)
-            fsdp.shard_model(self.ref, param_dtype=compute_dtype)
+        if spec.need_ref:  # frozen: stored in the compute dtype (bf16 on GPU), no fp32 copy
+            self.ref = fsdp.load_sharded(
+                spec.model_dir,
+                dtype=compute_dtype or torch.float32,
+                device=self.device,
+                prepare=_freeze,
+            )
 
         self.rollout = build_rollout_engine(
             spec.recipe,
@@ -153,6 +160,13 @@ class TrainWorker:
         packed = actor.padding_free and self.policy.config._attn_implementation == "flash_attention_2"
         self.forward = ResponseForward(self.policy.config, self.device, packed=packed)
         self.objective = ObjectiveConfig.from_recipe(spec.recipe, use_kl=spec.need_ref)
+        self.offload = Offload(
+            self.device,
+            params=actor.fsdp.offload_params,
+            optimizer=actor.fsdp.offload_optimizer,
+            ref=spec.recipe.worker.ref.offload,
+        )
+        self.offload.rest(self.policy, self.ref, self.optimizer)
         dist.barrier()
         return {"setup_s": time.perf_counter() - start}
 
@@ -168,7 +182,8 @@ class TrainWorker:
     def sync_weights(self) -> float:
         """Stream the policy's full tensors into the rollout copy (collective). Returns seconds."""
         start = time.perf_counter()
-        self.rollout.sync_weights(fsdp.full_tensors(self.policy))
+        with self.offload.on_device(self.policy):
+            self.rollout.sync_weights(fsdp.full_tensors(self.policy))
         return time.perf_counter() - start
 
     # ---- experience --------------------------------------------------------------------------
@@ -205,7 +220,7 @@ class TrainWorker:
                 )
             self._old_logp = {s.index: np.asarray(s.old_logprobs, np.float32) for s in self._sequences}
             return {}
-        with explain_oom("old log-probs", self.recipe, self.spec.device):
+        with explain_oom("old log-probs", self.recipe, self.spec.device), self.offload.on_device(self.policy):
             self._old_logp = self._logprobs(self.policy)
         return {}
 
@@ -213,7 +228,10 @@ class TrainWorker:
     def compute_ref_logprobs(self) -> dict[str, float]:
         """Log-probs under the frozen reference; a no-op when the KL term is off."""
         if self.ref is not None:
-            with explain_oom("ref log-probs", self.recipe, self.spec.device):
+            with (
+                explain_oom("ref log-probs", self.recipe, self.spec.device),
+                self.offload.on_device(self.ref, is_ref=True),
+            ):
                 self._ref_logp = self._logprobs(self.ref)
         return {}
 
@@ -247,10 +265,14 @@ class TrainWorker:
         history: list[dict[str, float]] = []
         self.policy.train()
         counts = self._update_counts or [None] * num_updates
-        with explain_oom("update", self.recipe, self.spec.device):
+        with (
+            explain_oom("update", self.recipe, self.spec.device),
+            self.offload.on_device(self.policy, self.optimizer),
+        ):
             for _ in range(self.recipe.worker.actor.ppo_epochs):
                 for rows, count in zip(chunk(range(len(sequences)), per_update), counts, strict=True):
                     history.append(self._optimizer_step([sequences[i] for i in rows], count))
+            self.optimizer.zero_grad(set_to_none=True)  # no gradients held through generation
         return reduce_records(history)
 
     def _micro_batches(
@@ -316,7 +338,8 @@ class TrainWorker:
         from sophiavl_cli.engine.checkpoint import save_rank_extras, save_sharded
         from sophiavl_cli.engine.rng import capture_rng
 
-        save_sharded(Path(step_dir), self.policy, self.optimizer)
+        with self.offload.on_device(self.policy, self.optimizer):
+            save_sharded(Path(step_dir), self.policy, self.optimizer)
         save_rank_extras(
             Path(step_dir),
             self.rank,
@@ -330,7 +353,8 @@ class TrainWorker:
         from sophiavl_cli.engine.checkpoint import load_rank_extras, load_sharded
         from sophiavl_cli.engine.rng import restore_rng
 
-        load_sharded(Path(step_dir), self.policy, self.optimizer)
+        with self.offload.on_device(self.policy, self.optimizer):
+            load_sharded(Path(step_dir), self.policy, self.optimizer)
         extras = load_rank_extras(Path(step_dir), self.rank, self.world_size)
         if extras is not None:
             restore_rng(extras["rng"])
@@ -344,6 +368,10 @@ class TrainWorker:
         if close is not None:  # vLLM leaves its groups (and the default one) itself, before we do
             close()
         fsdp.close_process_group()
+
+
+def _freeze(model: torch.nn.Module) -> None:
+    model.requires_grad_(False)
 
 
 def _with_advantage(sequence: TrainSequence, advantage: float) -> TrainSequence:

@@ -249,8 +249,6 @@ def _generator(settings: EvalSettings, model_path: Path, max_images: int) -> Gen
             model_path,
             processor,
             max_images=max_images,
-            min_pixels=settings.min_pixels,
-            max_pixels=settings.max_pixels,
             max_model_len=settings.max_model_len,
             engine_options=options,
         )

@@ -43,18 +43,45 @@ def load_vl_model(
     dtype: torch.dtype,
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
+    attn_device: str | torch.device | None = None,
 ) -> PreTrainedModel:
-    """The `*ForConditionalGeneration` model in `path`, in `dtype`, on `device`, in eval mode."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    """The `*ForConditionalGeneration` model in `path`, in `dtype`, on `device`, in eval mode.
+
+    `attn_device` picks the attention kernel when the model will run elsewhere than it loads
+    (loaded on the host, sharded onto a GPU).
+    """
+    from transformers import AutoModelForImageTextToText
 
     folder = Path(path)
+    _checked_config(folder)
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(folder),
+        dtype=dtype,
+        attn_implementation=attn_implementation or pick_attn_implementation(attn_device or device),
+    )
+    return model.to(device).eval()
+
+
+def meta_vl_model(
+    path: str | Path, *, dtype: torch.dtype, attn_device: str | torch.device = "cpu"
+) -> PreTrainedModel:
+    """The model of `path` with no storage (meta device): its structure, to shard before weights arrive."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    config = _checked_config(Path(path))
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(
+            config, dtype=dtype, attn_implementation=pick_attn_implementation(attn_device)
+        )
+    return model.eval()
+
+
+def _checked_config(folder: Path) -> PretrainedConfig:
+    from transformers import AutoConfig
+
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: no config.json; pass a model folder (see `sophiavl download`)")
     config = AutoConfig.from_pretrained(str(folder))
     model_family(config)
-    model = AutoModelForImageTextToText.from_pretrained(
-        str(folder),
-        dtype=dtype,
-        attn_implementation=attn_implementation or pick_attn_implementation(device),
-    )
-    return model.to(device).eval()
+    return config

@@ -3,7 +3,7 @@
 A reference is one of, tried in this order:
 - a local folder (`./ckpt/step_100/hf`, `~/models/qwen`);
 - `builtin:NAME`, a tiny model built on first use into `sophiavl_home()/builtin/`;
-- an alias from `sophiavl_cli.hub.ALIASES` (`sophiavl-r1-7b`, `thinking-rm`, ...);
+- an alias from `sophiavl_cli.hub.names.ALIASES` (`sophiavl-r1-7b`, `thinking-rm`, ...);
 - a hub id `owner/name`, which must already be in the local Hugging Face cache: nothing here
   downloads (that is `sophiavl download`), so a run never stalls on the network half way.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.hub import ALIASES, DATASET_ALIASES
+from sophiavl_cli.hub.names import ALIASES, DATASET_ALIASES
 
 BUILTIN_PREFIX = "builtin:"
 

@@ -45,7 +45,7 @@ import aiohttp
 from PIL import Image
 
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.hub import RM_SERVED_NAME
+from sophiavl_cli.hub.names import RM_SERVED_NAME
 from sophiavl_cli.rewards.rm_outcome import (
     RETRYABLE,
     Attempt,

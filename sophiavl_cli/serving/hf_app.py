@@ -20,7 +20,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from sophiavl_cli.serving.chat_request import ChatRequest, RequestError, parse_chat_request
-from sophiavl_cli.serving.hf_server import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_SERVED_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +94,16 @@ class BodyLimit:
 def build_app(
     engine: Engine,
     *,
-    served_model_name: str = DEFAULT_SERVED_NAME,
-    api_key: str | None = None,
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    served_model_name: str,
+    api_key: str | None,
+    max_request_bytes: int,
     max_images: int = 8,
 ) -> ASGIApp:
-    """The ASGI app over a loaded engine (FastAPI inside a body-size guard)."""
+    """The ASGI app over a loaded engine (FastAPI inside a body-size guard).
+
+    The name, key and size limit have no defaults here: `hf_server` owns them, and this module does
+    not import it back (the entry point imports the app, never the other way round).
+    """
     app = FastAPI(title="sophiavl reward server", docs_url=None, redoc_url=None, openapi_url=None)
     lock = asyncio.Lock()
     created = int(time.time())

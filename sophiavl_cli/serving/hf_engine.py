@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import LogitsProcessorList
 
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.generation.hf import HFGenerator
+from sophiavl_cli.generation.sampling import SamplingParams
+from sophiavl_cli.generation.tokens import pad_token_id, stop_token_ids
 from sophiavl_cli.models.loading import load_vl_model
 from sophiavl_cli.models.processing import EncodedPrompt, VLProcessor
 from sophiavl_cli.serving.chat_request import ChatRequest, RequestError
@@ -57,18 +60,10 @@ class HFRewardEngine:
         self.processor = VLProcessor.from_pretrained(model_path)
         self.model = load_vl_model(model_path, dtype=torch_dtype(dtype, device), device=device)
         tokenizer = self.processor.tokenizer
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
-            eos_ids.append(int(tokenizer.eos_token_id))
-        if not eos_ids:
-            raise UserError(
-                f"{model_path}: neither generation_config.json nor the tokenizer names an EOS token"
-            )
-        self.eos_token_ids = eos_ids
-        pad = tokenizer.pad_token_id
-        self.pad_token_id = int(pad) if pad is not None else eos_ids[0]
-        self.image_token_id = int(getattr(self.model.config, "image_token_id", self.processor.image_token_id))
+        self.eos_token_ids = stop_token_ids(model_path, tokenizer)
+        self.generator = HFGenerator(
+            self.model, stop_ids=self.eos_token_ids, pad_id=pad_token_id(tokenizer, self.eos_token_ids)
+        )
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.max_positions = int(getattr(text_config, "max_position_embeddings", 0) or 0)
 
@@ -97,10 +92,7 @@ class HFRewardEngine:
                 f"the prompt has {prompt_length} tokens; with {budget} new tokens it exceeds the model's "
                 f"{self.max_positions} positions",
             )
-        with torch.random.fork_rng(devices=[]):
-            if request.seed is not None:
-                torch.manual_seed(request.seed)
-            new_tokens = self._generate(encoded, budget, request, processors)
+        new_tokens = self._generate(encoded, budget, request, processors)
         finished = any(t in self.eos_token_ids for t in new_tokens)
         if request.choices:
             text = match_choice(new_tokens, choice_ids, self.eos_token_ids) or self.processor.decode(
@@ -116,28 +108,8 @@ class HFRewardEngine:
     def _generate(
         self, encoded: EncodedPrompt, budget: int, request: ChatRequest, processors: LogitsProcessorList
     ) -> list[int]:
-        input_ids = torch.tensor([encoded.input_ids], dtype=torch.long, device=self.device)  # [1, P]
-        inputs: dict[str, torch.Tensor] = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "mm_token_type_ids": (input_ids == self.image_token_id).to(torch.int32),
-        }
-        if encoded.pixel_values is not None and encoded.image_grid_thw is not None:
-            pixels = torch.from_numpy(encoded.pixel_values).to(
-                self.device, self.model.dtype
-            )  # [patches, dim]
-            inputs["pixel_values"] = pixels
-            inputs["image_grid_thw"] = torch.from_numpy(encoded.image_grid_thw).to(self.device)  # [images, 3]
-        greedy = request.temperature == 0.0
-        options: dict[str, object] = {
-            "max_new_tokens": budget,
-            "eos_token_id": self.eos_token_ids,
-            "pad_token_id": self.pad_token_id,
-            "do_sample": not greedy,
-        }
-        if not greedy:
-            options.update(temperature=request.temperature, top_p=request.top_p, top_k=0)
-        output = self.model.generate(
-            **inputs, generation_config=GenerationConfig(**options), logits_processor=processors
-        )
-        return output[0, input_ids.shape[1] :].tolist()
+        generator = self.generator
+        inputs = generator.inputs([(encoded.input_ids, encoded.pixel_values, encoded.image_grid_thw)])
+        sampling = SamplingParams(max_tokens=budget, temperature=request.temperature, top_p=request.top_p)
+        result = generator.generate(inputs, sampling, seed=request.seed, logits_processor=processors)
+        return generator.new_tokens(inputs, result)[0]

@@ -22,7 +22,7 @@ import argparse
 import logging
 import os
 
-from sophiavl_cli.hub import RM_SERVED_NAME
+from sophiavl_cli.hub.names import RM_SERVED_NAME
 
 API_KEY_ENV = "SOPHIAVL_REWARD_API_KEY"
 DEFAULT_SERVED_NAME = RM_SERVED_NAME

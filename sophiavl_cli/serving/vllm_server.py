@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from sophiavl_cli.errors import MissingExtraError
-from sophiavl_cli.hub import RM_SERVED_NAME
+from sophiavl_cli.hub.names import RM_SERVED_NAME
 from sophiavl_cli.optional import EXTRAS
 from sophiavl_cli.serving.process import spawn, stop_group
 

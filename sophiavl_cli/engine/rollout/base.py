@@ -15,6 +15,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from sophiavl_cli.generation.sampling import SamplingParams
+
 
 @dataclass(frozen=True)
 class RolloutPrompt:
@@ -24,21 +26,6 @@ class RolloutPrompt:
     prompt_ids: list[int]
     pixel_values: np.ndarray | None = None  # float32 [patches, patch_dim]
     image_grid_thw: np.ndarray | None = None  # int64 [images, 3]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to sample. temperature 0 means greedy (validation)."""
-
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    return_logprobs: bool = False
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
 
 
 @dataclass(frozen=True)

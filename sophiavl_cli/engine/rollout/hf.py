@@ -17,6 +17,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from sophiavl_cli.engine.rollout.base import RolloutOutput, RolloutPrompt, SamplingParams, derive_seed
+from sophiavl_cli.generation.hf import HFGenerator, trim_at_stop
 
 
 class HFRollout:
@@ -34,61 +35,40 @@ class HFRollout:
             for token in (self.image_token_id, getattr(model.config, "video_token_id", None))
             if token is not None and int(token) >= 0
         ]
+        self.generator = HFGenerator(
+            self.model,
+            stop_ids=self.eos_token_ids,
+            pad_id=pad_token_id,
+            suppress_token_ids=self.placeholder_token_ids,
+        )
         for param in self.model.parameters():
             param.requires_grad_(False)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.generator.device
 
     def generation_config(self, sampling: SamplingParams) -> GenerationConfig:
-        """Only what we ask for: the model folder's generation defaults do not leak in."""
-        kwargs: dict[str, object] = {
-            "max_new_tokens": sampling.max_tokens,
-            "eos_token_id": self.eos_token_ids,
-            "pad_token_id": self.pad_token_id,
-            "do_sample": not sampling.greedy,
-            "return_dict_in_generate": True,
-            "output_logits": sampling.return_logprobs,
-        }
-        if self.placeholder_token_ids:
-            kwargs["suppress_tokens"] = self.placeholder_token_ids
-        if not sampling.greedy:
-            kwargs.update(
-                temperature=sampling.temperature, top_p=sampling.top_p, top_k=max(sampling.top_k, 0)
-            )
-        return GenerationConfig(**kwargs)
+        """Every sampling field explicit: the model folder's generation defaults do not leak in."""
+        return self.generator.config(sampling)
 
     @torch.no_grad()
     def generate(
         self, prompts: list[RolloutPrompt], n: int, sampling: SamplingParams, seed: int
     ) -> list[RolloutOutput]:
         """`n` samples per prompt; `seed` is the step's seed, mixed with each prompt's index."""
-        config = self.generation_config(sampling)
         outputs: list[RolloutOutput] = []
         for prompt in prompts:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive_seed(seed, prompt.index))
-                outputs.extend(self._generate_one(prompt, n, sampling, config))
+            outputs.extend(self._generate_one(prompt, n, sampling, derive_seed(seed, prompt.index)))
         return outputs
 
     def _generate_one(
-        self, prompt: RolloutPrompt, n: int, sampling: SamplingParams, config: GenerationConfig
+        self, prompt: RolloutPrompt, n: int, sampling: SamplingParams, seed: int
     ) -> list[RolloutOutput]:
-        device = self.device
-        input_ids = torch.tensor([prompt.prompt_ids] * n, dtype=torch.long, device=device)  # [n, P]
-        inputs: dict[str, torch.Tensor] = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "mm_token_type_ids": (input_ids == self.image_token_id).to(torch.int32),
-        }
-        if prompt.pixel_values is not None and prompt.image_grid_thw is not None:
-            pixels = torch.tensor(prompt.pixel_values, device=device, dtype=self.model.dtype)
-            grid = torch.tensor(prompt.image_grid_thw, device=device)
-            inputs["pixel_values"] = pixels.repeat(n, 1)  # [n * patches, patch_dim]
-            inputs["image_grid_thw"] = grid.repeat(n, 1)  # [n * images, 3]
-        result = self.model.generate(**inputs, generation_config=config)
-        new_tokens = result.sequences[:, input_ids.shape[1] :]  # [n, R]
+        row = (prompt.prompt_ids, prompt.pixel_values, prompt.image_grid_thw)
+        inputs = self.generator.inputs([row] * n)  # n identical rows: no padding
+        result = self.generator.generate(inputs, sampling, seed=seed)
+        new_tokens = result.sequences[:, inputs["input_ids"].shape[1] :]  # [n, R]
         token_logprobs = None
         if sampling.return_logprobs and result.logits:
             logits = torch.stack(result.logits, dim=1).float()  # [n, R, V]
@@ -97,19 +77,16 @@ class HFRollout:
             token_logprobs = logp.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1).cpu().numpy()  # [n, R]
         outputs = []
         for k in range(n):
-            row = new_tokens[k].tolist()
-            length = _length_through_eos(row, self.eos_token_ids)
-            truncated = length is None
-            length = len(row) if length is None else length
+            response, stopped = trim_at_stop(new_tokens[k].tolist(), self.eos_token_ids)
             outputs.append(
                 RolloutOutput(
                     prompt_index=prompt.index,
                     sample_index=k,
-                    response_ids=row[:length],
+                    response_ids=response,
                     logprobs=None
                     if token_logprobs is None
-                    else token_logprobs[k, :length].astype(np.float32),
-                    truncated=truncated,
+                    else token_logprobs[k, : len(response)].astype(np.float32),
+                    truncated=not stopped,
                 )
             )
         return outputs
@@ -130,12 +107,3 @@ class HFRollout:
             raise KeyError(
                 f"weight sync: {len(missing)} rollout parameters were not sent, e.g. {missing[:3]}"
             )
-
-
-def _length_through_eos(tokens: list[int], eos_token_ids: list[int]) -> int | None:
-    """Length of the response up to and including its first EOS, or None when there is none."""
-    eos = set(eos_token_ids)
-    for i, token in enumerate(tokens):
-        if token in eos:
-            return i + 1
-    return None

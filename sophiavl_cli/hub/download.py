@@ -12,7 +12,7 @@ module adds is the part a training project cares about:
   unwritable destination or too little free space reported up front;
 - one-line errors for the usual failures (offline, gated or private repo, unknown id), which the
   client reports as multi-line HTTP errors;
-- `--register` (in `sophiavl_cli.download_register`): the data set's parts written to the dataset
+- `--register` (in `sophiavl_cli.hub.register`): the data set's parts written to the dataset
   registry with the released column mapping, then the pre-flight data check.
 
 Usage:
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.hub import ALIASES, DATASET_ALIASES, DEFAULT_MODEL
+from sophiavl_cli.hub.names import ALIASES, DATASET_ALIASES, DEFAULT_MODEL
 
 RepoType = Literal["model", "dataset"]
 DEFAULT_NAME = DEFAULT_MODEL

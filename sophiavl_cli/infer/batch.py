@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.infer import GenerationSettings, Inferencer, InferRequest
+from sophiavl_cli.infer.inferencer import GenerationSettings, Inferencer, InferRequest
 
 _FIELDS = {"id", "images", "image", "prompt", "type", "problem_type", "options"}
 

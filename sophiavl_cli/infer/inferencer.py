@@ -1,4 +1,4 @@
-"""Inference with a SophiaVL-R1-style model: one question, or a batch file (see `infer_batch.py`).
+"""Inference with a SophiaVL-R1-style model: one question, or a batch file (see `batch.py`).
 
 What the released inference script did, kept: the training prompt (system prompt, thinking
 instruction, per-type suffix; `--preset none` sends the bare question), greedy decoding by default,
@@ -6,7 +6,7 @@ instruction, per-type suffix; `--preset none` sends the bare question), greedy d
 answer extracted exactly as the outcome reward extracts it (`rewards.format.extract_answer`),
 token counts and timing, images resized to the training pixel bounds (recipe `data.min_pixels` /
 `data.max_pixels`, not the model folder's processor defaults, so the model sees images as it did
-in RL), and two backends behind one call (`infer_backends.py`): transformers in left-padded
+in RL), and two backends behind one call (`backends.py`, which also holds `GenerationSettings`): transformers in left-padded
 batches, or vLLM with the whole batch in one `generate`.
 
 Usage:
@@ -30,7 +30,8 @@ from PIL import Image
 from sophiavl_cli.config.recipe import DataConfig
 from sophiavl_cli.data.problem_types import PROBLEM_TYPES, normalize_problem_type
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.hub import DEFAULT_MODEL
+from sophiavl_cli.hub.names import DEFAULT_MODEL
+from sophiavl_cli.infer.backends import GenerationSettings, build_backend
 
 BACKENDS = ("hf", "vllm")
 PRESETS = ("sophiavl-r1", "none")
@@ -127,27 +128,7 @@ def resolve_image_path(image: str, base: Path | None = None, where: str = "") ->
     raise UserError(f"{at}image {image} does not exist; fix the path")
 
 
-# --------------------------------------------------------------------------- settings and results
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Decoding. Greedy (temperature 0) by default, as the released inference script."""
-
-    max_new_tokens: int = 2048
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens <= 0:
-            raise UserError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
-        if self.temperature < 0:
-            raise UserError(f"--temperature {self.temperature}: must be 0 (greedy) or positive")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+# --------------------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
@@ -226,7 +207,6 @@ class Inferencer:
         batch_size: int = 8,
         device: str | None = None,
     ) -> None:
-        from sophiavl_cli.infer_backends import build_backend
         from sophiavl_cli.models.processing import VLProcessor
 
         if backend not in BACKENDS:
@@ -237,7 +217,7 @@ class Inferencer:
             raise UserError(f"--batch-size {batch_size}: must be at least 1")
         start = time.perf_counter()
         self.model_ref = model or DEFAULT_MODEL
-        self.model_path = resolve_default_model() if model is None else _resolve(model)
+        self.model_path = resolve_default_model() if self.model_ref == DEFAULT_MODEL else _resolve(model)
         self.preset = preset
         self.processor = VLProcessor.from_pretrained(
             self.model_path, min_pixels=min_pixels, max_pixels=max_pixels

@@ -1,0 +1,478 @@
+"""One-GPU check of the training worker, in process (no Ray, no vLLM): correctness, memory and speed.
+
+Sized for a lent H100/H200 (a few minutes; 15 minutes of device time per session in all). The
+image there has torch, transformers, numpy, safetensors, accelerate and peft, and no Ray, vLLM,
+flash-attn or pydantic. Nothing here imports Ray or vLLM (the hf rollout backend stands in for
+vLLM). The recipe *is* pydantic, and the worker takes a `Recipe`: rather than a second, plain-dict
+recipe path that could drift from the real one, pydantic travels with the call (a ~5 MB target
+folder, `pip install --target .device-deps pydantic` for the device's Python, put on PYTHONPATH);
+without it the script stops with one line saying so.
+
+A, correctness (the built-in tiny model, bf16, nccl at world size 1, gradient checkpointing and
+the KL term on): two steps with finite loss and nothing skipped; the first update's
+`approx_kl` < 1e-3 (on-policy); the rollout copy equals the policy after a sync; a DCP save and
+load gives bit-identical weights and the same next-step loss; packed and padded log-probs agree
+(sdpa) within bf16 tolerance.
+
+B, memory and speed (a random model of Qwen2.5-VL-7B's language width: hidden 3584, MLP 18944,
+28/4 heads, vocab 152064, at two reduced depths): peak GPU memory per phase (old, ref, update,
+sync), update tokens/s and MFU; then the per-layer growth extrapolated to 28 layers and to
+`fullsets.yaml` (8 GPUs, full shard, vLLM's 0.4 reservation) with a fits / does-not-fit verdict.
+
+Prints one JSON summary (and writes it to --out). Exit status 1 when a check of A fails.
+
+Usage:
+    PYTHONPATH=.device-deps python benchmarks/gpu/device_check.py             # GPU, A and B
+    python benchmarks/gpu/device_check.py --smoke                             # CPU, tiny shapes (CI)
+    python benchmarks/gpu/device_check.py --depths 2 4 --prompt-length 2048   # B's knobs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # a checkout that is not installed (the device machine)
+
+GIB = 2**30
+CARD_BYTES = 80 * 10**9  # the card fullsets.yaml is judged against (H100 80 GB)
+FULLSETS_WORLD = 8
+FULLSETS_VLLM_SHARE = 0.4  # worker.rollout.gpu_memory_utilization in fullsets.yaml
+RUNTIME_OVERHEAD = 3 * GIB  # CUDA context, NCCL buffers, allocator slack (a rule of thumb)
+VISION_7B_PARAMS = 676e6  # Qwen2.5-VL-7B's vision tower (32 blocks of 1280 + merger); B runs a tiny one
+
+# States resident on the GPU in each measured phase: B's first step (world of one, nothing offloaded;
+# AdamW's state appears in the update, gradients are freed after it) and fullsets' steady state
+# (every offload key on: only the phase's own model, and in the update its gradients and optimizer).
+B_RESIDENT = {
+    "old": ("policy_fp32", "ref_bf16", "rollout_bf16"),
+    "ref": ("policy_fp32", "ref_bf16", "rollout_bf16"),
+    "update": ("policy_fp32", "grads_fp32", "adam_fp32", "ref_bf16", "rollout_bf16"),
+    "sync": ("policy_fp32", "adam_fp32", "ref_bf16", "rollout_bf16"),
+}
+FULLSETS_RESIDENT = {
+    "old": ("policy_fp32",),
+    "ref": ("ref_bf16",),
+    "update": ("policy_fp32", "grads_fp32", "adam_fp32"),
+    "sync": ("policy_fp32",),
+}
+
+QWEN25_VL_7B_TEXT: dict[str, Any] = {  # public config.json numbers of Qwen2.5-VL-7B-Instruct
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "vocab_size": 152064,
+    "tie_word_embeddings": False,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vision_config": {"out_hidden_size": 3584},
+}
+SMOKE_TEXT: dict[str, Any] = {  # the same layout at CPU size (head_dim 16: mrope sections sum to 8)
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 152064,
+    "tie_word_embeddings": False,
+    "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+    "vision_config": {"out_hidden_size": 64},
+}
+
+
+def _require_pydantic() -> None:
+    if importlib.util.find_spec("pydantic") is None:
+        raise SystemExit(
+            "device_check: pydantic is missing (the recipe is a pydantic model); "
+            "`pip install --target .device-deps pydantic` and run with PYTHONPATH=.device-deps"
+        )
+
+
+# --------------------------------------------------------------------------- the worker, in process
+
+
+def _recipe(device: str, overrides: list[str]) -> Any:
+    from sophiavl_cli.config import load_recipe
+
+    return load_recipe(
+        None,
+        [
+            "trainer.n_workers_per_node=1",
+            f"trainer.device={device}",
+            f"worker.actor.dtype={'bf16' if device == 'cuda' else 'fp32'}",
+            "worker.actor.gradient_checkpointing=true",
+            "algorithm.use_kl_loss=true",
+            "algorithm.kl_coef=0.04",
+            "worker.rollout.backend=hf",
+            "worker.rollout.top_p=1.0",
+            "worker.actor.padding_free=false",
+            *overrides,
+        ],
+    )
+
+
+def _worker(recipe: Any, model_dir: Path, device: str) -> Any:
+    import socket
+
+    from sophiavl_cli.engine.worker import TrainWorker, WorkerSpec
+
+    with socket.socket() as sock:  # a world of one: nobody else races for this port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    worker = TrainWorker(0, 1, {}, os.cpu_count() or 1)
+    spec = WorkerSpec(
+        recipe=recipe,
+        model_dir=str(model_dir),
+        master_addr="127.0.0.1",
+        master_port=port,
+        device=device,
+        optimizer_steps_total=100,
+        need_ref=True,
+        eos_token_ids=[-1],  # never sampled: every response runs to max_tokens (fixed work per step)
+        pad_token_id=0,
+        collective_timeout_s=300,
+    )
+    worker.setup(spec)
+    return worker
+
+
+def _train_step(worker: Any, sequences: list[Any], advantages: list[float]) -> dict[str, float]:
+    worker.set_sequences(sequences)
+    worker.compute_old_logprobs()
+    worker.compute_ref_logprobs()
+    return worker.update(advantages, num_updates=1)
+
+
+def _rollout_step(worker: Any, prompts: list[Any], n: int, seed: int, max_tokens: int) -> dict[str, float]:
+    import numpy as np
+
+    from sophiavl_cli.engine.batching import TrainSequence
+    from sophiavl_cli.engine.rollout import SamplingParams
+
+    outputs = worker.generate(prompts, n, SamplingParams(max_tokens=max_tokens), seed)
+    sequences = [
+        TrainSequence(i, prompts[o.prompt_index].prompt_ids, o.response_ids, None, None)
+        for i, o in enumerate(outputs)
+    ]
+    advantages = np.random.default_rng(seed).standard_normal(len(sequences)).tolist()
+    return _train_step(worker, sequences, advantages)
+
+
+def _weights(worker: Any) -> dict[str, Any]:
+    from sophiavl_cli.engine.fsdp import full_tensors
+
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in full_tensors(worker.policy)}
+
+
+# --------------------------------------------------------------------------- A: correctness
+
+
+def part_a(device: str, work: Path) -> dict[str, Any]:
+    import torch
+
+    from sophiavl_cli.algo.losses import token_logprobs
+    from sophiavl_cli.engine.batching import TrainSequence, micro_batches
+    from sophiavl_cli.engine.forward import ResponseForward, response_tokens
+    from sophiavl_cli.engine.fsdp import full_tensors
+    from sophiavl_cli.engine.rollout import RolloutPrompt
+    from sophiavl_cli.metrics import ACTOR_APPROX_KL, ACTOR_LOSS, ACTOR_SKIPPED
+    from sophiavl_cli.models.resolve import resolve_model
+
+    model_dir = resolve_model("builtin:tiny-qwen2.5-vl")
+    recipe = _recipe(
+        device,
+        [
+            "data.rollout_batch_size=2",
+            "worker.actor.global_batch_size=2",
+            "worker.rollout.n=4",
+            "worker.actor.micro_batch_size_per_device_for_update=4",
+            "worker.actor.micro_batch_size_per_device_for_experience=4",
+            "worker.actor.optim.lr=1e-4",
+        ],
+    )
+    worker = _worker(recipe, model_dir, device)
+    prompts = [RolloutPrompt(index=i, prompt_ids=list(range(10 + i, 30 + 2 * i))) for i in range(2)]
+    checks: dict[str, Any] = {}
+    try:
+        steps = [_rollout_step(worker, prompts, 4, seed, 12) for seed in (1, 2)]
+        for k, metrics in enumerate(steps, start=1):
+            worker.sync_weights()
+            checks[f"step{k}_loss"] = metrics[ACTOR_LOSS]
+            checks[f"step{k}_skipped"] = metrics[ACTOR_SKIPPED]
+        checks["first_approx_kl"] = steps[0][ACTOR_APPROX_KL]
+
+        copy = dict(worker.rollout.model.named_parameters())
+        checks["rollout_copy_max_abs_diff"] = max(
+            float((copy[name] - tensor.to(copy[name].dtype)).abs().max())
+            for name, tensor in full_tensors(worker.policy)
+        )
+
+        # DCP: save, train a step on fixed sequences, load, train the same step again
+        fixed = [
+            TrainSequence(i, prompts[i % 2].prompt_ids, [40 + i, 41, 42, 43 + i], None, None)
+            for i in range(8)
+        ]
+        advantages = [1.0, -1.0, 0.5, -0.5, 0.25, -0.25, 0.75, -0.75]
+        step_dir = work / "checkpoint"
+        worker.save_checkpoint(str(step_dir))
+        saved = _weights(worker)
+        loss_after_save = _train_step(worker, fixed, advantages)[ACTOR_LOSS]
+        worker.load_checkpoint(str(step_dir), 2, 2)
+        loaded = _weights(worker)
+        checks["dcp_weights_identical"] = saved.keys() == loaded.keys() and all(
+            torch.equal(saved[n], loaded[n]) for n in saved
+        )
+        loss_after_load = _train_step(worker, fixed, advantages)[ACTOR_LOSS]
+        checks["dcp_next_loss_diff"] = abs(loss_after_load - loss_after_save)
+
+        # packed (per-sequence positions, block-diagonal mask under sdpa) vs padded log-probs
+        mb = micro_batches(fixed, 8, 0)[0]
+        tokens = response_tokens(mb, worker.device)
+        mask = torch.tensor(mb.response_mask, device=worker.device).bool()
+        worker.policy.eval()
+        with torch.no_grad():
+            padded = token_logprobs(
+                ResponseForward(worker.policy.config, worker.device).logits(worker.policy, mb), tokens
+            )
+            packed = token_logprobs(
+                ResponseForward(worker.policy.config, worker.device, packed=True).logits(worker.policy, mb),
+                tokens,
+            )
+        checks["packed_vs_padded_max_abs_diff"] = float((padded - packed)[mask].abs().max())
+    finally:
+        worker.shutdown()
+
+    bf16 = device == "cuda"
+    checks["ok"] = bool(
+        all(math.isfinite(checks[f"step{k}_loss"]) and checks[f"step{k}_skipped"] == 0.0 for k in (1, 2))
+        and checks["first_approx_kl"] < 1e-3
+        and checks["rollout_copy_max_abs_diff"] == 0.0
+        and checks["dcp_weights_identical"]
+        and checks["dcp_next_loss_diff"] <= (1e-6 if not bf16 else 1e-4)
+        and checks["packed_vs_padded_max_abs_diff"] <= (5e-2 if bf16 else 1e-4)
+    )
+    return checks
+
+
+# --------------------------------------------------------------------------- B: memory and speed
+
+
+def _shaped_model(work: Path, shape: dict[str, Any], layers: int, device: str) -> Path:
+    spec = importlib.util.spec_from_file_location("gpu_run", Path(__file__).with_name("run.py"))
+    run = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(run)  # type: ignore[union-attr]
+    full = {**shape, "num_hidden_layers": layers, "max_window_layers": layers}
+    return run.build_model(work / f"model-{layers}", full, device)
+
+
+def _state_bytes(flops: Any, vision_params: float) -> dict[str, float]:
+    """Analytic resident bytes of the states at world size 1: fp32 policy + grads + AdamW, bf16 ref and rollout copy."""
+    text = flops.decoder_params + 2 * flops.head_params  # + the embedding (untied)
+    params = text + vision_params
+    return {
+        "policy_fp32": 4 * params,
+        "grads_fp32": 4 * params,
+        "adam_fp32": 8 * params,
+        "ref_bf16": 2 * params,
+        "rollout_bf16": 2 * params,
+    }
+
+
+def _measure_depth(device: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from sophiavl_cli.engine.batching import TrainSequence
+    from sophiavl_cli.engine.throughput import FlopsModel, peak_flops
+    from sophiavl_cli.metrics import ACTOR_LOSS, ACTOR_SKIPPED
+
+    rows = 2 * args.micro_batch
+    recipe = _recipe(
+        device,
+        [
+            "data.rollout_batch_size=1",
+            "worker.actor.global_batch_size=1",
+            f"worker.rollout.n={rows}",
+            f"worker.actor.micro_batch_size_per_device_for_update={args.micro_batch}",
+            f"worker.actor.micro_batch_size_per_device_for_experience={args.micro_batch}",
+            f"data.max_prompt_length={args.prompt_length}",
+            f"data.max_response_length={args.response_length}",
+            "worker.actor.optim.lr=1e-6",
+        ],
+    )
+    worker = _worker(recipe, model_dir, device)
+    config = worker.policy.config
+    rng = np.random.default_rng(0)
+    vocab = int(config.text_config.vocab_size if hasattr(config, "text_config") else config.vocab_size)
+    sequences = [
+        TrainSequence(
+            i,
+            rng.integers(100, vocab - 100, args.prompt_length).tolist(),
+            rng.integers(100, vocab - 100, args.response_length).tolist(),
+            None,
+            None,
+        )
+        for i in range(rows)
+    ]
+    cuda = device == "cuda"
+    peaks: dict[str, float | None] = {}
+    seconds: dict[str, float] = {}
+
+    def phase(name: str, fn: Any) -> Any:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        out = fn()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds[name] = time.perf_counter() - start
+        peaks[name] = float(torch.cuda.max_memory_allocated()) if cuda else None
+        return out
+
+    try:
+        worker.set_sequences(sequences)
+        phase("old", worker.compute_old_logprobs)
+        phase("ref", worker.compute_ref_logprobs)
+        advantages = rng.standard_normal(rows).tolist()
+        metrics = phase("update", lambda: worker.update(advantages, num_updates=1))
+        phase("sync", worker.sync_weights)
+    finally:
+        worker.shutdown()
+    flops_model = FlopsModel.from_config(config)
+    pairs = [(s.num_tokens, len(s.response_ids)) for s in sequences]
+    tokens = sum(total for total, _ in pairs)
+    peak = peak_flops(torch.cuda.get_device_name() if cuda else "cpu", os.environ.get("SOPHIAVL_PEAK_FLOPS"))
+    update_flops = flops_model.training_flops(pairs)
+    return {
+        "layers": flops_model.num_layers,
+        "peak_bytes": peaks,
+        "seconds": seconds,
+        "update_tokens_per_s": tokens / seconds["update"],
+        "mfu": update_flops / (seconds["update"] * peak) if peak else None,
+        "update_skipped": metrics[ACTOR_SKIPPED],
+        "update_loss": metrics[ACTOR_LOSS],
+        "_flops": flops_model,
+    }
+
+
+def part_b(device: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    shape = SMOKE_TEXT if args.smoke else QWEN25_VL_7B_TEXT
+    runs = []
+    for layers in args.depths:
+        model_dir = _shaped_model(work, shape, layers, device)
+        runs.append(_measure_depth(device, model_dir, args))
+        shutil.rmtree(model_dir, ignore_errors=True)  # tens of GB at 7B width
+    out: dict[str, Any] = {
+        "workload": {k: getattr(args, k) for k in ("micro_batch", "prompt_length", "response_length")}
+    }
+    out["runs"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs]
+    if device == "cuda" and len(runs) >= 2:
+        out |= fullsets_estimate(
+            [(r["layers"], r["peak_bytes"]) for r in runs], runs[-1]["_flops"], card_bytes=CARD_BYTES
+        )
+    return out
+
+
+def fullsets_estimate(
+    measured: list[tuple[int, dict[str, float]]], flops: Any, *, card_bytes: float, layers: int = 28
+) -> dict[str, Any]:
+    """Per-phase peak bytes of one GPU in `fullsets.yaml`, from world-of-one peaks at two or more depths.
+
+    Each phase's peak grows linearly with depth (states and checkpointed activations per layer);
+    the slope between the shallowest and deepest run extends it to `layers`. Then the analytic
+    state bytes B held unsharded in that phase (`B_RESIDENT`, its hf rollout copy included) are
+    replaced by the 8-way shards fullsets keeps on the GPU then (`FULLSETS_RESIDENT`, with the 7B
+    vision tower); activations are per rank and stay. vLLM's weights rest in host memory while
+    it sleeps through the training phases.
+    """
+    (low_layers, low), (high_layers, high) = measured[0], measured[-1]
+    per_layer = {name: (high[name] - low[name]) / (high_layers - low_layers) for name in high}
+    at_full = {name: high[name] + per_layer[name] * (layers - high_layers) for name in high}
+    full = dataclasses.replace(flops, num_layers=layers)
+    held = _state_bytes(full, 0.0)  # B's vision tower is tiny
+    fullsets = _state_bytes(full, VISION_7B_PARAMS)
+    per_gpu = {
+        name: at_full[name]
+        - sum(held[k] for k in B_RESIDENT[name])
+        + sum(fullsets[k] for k in FULLSETS_RESIDENT[name]) / FULLSETS_WORLD
+        + RUNTIME_OVERHEAD
+        for name in at_full
+    }
+    vllm_awake = FULLSETS_VLLM_SHARE * card_bytes
+    worst = max(per_gpu.values())
+    return {
+        "per_layer_bytes": per_layer,
+        f"extrapolated_{layers}_layers_world1_bytes": at_full,
+        "fullsets_8gpu_per_phase_bytes": per_gpu,
+        "fullsets_fits_80gb": {
+            "training_phases": worst < card_bytes,  # vLLM asleep: KV cache freed, weights in host memory
+            "generate": vllm_awake + RUNTIME_OVERHEAD < card_bytes,  # offload on: all states in host memory
+            "training_phases_if_vllm_stayed_awake": worst + vllm_awake < card_bytes,
+        },
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes: the CI test")
+    parser.add_argument("--parts", default="AB", help="A, B or AB")
+    parser.add_argument(
+        "--depths", type=int, nargs="+", default=None, help="B's reduced depths (two or more)"
+    )
+    parser.add_argument("--micro-batch", type=int, default=4, help="sequences per micro-batch (fullsets: 4)")
+    parser.add_argument("--prompt-length", type=int, default=1024)
+    parser.add_argument("--response-length", type=int, default=1024)
+    parser.add_argument("--out", type=Path, default=None, help="folder for summary.json and scratch files")
+    args = parser.parse_args(argv)
+    _require_pydantic()
+    import torch
+
+    device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
+    if args.smoke:
+        args.depths = args.depths or [1, 2]
+        args.micro_batch, args.prompt_length, args.response_length = 2, 24, 8
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    args.depths = args.depths or [2, 4]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    work = Path(tempfile.mkdtemp(prefix="sophiavl-device-check-", dir=args.out))
+    summary: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "smoke": args.smoke,
+    }
+    started = time.perf_counter()
+    try:
+        if "A" in args.parts:
+            summary["A"] = part_a(device, work)
+        if "B" in args.parts:
+            summary["B"] = part_b(device, work, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary["seconds"] = time.perf_counter() - started
+    text = json.dumps(summary, default=float)
+    print(text)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "summary.json").write_text(text + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    result = main()
+    sys.exit(0 if result.get("A", {"ok": True})["ok"] else 1)

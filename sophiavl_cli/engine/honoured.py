@@ -1,0 +1,148 @@
+"""Recipe keys that cannot act in this run: said once at start, never silently ignored.
+
+Most keys act everywhere. Some act only on a device, a rollout backend or with another key on
+(`CONDITIONS`); a recipe that sets one of those (explicitly, in its YAML or on the command line)
+where it cannot act gets one line naming the key and why. Keys at their defaults are not
+reported: nobody asked for them. Keys that can never act are refused by the schema instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from sophiavl_cli.config.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a key's effect can depend on, known before the workers start."""
+
+    device: str  # "cpu" | "cuda"
+    flash_attn: bool
+
+    @classmethod
+    def detect(cls, device: str) -> RunFacts:
+        return cls(device=device, flash_attn=importlib.util.find_spec("flash_attn") is not None)
+
+
+Condition = Callable[[Recipe, RunFacts, object], str | None]  # (recipe, facts, value) -> None: it acts
+
+
+def _on_gpu(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    if value and facts.device != "cuda":
+        return "GPU only (host memory is all there is on CPU); ignored"
+    return None
+
+
+def _vllm(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    if recipe.worker.rollout.backend != "vllm":
+        return "vLLM only; worker.rollout.backend=hf ignores it"
+    return None
+
+
+def _vllm_memory(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    if facts.device != "cuda" and recipe.worker.rollout.kv_cache_memory_bytes is None:
+        return (
+            "vLLM on GPU only; on CPU the KV cache is worker.rollout.kv_cache_memory_bytes (default 128 MiB)"
+        )
+    return _vllm(recipe, facts, value)
+
+
+def _vllm_sleep(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    if value and facts.device != "cuda":
+        return "vLLM sleeps on GPU only (its allocator is CUDA's); ignored on CPU"
+    return _vllm(recipe, facts, value)
+
+
+def _vllm_graphs(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    if not value and facts.device != "cuda":
+        return "CUDA graphs exist on GPU only; eager on CPU"
+    return _vllm(recipe, facts, value)
+
+
+def _packing(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    if value and (facts.device != "cuda" or not facts.flash_attn):
+        return "needs flash-attn on GPU (packing under sdpa is slower); padded forwards instead"
+    return None
+
+
+def _bf16(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    return "bf16 training needs a GPU; fp32 on CPU" if value == "bf16" and facts.device != "cuda" else None
+
+
+def _full_shard(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    return None if value else "FSDP2 always shards fully here; ignored"
+
+
+def _trust(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    return (
+        None if recipe.algorithm.trust.enable else "algorithm.trust.enable=false: no thinking reward; unused"
+    )
+
+
+def _kl(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    if recipe.algorithm.use_kl_loss and recipe.algorithm.kl_coef > 0:
+        return None
+    return "the KL term is off (algorithm.use_kl_loss=false or kl_coef=0); unused"
+
+
+# key (dotted path) or section prefix ending in ".": the condition under which it acts
+CONDITIONS: dict[str, Condition] = {
+    "worker.actor.fsdp.offload_params": _on_gpu,
+    "worker.actor.fsdp.offload_optimizer": _on_gpu,
+    "worker.actor.fsdp.full_shard": _full_shard,
+    "worker.ref.offload": _on_gpu,
+    "worker.actor.padding_free": _packing,
+    "worker.actor.dtype": _bf16,
+    "worker.rollout.tensor_parallel_size": _vllm,
+    "worker.rollout.max_num_batched_tokens": _vllm,
+    "worker.rollout.enable_prefix_caching": _vllm,
+    "worker.rollout.kv_cache_memory_bytes": _vllm,
+    "worker.rollout.limit_images": _vllm,
+    "worker.rollout.gpu_memory_utilization": _vllm_memory,
+    "worker.rollout.enable_sleep_mode": _vllm_sleep,
+    "worker.rollout.enforce_eager": _vllm_graphs,
+    "reward.thinking.": _trust,
+    "algorithm.trust.": _trust,
+    "algorithm.kl_penalty": _kl,
+    "algorithm.kl_coef": _kl,
+}
+
+
+def explicit_keys(section: BaseModel, prefix: str = "") -> Iterator[str]:
+    """Dotted paths of the leaf keys a recipe set itself (YAML or overrides), not left at defaults."""
+    for name in sorted(section.model_fields_set):
+        value = getattr(section, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            yield from explicit_keys(value, f"{path}.")
+        else:
+            yield path
+
+
+def condition_of(key: str) -> Condition | None:
+    if key in CONDITIONS:
+        return CONDITIONS[key]
+    return next((c for k, c in CONDITIONS.items() if k.endswith(".") and key.startswith(k)), None)
+
+
+def unhonoured_keys(recipe: Recipe, facts: RunFacts) -> list[str]:
+    """One line per explicitly set key that cannot act in this run (`key: why`)."""
+    notes = []
+    for key in explicit_keys(recipe):
+        condition = condition_of(key)
+        why = condition(recipe, facts, _value(recipe, key)) if condition is not None else None
+        if why is not None and key != "algorithm.trust.enable":
+            notes.append(f"{key}: {why}")
+    return notes
+
+
+def _value(recipe: Recipe, key: str) -> object:
+    value: object = recipe
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value

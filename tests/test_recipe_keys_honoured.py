@@ -1,0 +1,104 @@
+"""No recipe key silently ignored: every key of both shipped recipes acts, or the run says why at start."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, get_args, get_origin
+
+import pytest
+
+from sophiavl_cli.config import load_recipe
+from sophiavl_cli.engine.driver import ignored_options
+from sophiavl_cli.engine.honoured import CONDITIONS, RunFacts, condition_of, explicit_keys, unhonoured_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {"fullsets": ROOT / "recipes" / "fullsets.yaml", "quickstart": ROOT / "recipes" / "quickstart.yaml"}
+SOURCE = "\n".join(
+    p.read_text(encoding="utf-8") for p in (ROOT / "sophiavl_cli").rglob("*.py") if p.parent.name != "config"
+)
+GPU = RunFacts(device="cuda", flash_attn=True)
+GPU_NO_FLASH = RunFacts(device="cuda", flash_attn=False)
+CPU = RunFacts(device="cpu", flash_attn=False)
+
+
+def _single_choice(recipe, key: str) -> bool:
+    """A key whose schema allows one value (e.g. `adv_estimator: grpo`) acts by construction."""
+    section, _, field = key.rpartition(".")
+    node = recipe
+    for part in section.split("."):
+        node = getattr(node, part)
+    annotation = type(node).model_fields[field].annotation
+    return get_origin(annotation) is Literal and len(get_args(annotation)) == 1
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_key_a_shipped_recipe_sets_is_read_by_the_engine(name):
+    recipe = load_recipe(RECIPES[name], [])
+    keys = [k for k in explicit_keys(recipe) if not _single_choice(recipe, k)]
+    assert len(keys) > 20
+    unread = [k for k in keys if not re.search(rf"\.{re.escape(k.rsplit('.', 1)[-1])}\b", SOURCE)]
+    assert unread == []
+
+
+def test_the_shipped_recipes_on_their_own_devices_ignore_nothing():
+    assert unhonoured_keys(load_recipe(RECIPES["quickstart"], []), CPU) == []
+    assert unhonoured_keys(load_recipe(RECIPES["fullsets"], []), GPU) == []
+
+
+def test_fullsets_where_it_cannot_act_names_each_such_key_once():
+    fullsets = load_recipe(RECIPES["fullsets"], [])
+    assert [n.split(":")[0] for n in unhonoured_keys(fullsets, GPU_NO_FLASH)] == ["worker.actor.padding_free"]
+    on_cpu = [n.split(":")[0] for n in unhonoured_keys(fullsets, CPU)]
+    assert sorted(on_cpu) == sorted(
+        [
+            "worker.actor.dtype",
+            "worker.actor.fsdp.offload_optimizer",
+            "worker.actor.fsdp.offload_params",
+            "worker.actor.padding_free",
+            "worker.ref.offload",
+            "worker.rollout.gpu_memory_utilization",
+        ]
+    )
+    assert ignored_options(fullsets, "cpu") == unhonoured_keys(fullsets, RunFacts.detect("cpu"))
+
+
+def test_quickstart_on_a_gpu_or_with_options_that_do_not_apply_says_so():
+    quickstart = load_recipe(RECIPES["quickstart"], [])
+    assert unhonoured_keys(quickstart, GPU) == []
+    hf_with_vllm_keys = load_recipe(
+        RECIPES["quickstart"],
+        [
+            "worker.rollout.tensor_parallel_size=2",
+            "algorithm.trust.enable=false",
+            "worker.actor.fsdp.full_shard=false",
+        ],
+    )
+    notes = unhonoured_keys(hf_with_vllm_keys, CPU)
+    keys = [n.split(":")[0] for n in notes]
+    assert "worker.rollout.tensor_parallel_size" in keys and "worker.actor.fsdp.full_shard" in keys
+    assert {"reward.thinking.serve_model", "algorithm.trust.alpha"} <= set(
+        keys
+    )  # the trust section is unused
+    assert "algorithm.trust.enable" not in keys
+    assert len(keys) == len(set(keys))
+
+
+def test_a_key_at_its_default_is_never_reported():
+    bare = load_recipe(None, ["trainer.device=cpu"])
+    assert list(explicit_keys(bare)) == ["trainer.device"]
+    assert unhonoured_keys(bare, CPU) == []  # padding_free and offload defaults are not the user's ask
+
+
+def test_every_conditional_key_exists_in_the_schema():
+    schema = set(explicit_keys(load_recipe(RECIPES["fullsets"], []))) | set(
+        explicit_keys(load_recipe(RECIPES["quickstart"], []))
+    )
+    for key in CONDITIONS:
+        if not key.endswith("."):
+            section, _, field = key.rpartition(".")
+            node = load_recipe(None, [])
+            for part in section.split("."):
+                node = getattr(node, part)
+            assert field in type(node).model_fields, key
+    assert all(condition_of(k) is not None for k in schema if k.startswith("reward.thinking."))

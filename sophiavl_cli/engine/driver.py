@@ -45,6 +45,7 @@ from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.validation import validate
 from sophiavl_cli.engine.worker import WorkerSpec
 from sophiavl_cli.engine.workers import Workers
+from sophiavl_cli.errors import UserError
 from sophiavl_cli.metrics import TRAIN_EPOCH
 
 

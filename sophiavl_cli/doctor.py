@@ -74,6 +74,9 @@ def run_checks() -> list[Check]:
         _package_row("ray", "core", "pip install 'ray[default]'"),
         _package_row("vllm", "gpu", "optional: pip install 'sophiavl[gpu]' for vLLM rollouts and serving"),
         _package_row("flash-attn", "gpu", "optional: pip install 'sophiavl[gpu]' for faster GPU training"),
+        _package_row(
+            "matplotlib", "curves", "optional: pip install 'sophiavl[curves]' for PNG training curves"
+        ),
         _env_row("OPENAI_API_URL", "unset: training starts the built-in reward server"),
         _env_row("OPENAI_API_KEY", "unset: requests go without a bearer key", secret=True),
         _env_row("REWARD_MODEL", "unset: the recipe's reward.thinking.model is used"),

@@ -19,6 +19,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "tensorboard": ("tensorboard", "loggers"),
     "wandb": ("wandb", "loggers"),
     "swanlab": ("swanlab", "loggers"),
+    "matplotlib": ("matplotlib", "curves"),
 }
 
 

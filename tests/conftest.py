@@ -22,6 +22,16 @@ _SESSION_HOME = tempfile.mkdtemp(prefix="sophiavl-test-home-")
 os.environ["SOPHIAVL_HOME"] = _SESSION_HOME
 
 
+SLOW_TEST_TIMEOUT_S = 1800  # the default (pyproject `timeout`) is for fast tests
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow` (a training run, a vLLM engine) get a longer timeout unless they set one."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT_S))
+
+
 @pytest.fixture(scope="session")
 def sophiavl_home_dir() -> Path:
     """The session's SOPHIAVL_HOME (built-in models live under builtin/)."""

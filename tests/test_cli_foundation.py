@@ -47,6 +47,7 @@ def test_doctor_reports_each_component_and_never_prints_the_key() -> None:
         "ray",
         "vllm",
         "flash-attn",
+        "matplotlib",
         "OPENAI_API_URL",
         "OPENAI_API_KEY",
         "REWARD_MODEL",

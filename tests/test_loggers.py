@@ -211,3 +211,17 @@ def test_curves_skip_absent_keys_and_nulls(tmp_path: Path) -> None:
     empty.write_text("")
     assert plot_curves(empty, tmp_path / "none") == []
     assert not (tmp_path / "none").exists()
+
+
+def test_without_matplotlib_curves_are_skipped_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "reward/outcome": 0.2}\n')
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without the extra sees
+    assert plot_curves(metrics, tmp_path / "curves") == []
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sophiavl[curves]" in err
+    assert not (tmp_path / "curves").exists()

@@ -345,26 +345,28 @@ def test_scorer_survives_pickling_for_ray_workers(reward_file: Path) -> None:
 # ----------------------------------------------------------------------------- timeouts and threads
 
 
-def _spin(seconds: float) -> str:
+def _spin(seconds: float, finished: list[bool] | None = None) -> str:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
+    if finished is not None:
+        finished.append(True)
     return "done"
 
 
 def test_deadline_stops_a_busy_call_in_the_main_thread() -> None:
     assert threading.current_thread() is threading.main_thread()
-    start = time.perf_counter()
-    assert call_with_deadline(lambda: _spin(30.0), 0.05) is None
-    assert time.perf_counter() - start < 5.0
+    finished: list[bool] = []
+    assert call_with_deadline(lambda: _spin(30.0, finished), 0.05) is None
+    assert not finished  # interrupted, not waited out
     assert call_with_deadline(lambda: _spin(0.0), 5.0) == "done"
 
 
 def test_deadline_stops_a_busy_call_in_a_worker_thread() -> None:
+    finished: list[bool] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
-        start = time.perf_counter()
-        assert pool.submit(call_with_deadline, lambda: _spin(30.0), 0.05).result(timeout=10) is None
-        assert time.perf_counter() - start < 5.0
+        assert pool.submit(call_with_deadline, lambda: _spin(30.0, finished), 0.05).result(timeout=20) is None
+        assert not finished
 
 
 def test_deadline_never_leaks_its_interrupt_when_the_call_ends_at_the_limit() -> None:
@@ -411,20 +413,17 @@ def test_answers_that_would_evaluate_forever_score_zero_quickly() -> None:
         "from sophiavl_cli.rewards.answer import numerical_score\n"
         "print([numerical_score(a, '12', timeout=5) for a in sys.argv[1:]])\n"
     )
-    start = time.perf_counter()
-    out = subprocess.run(
+    out = subprocess.run(  # the timeout is the hang guard (6 answers x 5 s at most by design)
         [sys.executable, "-c", code, *ADVERSARIAL_NUMBERS], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str([0.0] * len(ADVERSARIAL_NUMBERS))
-    assert time.perf_counter() - start < 60
 
 
+@pytest.mark.timeout(60)  # linear: milliseconds; a quadratic scan of 100k tags: many minutes
 def test_format_check_is_linear_on_degenerate_repetitions() -> None:
-    start = time.perf_counter()
     assert score_format("<think>" + "</think><answer>" * 5000) == 0.0
     assert extract_answer("<answer>" * 100_000, which="first") is None
-    assert time.perf_counter() - start < 1.0
 
 
 def test_format_check_equals_the_released_regex_on_random_tag_soup() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from data_fixtures import sophiavl_row, write_registry, write_sophiavl_set
 
+from sophiavl_cli import fileio
 from sophiavl_cli.cli.app import main
-from sophiavl_cli.data import atomic
 from sophiavl_cli.data.loader import load_rows
 from sophiavl_cli.data.registry import (
     RELEASED_COLUMNS,
@@ -103,19 +103,11 @@ def test_a_failed_write_leaves_the_registry_as_it_was(
     def disk_full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(atomic.os, "fsync", disk_full)
+    monkeypatch.setattr(fileio.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         write_entry(DatasetEntry(name="new", file_path="x.json"), registry)
     assert registry.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["dataset_info.json"]  # no temp file left behind
-
-
-def test_atomic_write_keeps_the_file_mode(tmp_path: Path) -> None:
-    path = tmp_path / "f.json"
-    path.write_text("{}", "utf-8")
-    path.chmod(0o640)
-    atomic.atomic_write_text(path, '{"a": 1}')
-    assert path.stat().st_mode & 0o777 == 0o640 and path.read_text("utf-8") == '{"a": 1}'
 
 
 def test_corrupt_registry_is_a_user_error_naming_the_file_and_line(tmp_path: Path) -> None:

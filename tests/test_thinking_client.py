@@ -214,11 +214,9 @@ def test_persistent_5xx_fails_with_no_score_instead_of_zero(rm: ScriptedRM) -> N
 def test_a_server_hanging_past_the_timeout_is_a_timeout_failure(rm: ScriptedRM) -> None:
     rm.script.extend(["hang:3", "hang:3"])
     with make_client(rm.url, timeout=0.3, max_retries=1) as client:
-        started = time.perf_counter()
         [result] = score(client, samples())
-        took = time.perf_counter() - started
+    # a client that waited out the 3 s hang would have got the 0.5 reply
     assert result.failure == "timeout" and result.attempts == 2 and result.score is None
-    assert took < 2.5
 
 
 def test_a_hang_then_an_answer_recovers_on_retry(rm: ScriptedRM) -> None:
@@ -294,6 +292,22 @@ def test_the_key_is_sent_as_bearer_and_absent_from_debug_logs(
     assert rm.auth_headers and all(h == f"Bearer {SECRET}" for h in rm.auth_headers)
     assert "thinking RM" in caplog.text  # the failures were logged ...
     assert SECRET not in caplog.text and SECRET not in shown  # ... without the key
+
+
+def test_without_a_key_no_authorization_header_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)  # the library's own fallback must not pick it up
+    server = ScriptedRM(key=None)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with ThinkingRewardClient(server.url, MODEL, env={}, timeout=2.0) as client:
+            [result] = score(client, samples())
+            assert client.health_check() == [MODEL]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.score == 0.7
+    assert server.auth_headers == [None, None]
 
 
 # --------------------------------------------------------------------------- health check
@@ -405,9 +419,8 @@ def test_closing_the_client_cancels_calls_in_flight_promptly(rm: ScriptedRM) -> 
     client = make_client(rm.url, timeout=30)
     future = client.submit(samples())
     time.sleep(0.3)
-    started = time.perf_counter()
     client.close()
-    assert time.perf_counter() - started < 2 and future.cancelled()
+    assert future.cancelled()  # a close that waited out the 5 s hang would leave a scored result
 
 
 def test_score_many_also_runs_on_the_callers_event_loop(rm: ScriptedRM) -> None:

@@ -24,6 +24,7 @@ from sophiavl_cli.config import load_recipe
 from sophiavl_cli.engine.checkpoint import is_complete
 from sophiavl_cli.engine.rollout import check_backend
 from sophiavl_cli.errors import MissingExtraError, UserError
+from sophiavl_cli.fileio import read_jsonl
 from sophiavl_cli.metrics import metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def _train(tmp_path: Path, *args: str, timeout: float = 420, env: dict[str, str]
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return read_jsonl(run_dir / "metrics.jsonl")  # the run may be writing its last line
 
 
 def _free_port() -> int:
@@ -209,7 +210,7 @@ def test_training_joins_a_ray_cluster_started_with_ray_start(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_killed_worker_ends_the_run_within_seconds_with_a_clear_message(tmp_path):
+def test_a_killed_worker_ends_the_run_before_another_step_with_a_clear_message(tmp_path):
     run_dir = tmp_path / "sophiavl" / "quickstart"
     command = [
         sys.executable, "-m", "sophiavl_cli", "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}",
@@ -225,25 +226,24 @@ def test_a_killed_worker_ends_the_run_within_seconds_with_a_clear_message(tmp_pa
             time.sleep(0.5)
         victim = json.loads((run_dir / "workers.json").read_text())[1]["pid"]
         os.kill(victim, signal.SIGKILL)
-        killed_at = time.monotonic()
+        steps_at_kill = len(_metrics(run_dir))
         output, _ = proc.communicate(timeout=120)
-        elapsed = time.monotonic() - killed_at
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, output[-3000:]
     assert "worker rank 1 died" in " ".join(output.split())
-    assert elapsed < 45, f"took {elapsed:.0f} s to notice the dead worker"
+    # noticed at once: at most the step in flight finishes, never the remaining ~50
+    assert len(_metrics(run_dir)) <= steps_at_kill + 1
 
 
 def test_batch_sizes_that_do_not_divide_fail_before_ray_starts(tmp_path, capsys):
-    started = time.monotonic()
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(QUICKSTART), f"trainer.output_dir={tmp_path}", "data.rollout_batch_size=6"])
     assert exit_info.value.code == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "data.rollout_batch_size" in err and "worker.actor.global_batch_size" in err
-    assert time.monotonic() - started < 10
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
     assert not (tmp_path / "sophiavl").exists()
 
 

@@ -1,8 +1,9 @@
 """GRPO advantages: each reward normalised within its prompt's group.
 
 `A_i = (R_i - mean(R)) / (std(R) + 1e-6)` with the unbiased (N - 1) standard deviation, as in
-the paper and EasyR1; a group of one has no baseline and gets A = 0. The scalar is then broadcast
-over the rollout's response tokens by the caller.
+the paper and EasyR1. A group of one has no baseline and gets A = 0 here; EasyR1 refuses it
+instead (it asserts `rollout.n > 1`). The scalar is then broadcast over the rollout's response
+tokens by the caller.
 """
 
 from __future__ import annotations

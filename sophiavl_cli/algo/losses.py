@@ -4,10 +4,12 @@ Shapes: B sequences, T response tokens, V vocabulary. Every loss is a token mean
 micro-batch (masked), as in the released recipe; the caller averages micro-batches over gradient
 accumulation. No torch.distributed here: workers call these on local tensors.
 
-Numerics follow EasyR1: the PPO log-ratio and the k3 KL argument are clamped to [-10, 10] so one
-token far off-policy cannot overflow `exp`; log-probs and entropies are computed in float32 in
-row chunks, so a bf16 [B, T, V] logits tensor is never copied whole into float32 (nor kept
-whole for backward: each chunk is recomputed there; `logprobs_and_entropy`).
+Numerics: the PPO log-ratio, the k3 KL argument and the k3 value are all clamped to [-10, 10] so
+one token far off-policy cannot overflow `exp`. EasyR1 (verl/trainer/core_algos.py) clamps the
+log-ratio and the k3 argument to [-20, 20] and only the k3 value to [-10, 10]; ours is tighter.
+Log-probs and entropies are computed in float32 in row chunks, so a bf16 [B, T, V] logits tensor
+is never copied whole into float32 (nor kept whole for backward: each chunk is recomputed there;
+`logprobs_and_entropy`).
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ def policy_loss(
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from sampled tokens' log-probs.
 
-    `low_var_kl` is k3 = exp(d) - d - 1 with d = ref_logp - logp clamped to [-10, 10], the result
-    clamped to [-10, 10] (EasyR1); `kl` is k1 = logp - ref_logp; `abs` is |k1|; `mse` is k2 =
+    `low_var_kl` is k3 = exp(d) - d - 1 with d = ref_logp - logp clamped to [-10, 10] (EasyR1:
+    [-20, 20]), the result clamped to [-10, 10] (as EasyR1); `kl` is k1 = logp - ref_logp; `abs` is |k1|; `mse` is k2 =
     0.5 * k1^2. Inputs and output: [B, T]; reduce with `masked_mean`.
     """
     if kind == "low_var_kl":

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.filesize import decimal
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -78,19 +79,12 @@ def merge(
             "tensors",
             f"{result.num_tensors}" + (f" (+{len(plan.dropped)} tied, stored once)" if plan.dropped else ""),
         ),
-        ("weights", f"{_human(result.total_bytes)} in {len(plan.shards)} safetensors file(s)"),
+        ("weights", f"{decimal(result.total_bytes, precision=2)} in {len(plan.shards)} safetensors file(s)"),
         ("dtype", str(result.dtype).removeprefix("torch.")),
         ("other files", ", ".join(f for f in result.files if not f.startswith("model"))),
     ]:
         table.add_row(key, escape(value))
     console.print(table)
-
-
-def _human(nbytes: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if nbytes >= size:
-            return f"{nbytes / size:.2f} {unit}"
-    return f"{nbytes} B"
 
 
 def _dtype(text: str) -> DtypeChoice:

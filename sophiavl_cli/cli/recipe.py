@@ -51,7 +51,9 @@ def schema(
     """Print the recipe's JSON Schema (point yaml-language-server at it for autocomplete)."""
     text = json.dumps(recipe_schema(), indent=2)
     if output:
-        output.write_text(text + "\n", encoding="utf-8")
+        from sophiavl_cli.fileio import atomic_write_text
+
+        atomic_write_text(output, text + "\n")
         console.print(f"wrote {output}")
     else:
         typer.echo(text)

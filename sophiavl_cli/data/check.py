@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sophiavl_cli.data.atomic import atomic_write_text
 from sophiavl_cli.data.images import describe, open_image
 from sophiavl_cli.data.length import char_ceiling
 from sophiavl_cli.data.loader import Rows, check_mapping, problem_type_faults
@@ -33,6 +32,7 @@ from sophiavl_cli.data.prompts import build_messages
 from sophiavl_cli.data.registry import DatasetEntry
 from sophiavl_cli.data.sources import Table, entry_splits, read_split
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.fileio import atomic_write_text
 
 _ANSWER_TAGS = re.compile(r"</?answer>")
 _TOKEN_CHUNK = 512

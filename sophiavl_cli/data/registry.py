@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sophiavl_cli.data.atomic import atomic_write_text
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.fileio import atomic_write_json
 
 REGISTRY_ENV = "SOPHIAVL_DATASET_REGISTRY"
 DEFAULT_REGISTRY = "dataset_info.json"
@@ -203,7 +203,7 @@ def write_entry(entry: DatasetEntry, path: Path, *, force: bool = False) -> None
                 f"dataset {entry.name!r} is already in registry {path}; pass --force to replace it"
             )
         data[entry.name] = entry.to_json()
-        atomic_write_text(path, json.dumps(data, indent=4, ensure_ascii=False) + "\n")
+        atomic_write_json(path, data, indent=4)
 
 
 def remove_entry(name: str, path: Path) -> None:
@@ -214,4 +214,4 @@ def remove_entry(name: str, path: Path) -> None:
         if name not in data:
             raise UserError(f"dataset {name!r} is not in registry {path}; nothing to remove")
         del data[name]
-        atomic_write_text(path, json.dumps(data, indent=4, ensure_ascii=False) + "\n")
+        atomic_write_json(path, data, indent=4)

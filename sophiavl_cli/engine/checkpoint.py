@@ -33,7 +33,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.fileio import atomic_path, atomic_write_text, fsync_dir, fsync_tree
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 DCP_DIRNAME = "dcp"
@@ -135,11 +136,8 @@ def save_rank_extras(
         "world_size": world_size or _world_size(),
         "extras": extras,
     }
-    path = extras_path(step_dir, rank)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
+    with atomic_path(extras_path(step_dir, rank)) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_rank_extras(step_dir: Path, rank: int, world_size: int | None = None) -> dict[str, Any] | None:
@@ -246,24 +244,19 @@ class CheckpointManager:
             _write_text(tmp_dir / RECIPE_FILE, recipe_yaml)
         marker = {"format": MARKER_FORMAT, "step": step, "files": file_manifest(tmp_dir)}
         _write_text(tmp_dir / COMPLETE_MARKER, json.dumps(marker, indent=1) + "\n")
-        _fsync_tree(tmp_dir)
+        fsync_tree(tmp_dir)
 
         final = self.root / f"global_step_{step}"
         if final.exists():  # a step redone after resuming from an older checkpoint: replace it
             _remove_tree_atomically(final)
         os.rename(tmp_dir, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._write_latest(final.name)
         self.prune(keep=final)
         return final
 
     def _write_latest(self, name: str) -> None:
-        pointer = self.root / LATEST_POINTER
-        tmp = self.root / f".tmp-latest-{os.getpid()}"
-        tmp.write_text(name + "\n", encoding="utf-8")
-        _fsync_file(tmp)
-        os.replace(tmp, pointer)
-        _fsync_dir(self.root)
+        atomic_write_text(self.root / LATEST_POINTER, name + "\n")
 
     def prune(self, keep: Path | None = None) -> list[Path]:
         """Delete the oldest complete checkpoints beyond `save_limit` (<= 0 keeps all); never `keep`."""
@@ -447,27 +440,6 @@ def _write_text(path: Path, text: str) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Directory fsync makes renames durable on POSIX; some file systems refuse it, which is harmless.
-    with suppress(OSError):
-        _fsync_file(path)
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            _fsync_file(Path(folder) / name)
-        _fsync_dir(Path(folder))
 
 
 def _remove_tree_atomically(path: Path) -> None:

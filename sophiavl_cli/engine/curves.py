@@ -9,13 +9,16 @@ faint with an exponential moving average on top. matplotlib runs on the Agg back
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
+from sophiavl_cli.console import err_console
+from sophiavl_cli.errors import MissingExtraError
+from sophiavl_cli.fileio import atomic_path, read_jsonl
 from sophiavl_cli.metrics import (
     ACTOR_KL,
     RESPONSE_LENGTH_MAX,
@@ -28,6 +31,7 @@ from sophiavl_cli.metrics import (
     VAL_OUTCOME,
     metric,
 )
+from sophiavl_cli.optional import require
 
 
 @dataclass(frozen=True)
@@ -48,13 +52,7 @@ SMOOTH_AFTER = 20
 
 def read_series(metrics_jsonl: Path) -> dict[str, tuple[list[int], list[float]]]:
     """key -> (steps, values), skipping nulls; a later line for the same step replaces an earlier one."""
-    by_step: dict[int, dict[str, Any]] = {}
-    for line in Path(metrics_jsonl).read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-            by_step[int(entry["step"])] = entry
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn last line
+    by_step = {int(entry["step"]): entry for entry in read_jsonl(metrics_jsonl)}
     series: dict[str, tuple[list[int], list[float]]] = {}
     for step in sorted(by_step):
         for key, value in by_step[step].items():
@@ -74,9 +72,16 @@ def ema(values: list[float], span: int = 10) -> list[float]:
 
 
 def plot_curves(metrics_jsonl: Path, out_dir: Path) -> list[Path]:
-    """Write one PNG per panel with data, plus `overview.png`; returns the paths written."""
-    import matplotlib
+    """Write one PNG per panel with data, plus `overview.png`; returns the paths written.
 
+    Without matplotlib (the `curves` extra) nothing is drawn: one line says so, metrics.jsonl holds
+    the same numbers.
+    """
+    try:
+        matplotlib = require("matplotlib", "the training curves (PNG)")
+    except MissingExtraError as exc:
+        err_console.print(f"[yellow]curves skipped:[/] {escape(str(exc))}", soft_wrap=True)
+        return []
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -130,9 +135,8 @@ def _draw(ax: Any, panel: Panel, series: dict[str, tuple[list[int], list[float]]
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return path
 
 

@@ -17,7 +17,6 @@ Usage:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import ExitStack
@@ -46,6 +45,7 @@ from sophiavl_cli.engine.validation import validate
 from sophiavl_cli.engine.worker import WorkerSpec
 from sophiavl_cli.engine.workers import Workers
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 from sophiavl_cli.metrics import TRAIN_EPOCH
 
 
@@ -153,7 +153,7 @@ def build_run(
     say("starting Ray workers")
     workers, device = start_workers(recipe, stack, ray_address, model_dir, total_steps, processor, say)
     described = workers.describe()
-    _write_atomic(run_dir / "workers.json", json.dumps(described, indent=1) + "\n")
+    atomic_write_json(run_dir / "workers.json", described, indent=1)
     peak = peak_flops(str(described[0]["device_name"]), os.environ.get("SOPHIAVL_PEAK_FLOPS"))
     if checkpoint is not None:
         say(f"resuming from {checkpoint}")
@@ -176,7 +176,7 @@ def build_run(
     )
     resolved = resolved_values(device, peak, described[0]["device_name"], rm_client, rm_service)
     recipe_yaml = dump_recipe(recipe) + resolved_comment(resolved)
-    _write_atomic(run_dir / "recipe.yaml", recipe_yaml)
+    atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
     loggers = build_loggers(recipe, run_dir, resume_step=start_step)
     stack.callback(loggers.close)
     return Run(
@@ -413,9 +413,3 @@ def _worker_spec(
         pad_token_id=int(pad),
         collective_timeout_s=recipe.trainer.collective_timeout,
     )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

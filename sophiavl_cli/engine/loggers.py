@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +44,7 @@ from rich.text import Text
 
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.console import console as default_console
+from sophiavl_cli.fileio import JsonlAppender, atomic_write_jsonl, atomic_write_text, read_jsonl
 from sophiavl_cli.metrics import (
     ACTOR_ENTROPY,
     ACTOR_GRAD_NORM,
@@ -96,7 +96,7 @@ class JsonlBackend:
             self._keep_below = step
             self._cut_files(step)
         if name not in self._handles:
-            self._handles[name] = open(self.run_dir / name, "a", encoding="utf-8")  # noqa: SIM115
+            self._handles[name] = JsonlAppender(self.run_dir / name)
         return self._handles[name]
 
     def _cut_files(self, keep_below: int) -> None:
@@ -104,15 +104,10 @@ class JsonlBackend:
             truncate_jsonl(self.run_dir / name, keep_below)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        handle = self._handle(METRICS_FILE, step)
-        handle.write(json.dumps({"step": step, **clean_metrics(metrics)}, allow_nan=False) + "\n")
-        handle.flush()
+        self._handle(METRICS_FILE, step).write({"step": step, **clean_metrics(metrics)})
 
     def log_generations(self, step: int, rows: list[dict[str, Any]]) -> None:
-        handle = self._handle(GENERATIONS_FILE, step)
-        for row in rows:
-            handle.write(json.dumps({"step": step, **row}, ensure_ascii=False, default=str) + "\n")
-        handle.flush()
+        self._handle(GENERATIONS_FILE, step).write(*({"step": step, **row} for row in rows))
 
     def close(self) -> None:
         for handle in self._handles.values():
@@ -124,16 +119,8 @@ def truncate_jsonl(path: Path, keep_below: int) -> int:
     """Keep only lines whose `step` is < keep_below (and drop a torn last line); returns lines kept."""
     if not path.is_file():
         return 0
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if int(json.loads(line)["step"]) < keep_below:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by a kill
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    kept = [record for record in read_jsonl(path) if int(record["step"]) < keep_below]
+    atomic_write_jsonl(path, kept)
     return len(kept)
 
 
@@ -277,7 +264,7 @@ class WandbBackend:
         id_file = Path(run_dir) / "wandb_run_id"
         # W&B run ids are [a-z0-9]; kept in the run dir so a resumed run continues the same W&B run.
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
-        id_file.write_text(run_id + "\n")
+        atomic_write_text(id_file, run_id + "\n")
         self._wandb = wandb
         self.run = wandb.init(
             project=recipe.trainer.project_name,

@@ -73,7 +73,7 @@ class MergePlan:
     output: Path
     dtype: torch.dtype
     renames: dict[str, str]  # checkpoint name -> saved name (tied copies equal to their source are left out)
-    shards: list[list[str]]  # checkpoint names per output file
+    shards: dict[str, list[str]]  # output file -> checkpoint names (huggingface_hub's split)
     total_bytes: int
     overwrite: bool = False
     dropped: list[str] = field(default_factory=list)
@@ -314,17 +314,19 @@ def _cast_info(info: Any, dtype: torch.dtype) -> int:
     )
 
 
-def _split(names: list[str], sizes: dict[str, int], limit: int) -> list[list[str]]:
-    """Greedy shards in name order; a tensor bigger than the limit gets a file of its own."""
-    shards: list[list[str]] = [[]]
-    used = 0
-    for name in sorted(names, key=_natural_key):
-        if shards[-1] and used + sizes[name] > limit:
-            shards.append([])
-            used = 0
-        shards[-1].append(name)
-        used += sizes[name]
-    return shards
+def _split(names: list[str], sizes: dict[str, int], limit: int) -> dict[str, list[str]]:
+    """Shards as `save_pretrained` makes them (huggingface_hub's greedy split in natural name order,
+    a tensor bigger than the limit in a file of its own), sized by the bytes each tensor will have
+    after the dtype cast, which only the plan knows: hence the factory over sizes, not tensors."""
+    from huggingface_hub import split_state_dict_into_shards_factory
+
+    split = split_state_dict_into_shards_factory(
+        {name: sizes[name] for name in sorted(names, key=_natural_key)},
+        get_storage_size=lambda size: size,
+        filename_pattern="model{suffix}.safetensors",
+        max_shard_size=limit,
+    )
+    return split.filename_to_tensors
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -343,9 +345,8 @@ def run_merge(plan: MergePlan, advance: Callable[[int], None] | None = None) -> 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        files = _shard_names(len(plan.shards))
         weight_map: dict[str, str] = {}
-        for filename, names in zip(files, plan.shards, strict=True):
+        for filename, names in plan.shards.items():
             tensors = {}
             for name, tensor in plan.source.load(names).items():
                 if tensor.is_floating_point():
@@ -356,7 +357,7 @@ def run_merge(plan: MergePlan, advance: Callable[[int], None] | None = None) -> 
             save_file(tensors, str(tmp / filename), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(tensors, filename))
             del tensors
-        if len(files) > 1:
+        if len(plan.shards) > 1:
             index = {
                 "metadata": {"total_size": plan.total_bytes},
                 "weight_map": dict(sorted(weight_map.items())),
@@ -393,12 +394,6 @@ def merge_checkpoint(
 ) -> MergeResult:
     """`plan_merge` + `run_merge` without progress reporting."""
     return run_merge(plan_merge(checkpoint, output, dtype, max_shard_size, overwrite, force))
-
-
-def _shard_names(count: int) -> list[str]:
-    if count == 1:
-        return ["model.safetensors"]
-    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
 
 
 def _set_config_dtype(config_path: Path, dtype: torch.dtype) -> None:

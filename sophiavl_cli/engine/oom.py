@@ -6,8 +6,9 @@ device)` wraps a worker phase (generate, old / reference log-probs, update) and 
 out-of-memory error as `WorkerOutOfMemory` whose message lists that phase's knobs with their
 current values. The driver's worker group shows it as `worker rank R failed during <phase>: ...`.
 
-A worker killed by the kernel's OOM killer never gets here; `cluster.WorkerGroup` names the same
-knobs when an actor dies.
+A worker killed by the kernel's OOM killer never gets here: `cluster.WorkerGroup` then reports
+the actor's death with a fixed hint (the micro-batch sizes and `data.max_response_length`), not
+this phase-specific list.
 """
 
 from __future__ import annotations

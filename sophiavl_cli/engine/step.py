@@ -17,8 +17,6 @@ step is a function of (weights, batch, step seed) only.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ from sophiavl_cli.engine.rollout import RolloutOutput, SamplingParams, derive_se
 from sophiavl_cli.engine.throughput import FlopsModel
 from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.workers import Workers
+from sophiavl_cli.fileio import atomic_write_jsonl
 from sophiavl_cli.metrics import (
     PERF_RESPONSE_TOKENS,
     PERF_TOKENS,
@@ -251,15 +250,7 @@ def dump_rollouts(
         }
         for i, o in enumerate(rollouts.outputs)
     ]
-    write_jsonl(path, records)
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write records as JSON lines atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_jsonl(path, records)
 
 
 def shard_sequences(sequences: list[TrainSequence], recipe: Recipe, world_size: int) -> list[list[int]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from sophiavl_cli.data.atomic import atomic_write_text
+from sophiavl_cli.fileio import atomic_write_text
 from sophiavl_cli.paths import sophiavl_home
 
 BUILTIN = "builtin"

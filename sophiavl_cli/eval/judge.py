@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.fileio import JsonlAppender, read_jsonl
 
 DEFAULT_URL = "https://api.openai.com/v1"
 
@@ -76,11 +77,8 @@ class Judge:
             self._cache[key] = reply
             self.num_requests += 1
             if self.cache_path is not None:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with self.cache_path.open("a", encoding="utf-8") as handle:
-                    handle.write(
-                        json.dumps({"key": key, "model": self.settings.model, "reply": reply}) + "\n"
-                    )
+                with JsonlAppender(self.cache_path) as cache:
+                    cache.write({"key": key, "model": self.settings.model, "reply": reply})
         return reply
 
     def _request(self, prompt: str) -> str:
@@ -120,13 +118,8 @@ class Judge:
 
 def _read_cache(path: Path) -> dict[str, str]:
     """Cached replies; a line cut short by an interrupted run is skipped."""
-    cache: dict[str, str] = {}
-    if not path.is_file():
-        return cache
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-            cache[str(record["key"])] = str(record["reply"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return cache
+    return {
+        str(record["key"]): str(record["reply"])
+        for record in read_jsonl(path, missing_ok=True)
+        if isinstance(record, dict) and "key" in record and "reply" in record
+    }

@@ -24,6 +24,8 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from rapidfuzz.distance import Levenshtein
+
 from sophiavl_cli.rewards.answer import NUMERIC_TIMEOUT_S, equivalent
 from sophiavl_cli.rewards.deadline import call_with_deadline
 from sophiavl_cli.rewards.format import extract_answer
@@ -134,7 +136,7 @@ def py_float(text: str) -> float | None:
 
 
 def parse_list_literal(text: str) -> list[str] | None:
-    """Items of a Python/JSON list literal of strings or numbers, read without `eval`.
+    """Items of a Python/JSON list literal of strings or numbers, read by `ast.literal_eval`.
 
     Python literals go through `ast.literal_eval` (escapes such as `\\n` decoded as upstream's
     `eval` would); other bracketed lists (JSON `true`, bare words) through a small tokenizer.
@@ -145,7 +147,7 @@ def parse_list_literal(text: str) -> list[str] | None:
         ['24/7', "it's", '3']
     """
     text = text.strip()
-    if len(text) < 2 or text[0] != "[" or text[-1] != "]":
+    if not (text.startswith("[") and text.endswith("]")):
         return None
     try:
         value = ast.literal_eval(text)
@@ -249,22 +251,9 @@ def can_infer(answer: str, options: Mapping[str, str], *, lenient: bool = False)
 # ---------------------------------------------------------------------- edit distance
 
 
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insert, delete, substitute all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, start=1):
-        current = [i]
-        for j, char_b in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
-        previous = current
-    return previous[-1]
-
-
 def most_similar(text: str, choices: Sequence[str]) -> str:
     """The choice closest to `text` by edit distance (first one on ties), as MathVista's scorer does."""
-    return min(choices, key=lambda choice: levenshtein(text, choice))
+    return min(choices, key=lambda choice: Levenshtein.distance(text, choice))
 
 
 # ---------------------------------------------------------------------- yes / no (VLMEvalKit)

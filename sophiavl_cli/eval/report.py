@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,8 +17,8 @@ from typing import Any
 
 from rich.table import Table
 
-from sophiavl_cli.data.atomic import atomic_write_text
 from sophiavl_cli.eval.benchmarks.base import BenchScore, ItemScore
+from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 
 SOPHIAVL = "SophiaVL-R1-7B"
 QWEN = "Qwen2.5-VL-7B-Instruct"
@@ -133,7 +132,7 @@ def csv_text(result: EvalResult) -> str:
 def write_result(result: EvalResult, folder: Path) -> tuple[Path, Path]:
     """Write `scores.json` and `scores.csv` into `folder` (atomically); returns both paths."""
     json_path, csv_path = folder / "scores.json", folder / "scores.csv"
-    atomic_write_text(json_path, json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_json(json_path, result.to_json())
     atomic_write_text(csv_path, csv_text(result))
     return json_path, csv_path
 

@@ -34,6 +34,7 @@ from sophiavl_cli.eval.matching import answer_text
 from sophiavl_cli.eval.report import EvalResult, make_result, write_result
 from sophiavl_cli.eval.scoring import score_items, scoring_label
 from sophiavl_cli.eval.sharding import SHARD_GLOB, ShardPool, default_shards, merge, plan
+from sophiavl_cli.fileio import JsonlAppender, read_jsonl
 
 PROMPTS = ("default", "sophiavl-r1")
 MIN_PIXELS = 1280 * 28 * 28
@@ -126,34 +127,10 @@ def prediction_key(bench: str, index: str, model: str, prompt: str, settings: di
 def read_cache(path: Path) -> dict[str, dict[str, Any]]:
     """key -> record of every complete line (a line cut by an interrupted run is skipped)."""
     records: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return records
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for record in read_jsonl(path, missing_ok=True):
         if isinstance(record, dict) and "key" in record and "prediction" in record:
             records[str(record["key"])] = record
     return records
-
-
-class CacheWriter:
-    """Appends prediction lines, flushed one by one, after repairing a cut last line."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        needs_newline = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-        self._handle = path.open("a", encoding="utf-8")
-        if needs_newline:
-            self._handle.write("\n")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        self._handle.close()
 
 
 # ---------------------------------------------------------------------- the run
@@ -303,7 +280,7 @@ def _generate(
             images = tuple(open_image(sample.images[i], sample.origin) for i in order)
             yield Request(key, processor.apply_chat_template(messages), images)
 
-    writer = CacheWriter(folder / file_name)
+    writer = JsonlAppender(folder / file_name)
 
     def on_result(key: str, text: str) -> None:
         sample = by_key[key]

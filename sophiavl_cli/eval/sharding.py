@@ -13,7 +13,6 @@ On a machine without GPUs the same code runs with the hf backend and one CPU per
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,8 +66,8 @@ def merge(folder: Path, predictions_file: str, samples: Sequence[Sample], keys: 
     `keys` maps sample index -> prediction key of this run; lines of other runs already in the
     predictions file are kept ahead of the new ones.
     """
-    from sophiavl_cli.data.atomic import atomic_write_text
     from sophiavl_cli.eval.runner import read_cache
+    from sophiavl_cli.fileio import atomic_write_jsonl
 
     shard_paths = sorted(folder.glob(SHARD_GLOB))
     if not shard_paths:
@@ -78,12 +77,12 @@ def merge(folder: Path, predictions_file: str, samples: Sequence[Sample], keys: 
     fresh: dict[str, dict[str, Any]] = {}
     for path in shard_paths:
         fresh.update(read_cache(path))
-    lines = [json.dumps(record, ensure_ascii=False) for record in existing.values()]
+    records = list(existing.values())
     for sample in samples:
         key = keys.get(sample.index)
         if key is not None and key in fresh and key not in existing:
-            lines.append(json.dumps(fresh[key], ensure_ascii=False))
-    atomic_write_text(main, "".join(line + "\n" for line in lines))
+            records.append(fresh[key])
+    atomic_write_jsonl(main, records)
     for path in shard_paths:
         path.unlink()
 

@@ -375,9 +375,6 @@ def _page(target: DownloadTarget) -> str:
 
 def human_size(num_bytes: int) -> str:
     """`1.2 GB`: decimal units, as the hub shows file sizes."""
-    size = float(num_bytes)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} PB"
+    from rich.filesize import decimal
+
+    return decimal(num_bytes)

@@ -15,7 +15,6 @@ is dropped before appending, so the file stays valid JSON lines.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.fileio import JsonlAppender, cut_partial_line, read_jsonl
 from sophiavl_cli.infer.inferencer import GenerationSettings, Inferencer, InferRequest
 
 _FIELDS = {"id", "images", "image", "prompt", "type", "problem_type", "options"}
@@ -130,21 +130,14 @@ def answered_keys(output: Path) -> set[str]:
     """Keys already in the output file; a torn last line (killed mid-write) is cut off first."""
     if not output.exists():
         return set()
-    data = output.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        with output.open("r+b") as handle:
-            handle.truncate(len(complete))
+    cut_partial_line(output)
     keys = set()
-    for number, raw in enumerate(complete.decode("utf-8").splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            keys.add(str(json.loads(raw)["key"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    for number, record in enumerate(read_jsonl(output), start=1):
+        if not isinstance(record, dict) or "key" not in record:
             raise UserError(
-                f"--output {output} line {number} is not an answer line of sophiavl infer; pass another --output"
-            ) from exc
+                f"--output {output} record {number} is not an answer line of sophiavl infer; pass another --output"
+            )
+        keys.add(str(record["key"]))
     return keys
 
 
@@ -173,21 +166,21 @@ def run_batch(
         len(todo) if inferencer.backend.name == "vllm" else getattr(inferencer.backend, "batch_size", 8)
     )
     step = max(step, 1)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tokens = 0
     if on_progress:
         on_progress(skipped, len(rows))
-    with output_path.open("a", encoding="utf-8") as handle:
+    with JsonlAppender(output_path, durable=True) as out:
         for first in range(0, len(todo), step):
             chunk = todo[first : first + step]
             results = inferencer.generate([row.request for row in chunk], settings)
-            for row, result in zip(chunk, results, strict=True):
-                tokens += result.completion_tokens
-                record = {"key": row.key, "line": row.line, **result.to_json()}
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+            tokens += sum(result.completion_tokens for result in results)
+            out.write(
+                *(
+                    {"key": row.key, "line": row.line, **result.to_json()}
+                    for row, result in zip(chunk, results, strict=True)
+                )
+            )
             if on_progress:
                 on_progress(skipped + first + len(chunk), len(rows))
     return BatchSummary(len(rows), skipped, len(todo), time.perf_counter() - start, tokens)

@@ -1,14 +1,16 @@
 """Turn (chat messages, PIL images) into the prompt ids and pixel arrays a Qwen2-VL-family model takes.
 
-Why our own image path instead of `AutoProcessor`: transformers picks its torchvision-backed
-image processor when torchvision imports and a PIL one otherwise, and the two resize with
-different bicubic kernels, so the same image gives slightly different pixels depending on the
-machine. Rollout (vLLM), the policy forward pass and the thinking-reward prompt must all see the
-same tokens, so this module does the Qwen2-VL preprocessing once, in numpy, with PIL's bicubic
-resize (what the PIL processor does):
+Why not `AutoProcessor`: transformers picks its torchvision-backed image processor when
+torchvision imports and a PIL one otherwise, and the two resize with different bicubic kernels,
+so the same image gives slightly different pixels depending on the machine. Rollout (vLLM), the
+policy forward pass and the thinking-reward prompt must all see the same tokens, so this module
+pins the PIL one (`Qwen2VLImageProcessorPil`) and builds it from the folder's settings:
 
-    resize to smart_resize(h, w) -> x / 255 -> (x - mean) / std -> channels first
+    resize to smart_resize(h, w) (PIL bicubic) -> x / 255 -> (x - mean) / std -> channels first
     -> the still image repeated `temporal_patch_size` times -> patches in Qwen2-VL's order
+
+`smart_resize` and `fit_image` stay here: they give one-line errors for images Qwen2-VL cannot
+take, and `fit_image` hands vLLM images already at their final size.
 
 Each `<|image_pad|>` in the prompt becomes `grid_t * grid_h * grid_w / merge_size**2` copies, the
 number of vision tokens the merger emits for that image.
@@ -137,30 +139,6 @@ def fit_image(image: Image.Image, cfg: ImageConfig) -> Image.Image:
     return rgb.resize((width, height), resample=Image.Resampling.BICUBIC)
 
 
-def patchify_image(image: Image.Image, cfg: ImageConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """One image -> (patches [grid_h * grid_w, C * T * P * P] float32, (grid_t, grid_h, grid_w)).
-
-    Patch order follows the vision tower: merge windows row-major, inside each window its
-    merge_size x merge_size patches row-major, so the merger sees neighbouring patches together.
-    """
-    resized = fit_image(image, cfg)
-    height, width = resized.height, resized.width
-    pixels = np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)  # [C, H, W]
-    scaled = (pixels.astype(np.float64) * cfg.rescale_factor).astype(np.float32)  # [C, H, W]
-    mean = np.asarray(cfg.image_mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(cfg.image_std, dtype=np.float32)[:, None, None]
-    normed = (scaled - mean) / std  # [C, H, W]
-
-    p, m, t = cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size
-    channels = normed.shape[0]
-    grid_h, grid_w = height // p, width // p
-    blocks = normed.reshape(channels, grid_h // m, m, p, grid_w // m, m, p)
-    blocks = blocks.transpose(1, 4, 2, 5, 0, 3, 6)  # [gh/m, gw/m, m, m, C, P, P]
-    frames = np.broadcast_to(blocks[:, :, :, :, :, None], (*blocks.shape[:5], t, p, p))  # [.., C, T, P, P]
-    patches = np.ascontiguousarray(frames).reshape(grid_h * grid_w, channels * t * p * p)
-    return patches, (1, grid_h, grid_w)
-
-
 @dataclass(frozen=True)
 class EncodedPrompt:
     """A prompt ready for the model: ids with image placeholders expanded, plus the pixels."""
@@ -172,7 +150,7 @@ class EncodedPrompt:
 
 
 class VLProcessor:
-    """Tokenizer + chat template + numpy image preprocessing for a Qwen2-VL / Qwen2.5-VL folder."""
+    """Tokenizer + chat template + pinned PIL image preprocessing for a Qwen2-VL / Qwen2.5-VL folder."""
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, image_config: ImageConfig, chat_template: str
@@ -245,9 +223,35 @@ class VLProcessor:
         return fit_image(image, self.image_config)
 
     def preprocess_images(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        """Images -> (pixel_values [sum patches, C*T*P*P] float32, image_grid_thw [n, 3] int64)."""
-        patches, grids = zip(*(patchify_image(image, self.image_config) for image in images), strict=True)
-        return np.concatenate(patches, axis=0), np.asarray(grids, dtype=np.int64)
+        """Images -> (pixel_values [sum patches, C*T*P*P] float32, image_grid_thw [n, 3] int64).
+
+        Patch order follows the vision tower: merge windows row-major, inside each window its
+        merge_size x merge_size patches row-major (the PIL Qwen2-VL image processor's layout).
+        """
+        for image in images:  # our one-line errors for an empty or too elongated image
+            self.image_grid(image.height, image.width)
+        out = self._pil_image_processor()(images=images, return_tensors="np")
+        pixels = np.asarray(out["pixel_values"], dtype=np.float32)
+        return pixels, np.asarray(out["image_grid_thw"], dtype=np.int64)
+
+    def _pil_image_processor(self) -> Any:
+        """transformers' PIL Qwen2-VL image processor with this folder's settings, built once."""
+        processor = self.__dict__.get("_pil_processor")
+        if processor is None:
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+            cfg = self.image_config
+            processor = self.__dict__["_pil_processor"] = Qwen2VLImageProcessorPil(
+                min_pixels=cfg.min_pixels,
+                max_pixels=cfg.max_pixels,
+                patch_size=cfg.patch_size,
+                merge_size=cfg.merge_size,
+                temporal_patch_size=cfg.temporal_patch_size,
+                image_mean=list(cfg.image_mean),
+                image_std=list(cfg.image_std),
+                rescale_factor=cfg.rescale_factor,
+            )
+        return processor
 
     # ---- both ---------------------------------------------------------------------------------
 

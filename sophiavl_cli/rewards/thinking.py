@@ -10,11 +10,15 @@ on the driver, retried 10 times with 1..10 s sleeps and turned every failure int
 - when `constrained`, the request asks vLLM for one of the eleven scores (`structured_outputs`,
   the key the installed vLLM 0.32 reads; it ignores the older `guided_choice`, with a warning).
 
-HTTP goes through aiohttp rather than the `openai` package's AsyncOpenAI: the request is one POST
-of JSON and the errors are classified here anyway, and per call the openai client (pydantic
-request/response models over httpx's connection pool) spent ~1 ms of CPU against ~0.2 ms for
-aiohttp, which decided whether 128 calls take 1.1x or 1.5x the latency-bound ideal
-(benchmarks/reward_client.py).
+HTTP goes through `openai.AsyncOpenAI` on its aiohttp transport (`DefaultAioHttpClient`), one
+client per event loop (in training: one per run). Retries stay here (`max_retries=0` in the
+library) because the failure kinds, backoff and Retry-After floor are ours; the connection pool is
+sized to `concurrency`. Requests go through the client's plain `post` (its documented way to call
+an endpoint with a raw body, `cast_to=httpx2.Response`) rather than `chat.completions.create`:
+the typed call walks every message part, base64 images included, through its TypedDict
+transform, which tripled the client's CPU per call (0.17 s against 0.065 s for 128 calls) and,
+on a busy machine, doubled the wall time; the raw reply also lets a non-JSON or non-completion
+body be classified here (benchmarks/reward_client.py).
 
 The training driver, which is not async, uses `submit(samples) -> Future` to start a step's calls on
 the client's own event-loop thread, does its log-prob passes meanwhile, then collects the Future.
@@ -42,6 +46,8 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import httpx2
+import openai
 from PIL import Image
 
 from sophiavl_cli.errors import UserError
@@ -70,17 +76,14 @@ __all__ = ["RETRYABLE", "ThinkingResult", "ThinkingRewardClient", "ThinkingSampl
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = RM_SERVED_NAME
-_JSON = "application/json"
 
 
 class _LoopState:
-    """The parts bound to one event loop: the HTTP session and the concurrency semaphore."""
+    """The parts bound to one event loop: the API client (its aiohttp session) and the semaphore."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession, concurrency: int
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: openai.AsyncOpenAI, concurrency: int) -> None:
         self.loop = loop
-        self.session = session
+        self.client = client
         self.semaphore = asyncio.Semaphore(concurrency)
 
 
@@ -209,7 +212,7 @@ class ThinkingRewardClient:
             return ThinkingResult(score=None, failure="bad_image", attempts=0, latency_s=0.0)
         return await self._score_one(state, self._request_body(build_messages(sample, urls)))
 
-    async def _score_one(self, state: _LoopState, body: bytes) -> ThinkingResult:
+    async def _score_one(self, state: _LoopState, body: dict[str, Any]) -> ThinkingResult:
         start: float | None = None
         attempts = 0
         while True:
@@ -240,36 +243,28 @@ class ThinkingRewardClient:
             delay = max(delay, min(retry_after, self.backoff_max))
         return delay
 
-    async def _attempt(self, state: _LoopState, body: bytes) -> Attempt:
+    async def _attempt(self, state: _LoopState, body: dict[str, Any]) -> Attempt:
         try:
-            async with state.session.post(
-                f"{self.base_url}/chat/completions",
-                data=body,
-                headers=self._headers(),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            ) as response:
-                raw = await response.read()
-                status, retry_after = response.status, response.headers.get("Retry-After")
-        except (asyncio.TimeoutError, TimeoutError):  # aiohttp's own timeouts subclass these
-            return Attempt(failure="timeout")
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            return Attempt(failure="connection", detail=self._redact(f"{type(exc).__name__}: {exc}"))
-        text = raw.decode("utf-8", errors="replace")
-        if status >= 300:
-            return attempt_from_status(status, retry_after, text, self._redact)
+            response = await state.client.post(
+                "/chat/completions", body=body, cast_to=httpx2.Response, options=self._options()
+            )
+            content = response.content
+        except (openai.APIConnectionError, httpx2.HTTPError) as exc:  # timeouts included; the
+            # httpx2 errors are those raised while the body is read, outside the library's wrapping
+            kind, cause = _transport_failure(exc)
+            return Attempt(failure=kind, detail=self._redact(f"{type(cause).__name__}: {cause}"))
+        except openai.APIStatusError as exc:
+            response = exc.response
+            return attempt_from_status(
+                response.status_code, response.headers.get("Retry-After"), response.text, self._redact
+            )
         try:
-            reply = json.loads(text)
+            reply = json.loads(content)
         except ValueError:
             return Attempt(failure="bad_response", detail="the body is not JSON")
         return attempt_from_reply(reply, self._redact)
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": _JSON, "Accept": _JSON}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        return headers
-
-    def _request_body(self, messages: list[dict[str, Any]]) -> bytes:
+    def _request_body(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -278,7 +273,7 @@ class ThinkingRewardClient:
         }
         if self.constrained:
             body["structured_outputs"] = {"choice": list(SCORE_CHOICES)}
-        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return body
 
     # ---- health -------------------------------------------------------------------------------
 
@@ -286,17 +281,13 @@ class ThinkingRewardClient:
         """The served model names; a one-line `UserError` when unreachable or the model is not served."""
         state = self._state()
         try:
-            async with state.session.get(
-                f"{self.base_url}/models",
-                headers=self._headers(),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            ) as response:
-                raw = await response.read()
-                code = response.status
-        except (asyncio.TimeoutError, TimeoutError):
-            raise self._unreachable("timed out") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
-            raise self._unreachable("connection failed") from None
+            response = await state.client.get("/models", cast_to=httpx2.Response, options=self._options())
+            raw, code = response.content, response.status_code
+        except (openai.APIConnectionError, httpx2.HTTPError) as exc:
+            kind, _ = _transport_failure(exc)
+            raise self._unreachable("timed out" if kind == "timeout" else "connection failed") from None
+        except openai.APIStatusError as exc:
+            raw, code = exc.response.content, exc.status_code
         if code in (401, 403):
             hint = (
                 f"set ${self.api_key_env} to the server's key"
@@ -332,17 +323,26 @@ class ThinkingRewardClient:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def _state(self) -> _LoopState:
-        """This loop's HTTP session and semaphore, created on first use (both are loop-bound)."""
+        """This loop's API client and semaphore, created on first use (both are loop-bound)."""
         loop = asyncio.get_running_loop()
         with self._lock:
             for key in [k for k, s in self._states.items() if s.loop.is_closed()]:
                 del self._states[key]
             state = self._states.get(id(loop))
             if state is None or state.loop is not loop:
-                connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency)
-                session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
-                state = self._states[id(loop)] = _LoopState(loop, session, self.concurrency)
+                state = self._states[id(loop)] = _LoopState(loop, self._new_client(), self.concurrency)
             return state
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        """An API client with our retries (none in the library) and a pool as large as `concurrency`."""
+        limits = httpx2.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        return openai.AsyncOpenAI(
+            api_key=self._api_key or "unused",  # never sent: `_options` omits the header then
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=self.timeout,
+            http_client=openai.DefaultAioHttpClient(limits=limits, timeout=self.timeout),
+        )
 
     def _background_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -354,12 +354,12 @@ class ThinkingRewardClient:
             return self._loop
 
     async def aclose(self) -> None:
-        """Close the HTTP session of the running loop (for callers that await `score_many` themselves)."""
+        """Close the API client of the running loop (for callers that await `score_many` themselves)."""
         loop = asyncio.get_running_loop()
         with self._lock:
             state = self._states.pop(id(loop), None)
         if state is not None:
-            await state.session.close()
+            await state.client.close()
 
     async def _shutdown(self) -> None:
         """Cancel calls nobody will collect (a step abandoned by an error), then close the session."""
@@ -388,8 +388,35 @@ class ThinkingRewardClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _options(self) -> dict[str, Any]:
+        """Per-request headers: without a key no Authorization at all (not the placeholder), and
+        never the OpenAI organisation/project ids the library would read from the environment."""
+        headers: dict[str, Any] = {"OpenAI-Organization": openai.omit, "OpenAI-Project": openai.omit}
+        if not self._api_key:
+            headers["Authorization"] = openai.omit
+        return {"headers": headers}
+
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def _transport_failure(exc: BaseException) -> tuple[str, BaseException]:
+    """The failure kind, "timeout" or "connection", judged by the aiohttp error behind `exc`.
+
+    The aiohttp transport reports any `aiohttp.ClientConnectionError` (a dropped connection
+    included) as a connect timeout, so the library's exception class alone would call a server
+    that hung up a timeout.
+    """
+    chain: list[BaseException] = [exc]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 16:
+        chain.append(nxt)
+    for cause in chain:
+        if isinstance(cause, aiohttp.ClientError):  # aiohttp's own timeouts subclass TimeoutError
+            return ("timeout" if isinstance(cause, TimeoutError) else "connection"), cause
+    if any(isinstance(cause, TimeoutError) for cause in chain):
+        return "timeout", chain[-1]
+    timed_out = isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException)
+    return ("timeout" if timed_out else "connection"), chain[-1]
 
 
 def _model_ids(raw: bytes) -> list[str] | None:

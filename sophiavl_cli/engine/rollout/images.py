@@ -20,7 +20,7 @@ from sophiavl_cli.models.processing import ImageConfig
 def images_from_patches(
     pixel_values: np.ndarray, image_grid_thw: np.ndarray, cfg: ImageConfig
 ) -> list[Image.Image]:
-    """Invert `patchify_image` for every image of a prompt: patches [sum patches, C*T*P*P] -> RGB images.
+    """Invert `VLProcessor.preprocess_images` for every image of a prompt: patches [sum patches, C*T*P*P] -> RGB images.
 
     `images_from_patches(*processor.preprocess_images(images), cfg)` equals
     `[fit_image(image, cfg) for image in images]`, pixel for pixel.

@@ -74,8 +74,40 @@ REWARD_THINKING = _define(
 REWARD_FINAL = _define(
     "reward/final",
     "mean",
-    "Reward used for advantages: outcome + gamma * weight * thinking.",
+    "Reward used for advantages: outcome + gamma * weight * thinking (+ the overlong penalty when on).",
     "[0, 1 + alpha]",
+)
+REWARD_OVERLONG_PENALTY = _define(
+    "reward/overlong_penalty",
+    "mean",
+    "DAPO soft over-length penalty added to the final reward, mean over rollouts (reward.overlong).",
+    "[-factor, 0]",
+)
+REWARD_OVERLONG_SHARE = _define(
+    "reward/overlong_share",
+    "mean",
+    "Share of rollouts whose length reached the overlong buffer (penalty < 0).",
+    "fraction",
+)
+
+# ----------------------------------------------------------------------------- dynamic sampling
+SAMPLING_ROUNDS = _define(
+    "sampling/rounds",
+    "sum",
+    "Generation rounds of the step under algorithm.dynamic_sampling (1 = no refill needed).",
+    "rounds",
+)
+SAMPLING_DROPPED_GROUPS = _define(
+    "sampling/dropped_groups",
+    "sum",
+    "Groups whose final rewards were all equal, dropped by dynamic sampling this step.",
+    "groups",
+)
+SAMPLING_TOPPED_UP_GROUPS = _define(
+    "sampling/topped_up_groups",
+    "sum",
+    "Dropped groups put back to fill the batch because max_extra_rounds was reached.",
+    "groups",
 )
 
 # ----------------------------------------------------------------------------- Trust-GRPO
@@ -147,7 +179,10 @@ ACTOR_LOSS = _define(
     "actor/loss", "mean", "Total actor loss: pg_loss + kl_coef * kl - entropy_coef * entropy.", "loss"
 )
 ACTOR_PG_LOSS = _define(
-    "actor/pg_loss", "mean", "PPO clipped surrogate loss, token mean over response tokens.", "loss"
+    "actor/pg_loss",
+    "mean",
+    "Policy loss (ppo_clip or gspo), aggregated over the mini-batch by worker.actor.loss_agg_mode.",
+    "loss",
 )
 ACTOR_KL = _define(
     "actor/kl", "mean", "KL(policy || reference) estimate used in the loss (k3 for low_var_kl).", "nats"
@@ -156,7 +191,16 @@ ACTOR_ENTROPY = _define(
     "actor/entropy", "mean", "Entropy of the policy's temperature-scaled token distribution.", "nats"
 )
 ACTOR_CLIP_FRACTION = _define(
-    "actor/clip_fraction", "mean", "Share of response tokens whose PPO ratio was clipped.", "fraction"
+    "actor/clip_fraction",
+    "mean",
+    "Share of response tokens whose ratio (token or sequence ratio under gspo) was clipped.",
+    "fraction",
+)
+ACTOR_CLIP_FRACTION_DUAL = _define(
+    "actor/clip_fraction_dual",
+    "mean",
+    "Share of response tokens capped by the dual clip (advantage < 0, ratio > clip_ratio_dual).",
+    "fraction",
 )
 ACTOR_APPROX_KL = _define(
     "actor/approx_kl", "mean", "k3 estimate of KL(old policy || current policy) on the update.", "nats"
@@ -269,6 +313,55 @@ VAL_OUTCOME_FAMILY = _define(
     "val/outcome/<problem_type>", "mean", "val/outcome for one problem type (spaces as _).", "[0, 1]"
 )
 
+VAL_RM_MAE = _define(
+    "val/rm_mae",
+    "last",
+    "Reward-model SFT: mean absolute error of the predicted score on the held-out rows.",
+    "[0, 1]",
+)
+VAL_RM_WITHIN = _define(
+    "val/rm_within_0.1",
+    "last",
+    "Reward-model SFT: share of held-out rows whose predicted score is within 0.1 of the label.",
+    "fraction",
+)
+VAL_RM_SPEARMAN = _define(
+    "val/rm_spearman",
+    "last",
+    "Reward-model SFT: Spearman rank correlation of predicted scores with the labels (0 when the "
+    "predictions are all equal).",
+    "[-1, 1]",
+)
+
+# ----------------------------------------------------------------------------- reward-model SFT
+SFT_LOSS = _define(
+    "sft/loss", "mean", "Token-mean cross-entropy on the score target tokens over all ranks.", "nats"
+)
+SFT_TOKEN_ACCURACY = _define(
+    "sft/token_accuracy", "mean", "Share of target tokens the model's argmax predicts.", "fraction"
+)
+SFT_TARGET_TOKENS = _define(
+    "sft/target_tokens", "sum", "Target (loss) tokens in the step, over all ranks.", "tokens"
+)
+SFT_TOKENS = _define("sft/tokens", "sum", "Prompt + target tokens trained on in the step.", "tokens")
+SFT_GRAD_NORM = _define("sft/grad_norm", "max", "Gradient norm before clipping.", "")
+SFT_LR = _define("sft/lr", "last", "Learning rate of the step.", "")
+SFT_SKIPPED = _define(
+    "sft/skipped", "max", "1 when the optimizer step was skipped (non-finite loss or gradient norm).", "0/1"
+)
+TIMING_ENCODE = _define(
+    "timing/encode",
+    "sum",
+    "Reward-model SFT: the batch's prompts, images and targets encoded on the driver.",
+    "s",
+)
+RM_SERVE_RESTARTS = _define(
+    "rm/serve_restarts",
+    "last",
+    "Restarts of the reward model served inside the run (reward.thinking.serve) after it died.",
+    "restarts",
+)
+
 
 # ----------------------------------------------------------------------------- console
 
@@ -286,6 +379,9 @@ SUMMARY_KEYS: dict[str, str] = {
     ACTOR_GRAD_NORM: "grad_norm",
     RESPONSE_LENGTH_MEAN: "resp_len",
     VAL_OUTCOME: "val",
+    SFT_LOSS: "sft_loss",
+    VAL_RM_SPEARMAN: "val_spearman",
+    VAL_RM_MAE: "val_mae",
     TIMING_STEP: "s/step",
 }
 

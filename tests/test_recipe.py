@@ -133,6 +133,37 @@ def test_recipe_reference_doc_is_generated_from_the_code() -> None:
     )
 
 
+def test_a_recipe_inherits_its_base_and_overrides_keys_section_by_section(tmp_path) -> None:
+    (tmp_path / "a.yaml").write_text("trainer:\n  max_steps: 3\n  seed: 7\nworker:\n  rollout:\n    n: 2\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\ntrainer:\n  seed: 9\n")
+    (tmp_path / "c.yaml").write_text("base: sub/b.yaml\nworker:\n  rollout:\n    temperature: 0.5\n")
+    recipe = load_recipe(tmp_path / "c.yaml", ["trainer.max_steps=4"])
+    assert (recipe.trainer.max_steps, recipe.trainer.seed) == (4, 9)
+    assert (recipe.worker.rollout.n, recipe.worker.rollout.temperature) == (2, 0.5)
+
+
+def test_missing_or_cyclic_bases_are_named(tmp_path) -> None:
+    (tmp_path / "a.yaml").write_text("base: nope.yaml\n")
+    with pytest.raises(UserError, match=r"a.yaml: base recipe nope.yaml not found"):
+        load_recipe(tmp_path / "a.yaml")
+    (tmp_path / "x.yaml").write_text("base: y.yaml\n")
+    (tmp_path / "y.yaml").write_text("base: x.yaml\n")
+    with pytest.raises(UserError, match="cycle"):
+        load_recipe(tmp_path / "x.yaml")
+
+
+def test_algorithm_keys_that_cannot_work_together_are_rejected() -> None:
+    with pytest.raises(UserError, match="use_kl_loss=false"):
+        load_recipe(None, ["algorithm.kl_in_reward=true"])
+    with pytest.raises(UserError, match="seq-mean-token-mean"):
+        load_recipe(None, ["worker.actor.policy_loss=gspo"])
+    with pytest.raises(UserError, match="buffer_length"):
+        load_recipe(None, ["reward.overlong.enable=true", "reward.overlong.buffer_length=4096"])
+    with pytest.raises(UserError, match=r"rollout\.n >= 2"):
+        load_recipe(None, ["algorithm.dynamic_sampling.enable=true", "worker.rollout.n=1"])
+
+
 def test_data_prompt_key_is_gone_and_rejected_not_ignored() -> None:
     """The loader always names the question column `prompt`; a key that could not change that is refused."""
     with pytest.raises(UserError, match=r"data\.prompt_key: unknown key"):

@@ -102,3 +102,31 @@ def test_every_conditional_key_exists_in_the_schema():
                 node = getattr(node, part)
             assert field in type(node).model_fields, key
     assert all(condition_of(k) is not None for k in schema if k.startswith("reward.thinking."))
+
+
+@pytest.mark.parametrize("name", ["dapo", "gspo", "dr_grpo", "rloo"])
+def test_the_algorithm_recipes_ignore_nothing_on_cpu(name):
+    assert unhonoured_keys(load_recipe(ROOT / "recipes" / f"{name}.yaml", []), CPU) == []
+
+
+def test_algorithm_keys_set_where_they_cannot_act_are_named():
+    recipe = load_recipe(
+        None,
+        [
+            "algorithm.gamma=0.9",
+            "reward.overlong.buffer_length=8",
+            "algorithm.dynamic_sampling.max_extra_rounds=1",
+            "worker.actor.lora.alpha=32",
+            "worker.actor.clip_ratio=0.3",
+            "worker.actor.clip_ratio_low=0.2",
+            "worker.actor.clip_ratio_high=0.28",
+        ],
+    )
+    keys = [n.split(":")[0] for n in unhonoured_keys(recipe, CPU)]
+    assert sorted(keys) == [
+        "algorithm.dynamic_sampling.max_extra_rounds",
+        "algorithm.gamma",
+        "reward.overlong.buffer_length",
+        "worker.actor.clip_ratio",
+        "worker.actor.lora.alpha",
+    ]

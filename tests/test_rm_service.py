@@ -37,7 +37,8 @@ def test_an_endpoint_wins_over_serve_model_and_serve_model_alone_starts_a_server
 
 def test_fullsets_names_the_released_thinking_rm():
     recipe = load_recipe(ROOT / "recipes" / "fullsets.yaml", [])
-    assert recipe.reward.thinking.serve_model == "bunny127/SophiaVL-R1-Thinking-Reward-Model-3B"
+    serve = recipe.reward.thinking.serve  # served by the run as a Ray actor (engine/rm_served.py)
+    assert serve is not None and serve.model == "bunny127/SophiaVL-R1-Thinking-Reward-Model-3B"
 
 
 def test_sophiavl_train_without_an_rm_endpoint_stops_before_ray_with_one_line(tmp_path):

@@ -33,23 +33,18 @@ def group_advantages(rewards: Sequence[float]) -> list[float]:
 
 
 def grpo_advantages(rewards: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
-    """Vectorised `group_advantages` over a whole batch (float64).
+    """Vectorised `group_advantages` over a whole batch (float64): the `grpo` estimator per rollout.
 
     `rewards` [N] holds one reward per rollout; `group_ids` [N] any hashable labels (ints or
     prompt uids), equal for rollouts of the same prompt, in any order.
     """
+    from sophiavl_cli.algo.estimators import AdvEstimator, EstimatorInput, compute_advantages
+
     rewards = np.asarray(rewards, dtype=np.float64)  # [N]
     group_ids = np.asarray(group_ids)  # [N]
     if rewards.ndim != 1 or group_ids.shape != rewards.shape:
         raise ValueError(
             f"rewards {rewards.shape} and group_ids {group_ids.shape} must be 1-D and equal length"
         )
-    _, index = np.unique(group_ids, return_inverse=True)  # index: [N] group number of each rollout
-    index = index.reshape(-1)
-    counts = np.bincount(index).astype(np.float64)  # [G]
-    means = np.bincount(index, weights=rewards) / counts  # [G]
-    centred = rewards - means[index]  # [N]
-    squares = np.bincount(index, weights=centred**2)  # [G]
-    stds = np.sqrt(squares / np.maximum(counts - 1.0, 1.0))  # [G] unbiased; groups of one are masked below
-    advantages = centred / (stds[index] + EPSILON)  # [N]
-    return np.where(counts[index] > 1, advantages, 0.0)  # [N]
+    batch = EstimatorInput(rewards[:, None], np.ones((len(rewards), 1)), group_ids)
+    return compute_advantages(AdvEstimator.GRPO, batch)[:, 0]  # [N]

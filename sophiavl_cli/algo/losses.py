@@ -1,8 +1,9 @@
-"""Policy-gradient loss, KL-to-reference estimators, entropy and token log-probs on tensors.
+"""Policy losses (PPO clip, GSPO), loss aggregation, KL estimators, entropy and token log-probs.
 
-Shapes: B sequences, T response tokens, V vocabulary. Every loss is a token mean over the
-micro-batch (masked), as in the released recipe; the caller averages micro-batches over gradient
-accumulation. No torch.distributed here: workers call these on local tensors.
+Shapes: B sequences, T response tokens, V vocabulary. Policy losses give per-token terms; the
+caller reduces them with `aggregate` and the mini-batch's `AggScale`, so the gradient of an
+optimizer step does not depend on how its sequences are split into micro-batches or over ranks.
+No torch.distributed here: the worker counts the totals (one all-reduce) and passes them in.
 
 Numerics: the PPO log-ratio, the k3 KL argument and the k3 value are all clamped to [-10, 10] so
 one token far off-policy cannot overflow `exp`. EasyR1 (verl/trainer/core_algos.py) clamps the
@@ -14,12 +15,14 @@ is never copied whole into float32 (nor kept whole for backward: each chunk is r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
 
 LOG_RATIO_CLAMP = 10.0
-KL_KINDS = ("low_var_kl", "kl", "abs", "mse")
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -29,6 +32,167 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / keep.sum().clamp(min=1)  # []
 
 
+class LossAgg(str, Enum):
+    """`worker.actor.loss_agg_mode` values (verl's names and meanings)."""
+
+    TOKEN_MEAN = "token-mean"  # sum over all tokens / number of tokens
+    SEQ_MEAN_TOKEN_SUM = "seq-mean-token-sum"  # mean over sequences of each token sum
+    SEQ_MEAN_TOKEN_MEAN = "seq-mean-token-mean"  # mean over sequences of each token mean
+    SEQ_MEAN_TOKEN_SUM_NORM = "seq-mean-token-sum-norm"  # token sums / (sequences x max length): Dr. GRPO
+
+
+@dataclass(frozen=True)
+class AggScale:
+    """The denominators of one optimizer step's loss, counted over the whole mini-batch.
+
+    A mini-batch is split into micro-batches (gradient accumulation) and over ranks; each piece
+    contributes `sum of its terms / these totals`, so the summed gradient is the mini-batch's
+    whatever the split. `max_length` is Dr. GRPO's constant (data.max_response_length), not a
+    padded width, for the same reason.
+    """
+
+    tokens: float  # response tokens in the mini-batch, all ranks
+    sequences: float  # sequences in the mini-batch, all ranks
+    max_length: float  # the constant normaliser of seq-mean-token-sum-norm
+
+    @classmethod
+    def local(cls, mask: torch.Tensor, max_length: float | None = None) -> AggScale:
+        """The totals of one [B, T] mask on its own (a mini-batch of one micro-batch)."""
+        return cls(
+            tokens=float(mask.sum()),
+            sequences=float(mask.shape[0]),
+            max_length=float(mask.shape[-1] if max_length is None else max_length),
+        )
+
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str | LossAgg, scale: AggScale) -> torch.Tensor:
+    """This micro-batch's share of the mini-batch loss: masked terms [B, T] -> [].
+
+    Summing the shares of every micro-batch on every rank gives the mode's mean over the
+    mini-batch. An empty mask contributes 0; a row with no tokens counts as a sequence of loss 0.
+    """
+    keep = mask.to(torch.bool)
+    terms = torch.where(keep, values, torch.zeros_like(values))  # [B, T]; masked-out inf/nan never leak in
+    mode = LossAgg(mode)
+    if mode is LossAgg.TOKEN_MEAN:
+        return terms.sum() / max(scale.tokens, 1.0)
+    if mode is LossAgg.SEQ_MEAN_TOKEN_MEAN:
+        per_row = terms.sum(dim=-1) / keep.sum(dim=-1).clamp(min=1)  # [B]
+        return per_row.sum() / max(scale.sequences, 1.0)
+    if mode is LossAgg.SEQ_MEAN_TOKEN_SUM:
+        return terms.sum() / max(scale.sequences, 1.0)
+    return terms.sum() / (max(scale.sequences, 1.0) * scale.max_length)
+
+
+class PolicyLossKind(str, Enum):
+    """`worker.actor.policy_loss` values."""
+
+    PPO_CLIP = "ppo_clip"
+    GSPO = "gspo"
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """Clip range of the importance ratio: [1 - low, 1 + high]; `dual` caps negative-advantage terms."""
+
+    low: float = 0.2
+    high: float = 0.2
+    dual: float | None = None  # dual-clip constant c > 1 (Ye et al. 2020); None: off
+
+
+PolicyLossFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, ClipConfig],
+    tuple[torch.Tensor, dict[str, torch.Tensor]],
+]
+POLICY_LOSSES: dict[PolicyLossKind, PolicyLossFn] = {}
+REQUIRED_AGG: dict[PolicyLossKind, LossAgg] = {PolicyLossKind.GSPO: LossAgg.SEQ_MEAN_TOKEN_MEAN}
+"""Losses defined only under one aggregation (GSPO averages sequences, each over its tokens)."""
+
+
+def register_policy_loss(name: PolicyLossKind) -> Callable[[PolicyLossFn], PolicyLossFn]:
+    def decorator(fn: PolicyLossFn) -> PolicyLossFn:
+        if name in POLICY_LOSSES:
+            raise ValueError(f"policy loss {name.value!r} is registered twice")
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return decorator
+
+
+def policy_loss_terms(
+    kind: str | PolicyLossKind,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: ClipConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token loss terms [B, T] of the named policy loss, and per-token metric indicators [B, T].
+
+    `advantages` is [B] (one per sequence) or [B, T]. Reduce both with `aggregate` / `masked_mean`.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1).expand_as(logp)  # [B, T]
+    return POLICY_LOSSES[PolicyLossKind(kind)](logp, old_logp, advantages, mask, clip)
+
+
+def _clipped_surrogate(
+    ratio: torch.Tensor, advantages: torch.Tensor, clip: ClipConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """max(-A r, -A clip(r, 1 - low, 1 + high)), then for A < 0 at most -A c (dual clip)."""
+    unclipped = -advantages * ratio  # [B, T]
+    clipped = -advantages * ratio.clamp(1.0 - clip.low, 1.0 + clip.high)  # [B, T]
+    terms = torch.maximum(unclipped, clipped)  # [B, T] pessimistic bound
+    indicators = {"clip_fraction": (clipped > unclipped).to(ratio.dtype)}
+    if clip.dual is not None:
+        cap = -advantages * clip.dual  # [B, T]
+        dual = (advantages < 0) & (terms > cap)
+        terms = torch.where(dual, cap, terms)
+        indicators["clip_fraction_dual"] = dual.to(ratio.dtype)
+    return terms, indicators
+
+
+@register_policy_loss(PolicyLossKind.PPO_CLIP)
+def ppo_clip(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: ClipConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-level PPO clip with DAPO's asymmetric range and optional dual clip.
+
+    r_t = exp(clamp(logp - old, -10, 10)); loss_t = max(-A r_t, -A clip(r_t, 1 - low, 1 + high)),
+    and with dual clip c, min(loss_t, -A c) where A < 0.
+    """
+    log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+    ratio = torch.exp(log_ratio)  # [B, T]
+    terms, indicators = _clipped_surrogate(ratio, advantages, clip)
+    with torch.no_grad():
+        indicators["approx_kl"] = ratio - 1.0 - log_ratio  # [B, T] k3 of KL(old || new), >= 0
+    return terms, indicators
+
+
+@register_policy_loss(PolicyLossKind.GSPO)
+def gspo(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: ClipConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GSPO (Zheng et al. 2025): the importance ratio of a whole sequence, clipped per sequence.
+
+    s_i = exp(mean_t (logp_it - old_it)); every token of row i carries
+    s_it = sg[s_i] * pi(y_it) / sg[pi(y_it)] (value s_i; the paper's GSPO-token form, equal to
+    GSPO when A is per sequence), and loss_it = max(-A_it s_it, -A_it clip(s_it, 1 - low, 1 + high)).
+    Averaged with seq-mean-token-mean, the gradient is -A_i s_i mean_t grad logp_it for unclipped
+    sequences: the paper's sequence-level objective.
+    """
+    keep = mask.to(torch.bool)
+    diff = torch.where(keep, logp - old_logp, torch.zeros_like(logp))  # [B, T]
+    seq_log_ratio = diff.sum(dim=-1) / keep.sum(dim=-1).clamp(min=1)  # [B] log s_i
+    log_ratio = seq_log_ratio.detach().unsqueeze(-1) + logp - logp.detach()  # [B, T] value log s_i
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # [B, T]
+    terms, indicators = _clipped_surrogate(ratio, advantages, clip)
+    with torch.no_grad():
+        token_log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        indicators["approx_kl"] = torch.exp(token_log_ratio) - 1.0 - token_log_ratio
+    return terms, indicators
+
+
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -36,7 +200,7 @@ def policy_loss(
     mask: torch.Tensor,
     clip_ratio: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped surrogate, token mean over the mask.
+    """Symmetric PPO clip, token mean over this mask alone: the released recipe's loss.
 
     Args:
         logp: [B, T] log-probs of the sampled tokens under the current policy (with grad).
@@ -50,36 +214,34 @@ def policy_loss(
         metrics (detached []): `pg_loss`; `clip_fraction`, the share of tokens whose clipped term
         was used (their gradient is zero); `approx_kl`, the k3 estimate of KL(old || new).
     """
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(-1)  # [B, 1] broadcast over tokens
-    log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
-    ratio = torch.exp(log_ratio)  # [B, T]
-    unclipped = -advantages * ratio  # [B, T]
-    clipped = -advantages * ratio.clamp(1.0 - clip_ratio, 1.0 + clip_ratio)  # [B, T]
-    per_token = torch.maximum(unclipped, clipped)  # [B, T] pessimistic bound
-    loss = masked_mean(per_token, mask)  # []
-    with torch.no_grad():
-        clip_fraction = masked_mean((clipped > unclipped).to(per_token.dtype), mask)  # []
-        approx_kl = masked_mean(ratio - 1.0 - log_ratio, mask)  # [] k3, >= 0
-    return loss, {"pg_loss": loss.detach(), "clip_fraction": clip_fraction, "approx_kl": approx_kl}
+    terms, indicators = policy_loss_terms(
+        PolicyLossKind.PPO_CLIP, logp, old_logp, advantages, mask, ClipConfig(clip_ratio, clip_ratio)
+    )
+    loss = masked_mean(terms, mask)
+    metrics = {key: masked_mean(value.detach(), mask) for key, value in indicators.items()}
+    return loss, {"pg_loss": loss.detach(), **metrics}
+
+
+KL_KINDS = ("low_var_kl", "kl", "abs", "mse", "k1", "k2", "k3")
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from sampled tokens' log-probs.
 
-    `low_var_kl` is k3 = exp(d) - d - 1 with d = ref_logp - logp clamped to [-10, 10] (EasyR1:
-    [-20, 20]), the result clamped to [-10, 10] (as EasyR1); `kl` is k1 = logp - ref_logp; `abs` is |k1|; `mse` is k2 =
-    0.5 * k1^2. Inputs and output: [B, T]; reduce with `masked_mean`.
+    `low_var_kl` (alias `k3`) is exp(d) - d - 1 with d = ref_logp - logp clamped to [-10, 10]
+    (the SophiaVL release; EasyR1 and verl now: [-20, 20]), the result clamped to [-10, 10];
+    `kl` (`k1`) is logp - ref_logp; `abs` is |k1|; `mse` (`k2`) is 0.5 * k1^2, all unclamped.
+    Inputs and output: [B, T]; reduce with `aggregate` or `masked_mean`.
     """
-    if kind == "low_var_kl":
+    if kind in ("low_var_kl", "k3"):
         d = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
         return (torch.exp(d) - d - 1.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
     diff = logp - ref_logp  # [B, T]
-    if kind == "kl":
+    if kind in ("kl", "k1"):
         return diff  # [B, T]
     if kind == "abs":
         return diff.abs()  # [B, T]
-    if kind == "mse":
+    if kind in ("mse", "k2"):
         return 0.5 * diff.square()  # [B, T]
     raise ValueError(f"unknown KL estimator {kind!r}; use one of {', '.join(KL_KINDS)}")
 

@@ -16,10 +16,12 @@ from sophiavl_cli import __version__
 from sophiavl_cli.cli import dataset, doctor, help_format, recipe  # noqa: F401  (help_format: flags show no <bool>)
 from sophiavl_cli.cli import download as download_cli
 from sophiavl_cli.cli import eval as eval_cli
+from sophiavl_cli.cli import eval_rm as eval_rm_cli
 from sophiavl_cli.cli import infer as infer_cli
 from sophiavl_cli.cli import merge as merge_cli
 from sophiavl_cli.cli import serve_reward as serve_reward_cli
 from sophiavl_cli.cli import train as train_cli
+from sophiavl_cli.cli import train_rm as train_rm_cli
 from sophiavl_cli.console import fail
 from sophiavl_cli.errors import UserError
 
@@ -55,9 +57,12 @@ app.add_typer(dataset.app, name="dataset")
 app.command("serve-reward")(serve_reward_cli.serve_reward)
 app.command("merge")(merge_cli.merge)
 app.command("train", epilog=train_cli.EPILOG)(train_cli.train)
+app.command("train-rm", epilog=train_rm_cli.EPILOG)(train_rm_cli.train_rm)
 app.command("download")(download_cli.download_command)
 app.command("infer", epilog=infer_cli.EPILOG)(infer_cli.infer)
 app.command("eval", epilog=eval_cli.EPILOG)(eval_cli.eval_command)
+app.command("eval-rm", epilog=eval_rm_cli.EPILOG)(eval_rm_cli.eval_rm)
+dataset.app.command("check-rm")(eval_rm_cli.check_rm)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,6 +48,11 @@ def merge(
     runs_dir: Path = typer.Option(
         Path("runs"), "--runs-dir", help="Where to look for runs when CHECKPOINT is omitted."
     ),
+    adapter_only: bool = typer.Option(
+        False,
+        "--adapter-only",
+        help="LoRA runs: write the adapter alone as a peft folder (default: the merged model).",
+    ),
 ) -> None:
     """Merge a sharded checkpoint into safetensors + config, tokenizer, processor and generation config."""
     from sophiavl_cli.engine.merge import find_default_checkpoint, plan_merge, run_merge
@@ -57,6 +62,14 @@ def merge(
         console.print(
             f"merging [bold]{escape(str(checkpoint))}[/] (latest checkpoint of the most recent run)"
         )
+    if adapter_only:
+        from sophiavl_cli.engine.merge import export_adapter
+
+        written = export_adapter(checkpoint, output, overwrite)
+        console.print(
+            f"adapter written to [bold]{escape(str(written))}[/] (load with peft's PeftModel.from_pretrained)"
+        )
+        return
     plan = plan_merge(checkpoint, output, _dtype(dtype), max_shard_size, overwrite, force)
     with Progress(
         TextColumn("[bold]merging"),

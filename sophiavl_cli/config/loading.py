@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -27,6 +27,7 @@ MAX_NODES = 20_000
 REQUIRED_KEYS = (("worker", "actor", "model_path"), ("data", "train_files"))
 # Fields whose rejected value is never shown: a key pasted where its variable's name belongs.
 SECRET_LIKE_FIELDS = ("api_key_env",)
+M = TypeVar("M", bound=BaseModel)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -114,6 +115,43 @@ def _check_bounds(root: yaml.Node, source: str) -> None:
     visit(root, 0)
 
 
+BASE_KEY = "base"
+
+
+def load_recipe_data(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file with its `base:` chain resolved: the base's keys, overridden by this file's.
+
+    `base:` names another recipe (relative to this file's folder, or absolute). Mappings merge key
+    by key; any other value (lists included) replaces the base's. A base may name its own base.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
+        raise UserError(f"{path}: recipe bases form a cycle ({chain}); remove one base: key")
+    data = load_yaml(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise UserError(f"{path}: base: must be the path of another recipe file, e.g. base: quickstart.yaml")
+    base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+    if not base_path.is_file():
+        raise UserError(f"{path}: base recipe {base} not found (looked for {base_path}); fix the base: path")
+    return deep_merge(load_recipe_data(base_path, (*_seen, resolved)), data)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`: nested mappings merged, everything else replaced (copies)."""
+    merged = json.loads(json.dumps(base))
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = json.loads(json.dumps(value))
+    return merged
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (['a','b','c'], value), the value typed as YAML would type it."""
     key, sep, raw = text.partition("=")
@@ -174,26 +212,31 @@ def describe_errors(exc: ValidationError, source: str, model: type[BaseModel] = 
     return "\n".join(lines)
 
 
-def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+def validate_recipe(data: dict[str, Any], source: str = "recipe", model: type[M] = Recipe) -> M:  # type: ignore[assignment]
+    """`data` as a `model` (the training `Recipe`, or a sibling such as `RMRecipe`)."""
     try:
-        return Recipe.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise UserError(describe_errors(exc, source)) from exc
+        raise UserError(describe_errors(exc, source, model)) from exc
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Defaults < YAML file < overrides, validated as one tree.
+def load_recipe(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    model: type[M] = Recipe,  # type: ignore[assignment]
+) -> M:
+    """Defaults < YAML file (its `base:` chain resolved) < overrides, validated as one tree of `model`.
 
-    A recipe file (with its overrides) must name its model and data: an empty file would otherwise
-    train the built-in defaults on 8 workers without a word.
+    A training recipe file (with its overrides) must name its model and data: an empty file would
+    otherwise train the built-in defaults on 8 workers without a word.
     """
-    data = load_yaml(path) if path is not None else {}
+    data = load_recipe_data(path) if path is not None else {}
     source = str(path) if path is not None else "defaults"
     if overrides:
         data = apply_overrides(data, overrides)
         source += " + overrides"
-    recipe = validate_recipe(data, source)
-    if path is not None:
+    recipe = validate_recipe(data, source, model)
+    if path is not None and model is Recipe:
         missing = [".".join(keys) for keys in REQUIRED_KEYS if not _has(data, keys)]
         if missing:
             raise UserError(
@@ -220,6 +263,6 @@ def recipe_schema() -> dict[str, Any]:
     return schema
 
 
-def dump_recipe(recipe: Recipe) -> str:
+def dump_recipe(recipe: BaseModel) -> str:
     """The resolved recipe as YAML, for the run directory. It holds no secrets by construction."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -96,20 +96,59 @@ class TrustConfig(Section):
         return value
 
 
+class DynamicSamplingConfig(Section):
+    enable: bool = Field(
+        False,
+        description="DAPO dynamic sampling: drop groups whose final rewards are all equal and sample more "
+        "prompts until the batch is full.",
+    )
+    max_extra_rounds: int = Field(
+        4,
+        ge=0,
+        description="Extra generation rounds per step at most; when still short, the batch is topped up "
+        "with dropped groups (counted in sampling/topped_up_groups).",
+    )
+
+
 class AlgorithmConfig(Section):
-    adv_estimator: Literal["grpo"] = Field(
-        "grpo", description="Advantage estimator: group-normalised rewards."
+    adv_estimator: Literal[
+        "grpo", "dr_grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"
+    ] = Field(
+        "grpo",
+        description="Advantage estimator (docs/method.md): grpo (group-normalised), dr_grpo (no std "
+        "division), rloo (leave-one-out), reinforce_plus_plus(_baseline) (batch-whitened).",
+    )
+    gamma: float = Field(
+        1.0, ge=0, le=1, description="Discount of the REINFORCE++ returns (other estimators ignore it)."
     )
     use_kl_loss: bool = Field(
         True, description="Add a KL-to-reference loss term (needs the reference model)."
     )
-    kl_penalty: Literal["low_var_kl", "kl", "abs", "mse"] = Field(
-        "low_var_kl", description="KL estimator; low_var_kl is k3."
+    kl_in_reward: bool = Field(
+        False,
+        description="Subtract kl_coef x per-token KL(old policy || reference) from the reward instead "
+        "(verl's use_kl_in_reward); needs use_kl_loss false.",
     )
-    kl_coef: float = Field(0.04, ge=0, description="Weight of the KL loss; 0 skips the reference model.")
+    kl_penalty: Literal["low_var_kl", "kl", "abs", "mse", "k1", "k2", "k3"] = Field(
+        "low_var_kl",
+        description="KL estimator: low_var_kl = k3, kl = k1, mse = k2 (clamps in docs/method.md).",
+    )
+    kl_coef: float = Field(0.04, ge=0, description="Weight of the KL term; 0 skips the reference model.")
+    dynamic_sampling: DynamicSamplingConfig = Field(
+        default_factory=DynamicSamplingConfig, description="DAPO dynamic sampling."
+    )
     trust: TrustConfig = Field(
         default_factory=TrustConfig, description="Trust-GRPO thinking-reward weighting."
     )
+
+    @model_validator(mode="after")
+    def _one_kl_placement(self) -> AlgorithmConfig:
+        if self.kl_in_reward and self.use_kl_loss:
+            raise ValueError(
+                "algorithm.kl_in_reward and algorithm.use_kl_loss are both true; the KL goes either into the "
+                "reward or into the loss: set algorithm.use_kl_loss=false"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- worker
@@ -137,6 +176,18 @@ class FSDPConfig(Section):
     )
 
 
+class LoraConfig(Section):
+    rank: int = Field(0, ge=0, description="LoRA rank r; 0 trains every weight (full fine-tuning).")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch's input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Names (last part) of the language model's linear layers to adapt; the vision tower "
+        "is never adapted and is frozen.",
+    )
+
+
 class ActorConfig(Section):
     model_path: str = Field(
         "builtin:tiny-qwen2.5-vl",
@@ -158,7 +209,32 @@ class ActorConfig(Section):
         "replaces the micro_batch_size_* row counts. Unset: fixed row counts.",
     )
     ppo_epochs: int = Field(1, gt=0, description="Passes over each rollout batch.")
-    clip_ratio: float = Field(0.2, gt=0, description="PPO clip epsilon.")
+    policy_loss: Literal["ppo_clip", "gspo"] = Field(
+        "ppo_clip",
+        description="ppo_clip: token-level clipped ratio; gspo: sequence-level ratio exp(mean token "
+        "log-ratio), clipped per sequence (needs loss_agg_mode seq-mean-token-mean).",
+    )
+    loss_agg_mode: Literal[
+        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+    ] = Field(
+        "token-mean",
+        description="How per-token losses become the optimizer step's loss, over the whole mini-batch "
+        "(all micro-batches and ranks); seq-mean-token-sum-norm divides by data.max_response_length (Dr. GRPO).",
+    )
+    clip_ratio: float = Field(0.2, gt=0, description="PPO clip epsilon (both sides unless overridden below).")
+    clip_ratio_low: float | None = Field(
+        None, gt=0, lt=1, description="Lower clip epsilon: ratio >= 1 - this; null uses clip_ratio."
+    )
+    clip_ratio_high: float | None = Field(
+        None,
+        gt=0,
+        description="Upper clip epsilon: ratio <= 1 + this (DAPO clip-higher 0.28); null uses clip_ratio.",
+    )
+    clip_ratio_dual: float | None = Field(
+        None,
+        gt=1,
+        description="Dual clip c: a negative-advantage token's loss is at most -A x c (Ye et al. 2020); null: off.",
+    )
     entropy_coef: float = Field(1e-3, ge=0, description="Entropy bonus weight (subtracted from the loss).")
     max_grad_norm: float = Field(4.0, gt=0, description="Gradient-norm clip.")
     padding_free: bool = Field(
@@ -171,9 +247,32 @@ class ActorConfig(Section):
     dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Training dtype: auto is bf16 on GPU, fp32 on CPU."
     )
-    freeze_vision_tower: bool = Field(False, description="Keep the vision encoder's weights fixed.")
+    freeze_vision_tower: bool = Field(
+        False, description="Keep the vision encoder's weights fixed (always so with LoRA)."
+    )
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig,
+        description="LoRA adapters (peft) instead of full fine-tuning; weight sync and merge give merged weights.",
+    )
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and schedule.")
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig, description="FSDP2 sharding and offload.")
+
+    @model_validator(mode="after")
+    def _gspo_averages_sequences(self) -> ActorConfig:
+        if self.policy_loss == "gspo" and self.loss_agg_mode != "seq-mean-token-mean":
+            raise ValueError(
+                f"worker.actor.policy_loss=gspo is defined with loss_agg_mode seq-mean-token-mean (got "
+                f"{self.loss_agg_mode}); set worker.actor.loss_agg_mode=seq-mean-token-mean"
+            )
+        return self
+
+    @property
+    def clip_low(self) -> float:
+        return self.clip_ratio if self.clip_ratio_low is None else self.clip_ratio_low
+
+    @property
+    def clip_high(self) -> float:
+        return self.clip_ratio if self.clip_ratio_high is None else self.clip_ratio_high
 
 
 class RolloutConfig(Section):
@@ -232,11 +331,49 @@ class WorkerConfig(Section):
 # --------------------------------------------------------------------------- reward
 
 
+class RMServeConfig(Section):
+    model: str = Field(
+        ...,
+        description="Reward model to serve for the run: folder, merged checkpoint, alias, hub id or builtin:*.",
+    )
+    backend: Literal["hf", "vllm"] = Field(
+        "vllm", description="vllm (GPU) or hf (transformers generate; CPU and development)."
+    )
+    gpus: int = Field(
+        1,
+        ge=0,
+        description="GPUs the reward model's Ray actor reserves, beside the training workers' (0 on CPU).",
+    )
+    tensor_parallel_size: int = Field(
+        1, gt=0, description="vLLM tensor-parallel size; must equal gpus with the vllm backend."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM share of its GPUs' memory.")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Serving dtype.")
+    max_new_tokens: int = Field(64, gt=0, description="Most tokens per reply.")
+    max_restarts: int = Field(
+        1,
+        ge=0,
+        description="Restarts after the served model dies (counted in rm/serve_restarts); then calls fail.",
+    )
+    health_interval: float = Field(
+        2.0, gt=0, description="Seconds between health checks of the served model."
+    )
+
+    @model_validator(mode="after")
+    def _tensor_parallel_fits(self) -> RMServeConfig:
+        if self.backend == "vllm" and self.tensor_parallel_size != max(self.gpus, 1):
+            raise ValueError(
+                f"reward.thinking.serve.tensor_parallel_size ({self.tensor_parallel_size}) must equal "
+                f"reward.thinking.serve.gpus ({self.gpus}) with the vllm backend"
+            )
+        return self
+
+
 class ThinkingRewardConfig(Section):
     url: str | None = Field(
         None,
         description="OpenAI-compatible endpoint (base URL or .../chat/completions); default $OPENAI_API_URL; "
-        "with neither, serve_model starts a built-in server.",
+        "with neither, serve (a Ray actor) or serve_model (a built-in server) serves one for the run.",
     )
     model: str | None = Field(None, description="Served reward-model name; default $REWARD_MODEL.")
     api_key_env: EnvVarName = Field(
@@ -246,6 +383,11 @@ class ThinkingRewardConfig(Section):
         None,
         description="Model a built-in reward server loads for the run when no url (nor $OPENAI_API_URL) is "
         "configured; unset, such a run stops before it starts.",
+    )
+    serve: RMServeConfig | None = Field(
+        None,
+        description="Serve this reward model as a Ray actor on its own GPUs for the run (health-checked, "
+        "restarted on failure); a url or $OPENAI_API_URL still wins.",
     )
     concurrency: int = Field(64, gt=0, description="Requests in flight at once.")
     timeout: float = Field(60.0, gt=0, description="Seconds per request before it is retried.")
@@ -265,6 +407,26 @@ class ThinkingRewardConfig(Section):
     )
     failure_patience: int = Field(3, gt=0, description="... for this many consecutive steps.")
 
+    @model_validator(mode="after")
+    def _one_way_to_serve(self) -> ThinkingRewardConfig:
+        if self.serve is not None and self.serve_model:
+            raise ValueError(
+                "reward.thinking.serve and reward.thinking.serve_model both serve a reward model for the run; "
+                "keep one (serve: a Ray actor on its own GPUs; serve_model: a built-in hf server on the driver)"
+            )
+        return self
+
+
+class OverlongConfig(Section):
+    enable: bool = Field(False, description="DAPO's soft over-length penalty on the final reward.")
+    buffer_length: int = Field(
+        256,
+        gt=0,
+        description="L_cache: the penalty falls linearly from 0 to -penalty_factor over the last this many "
+        "tokens before data.max_response_length.",
+    )
+    penalty_factor: float = Field(1.0, ge=0, description="Size of the penalty at the length cap.")
+
 
 class RewardConfig(Section):
     format_weight: float = Field(
@@ -283,6 +445,9 @@ class RewardConfig(Section):
     )
     thinking: ThinkingRewardConfig = Field(
         default_factory=ThinkingRewardConfig, description="Thinking reward model client."
+    )
+    overlong: OverlongConfig = Field(
+        default_factory=OverlongConfig, description="DAPO overlong reward shaping."
     )
 
 
@@ -390,6 +555,15 @@ class Recipe(Section):
             raise ValueError(
                 f"worker.actor.global_batch_size x worker.rollout.n ({sequences}) must be divisible by the world size "
                 f"trainer.nnodes x trainer.n_workers_per_node ({self.world_size})"
+            )
+        if self.reward.overlong.enable and self.reward.overlong.buffer_length > self.data.max_response_length:
+            raise ValueError(
+                f"reward.overlong.buffer_length ({self.reward.overlong.buffer_length}) must not exceed "
+                f"data.max_response_length ({self.data.max_response_length})"
+            )
+        if self.algorithm.dynamic_sampling.enable and n < 2:
+            raise ValueError(
+                "algorithm.dynamic_sampling needs worker.rollout.n >= 2 (a group of one never has differing rewards)"
             )
         per_rank = sequences // self.world_size
         if per_rank % actor.micro_batch_size_per_device_for_update:

@@ -22,8 +22,14 @@ Unknown keys are rejected with a did-you-mean suggestion; `sophiavl recipe valid
 recipe without starting anything, and `sophiavl recipe schema` prints its JSON Schema (point
 `yaml-language-server` at it for autocomplete: `# yaml-language-server: $schema=recipe.schema.json`).
 
-Shipped recipes: `recipes/quickstart.yaml` (built-in tiny model, demo data, CPU, minutes) and
-`recipes/fullsets.yaml` (the released SophiaVL-R1 recipe, 8 GPUs).
+A recipe may start with `base: other.yaml` (a path relative to the recipe's folder): the base's
+keys apply first and this file's override them, section by section (lists and values replace).
+A base may name its own base.
+
+Shipped recipes: `recipes/quickstart.yaml` (built-in tiny model, demo data, CPU, minutes),
+`recipes/fullsets.yaml` (the released SophiaVL-R1 recipe, 8 GPUs), and one per algorithm on the
+quickstart setup, each `base: quickstart.yaml`: `dapo.yaml`, `gspo.yaml`, `dr_grpo.yaml`,
+`rloo.yaml` (docs/method.md, "Algorithms").
 
 This page is generated from the code (`python -m sophiavl_cli.config.reference > docs/recipes.md`).
 """
@@ -46,21 +52,48 @@ def _default(field: FieldInfo) -> str:
     return json.dumps(value, default=str)
 
 
+def _section_model(annotation: object) -> type[BaseModel] | None:
+    """The section model of a field: `X` or an optional `X | None` where X is a model."""
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def _sections(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, type[BaseModel]]]:
     yield prefix, model
     for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from _sections(annotation, f"{prefix}.{name}" if prefix else name)
+        section = _section_model(field.annotation)
+        if section is not None:
+            yield from _sections(section, f"{prefix}.{name}" if prefix else name)
 
 
 def render_markdown() -> str:
+    from sophiavl_cli.config.rm_recipe import RMRecipe
+
     lines = [_HEADER]
-    for path, model in _sections(Recipe, ""):
+    lines += _model_tables(Recipe)
+    lines += [
+        "# `sophiavl train-rm` recipes",
+        "",
+        "The reward-model SFT recipe (`RMRecipe`, e.g. `recipes/thinking-rm.yaml`); `trainer` is the "
+        "section above.",
+        "",
+    ]
+    lines += _model_tables(RMRecipe, skip=("trainer",))
+    return "\n".join(lines)
+
+
+def _model_tables(root: type[BaseModel], skip: tuple[str, ...] = ()) -> list[str]:
+    lines: list[str] = []
+    for path, model in _sections(root, ""):
+        if path.split(".")[0] in skip:
+            continue
         rows = [
             (name, field)
             for name, field in model.model_fields.items()
-            if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel))
+            if _section_model(field.annotation) is None
         ]
         if not rows:
             continue
@@ -70,7 +103,7 @@ def render_markdown() -> str:
             desc = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{name}` | `{typ}` | `{_default(field)}` | {desc} |")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

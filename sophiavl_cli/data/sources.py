@@ -24,6 +24,7 @@ from sophiavl_cli.errors import UserError
 from sophiavl_cli.hub.names import dataset_repo_id
 
 BUILTIN_DEMO = "builtin:demo"
+BUILTIN_THINKING_DEMO = "builtin:thinking-demo"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _SPLIT = re.compile(r"^[A-Za-z0-9_.\-]+$")
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -83,13 +84,12 @@ def parse_spec(spec: str) -> list[tuple[str, str | None]]:
 
 def resolve_entry(name: str, registry: Path) -> DatasetEntry:
     """A registry entry for `name`: registered, builtin:demo's, or synthesised for a file/hub id."""
-    if name == BUILTIN_DEMO or name.startswith("builtin:"):
-        if name != BUILTIN_DEMO:
-            raise UserError(f"unknown built-in dataset {name!r}; the built-in one is {BUILTIN_DEMO}")
-        from sophiavl_cli.data.demo import resolve_demo
-
-        folder = resolve_demo()
-        return DatasetEntry(name=BUILTIN_DEMO, file_path=str(folder), registry=folder / "dataset_info.json")
+    if name.startswith("builtin:"):
+        if name not in _builtin_datasets():
+            known = ", ".join(_builtin_datasets())
+            raise UserError(f"unknown built-in dataset {name!r}; the built-in ones are {known}")
+        folder = _builtin_datasets()[name][0]()
+        return DatasetEntry(name=name, file_path=str(folder), registry=folder / "dataset_info.json")
     if name in read_registry(registry):
         return get_entry(name, registry)
     path = Path(name).expanduser()
@@ -122,10 +122,8 @@ def local_data_path(entry: DatasetEntry) -> Path:
 
 def entry_splits(entry: DatasetEntry) -> list[str]:
     """The splits a dataset has (json and single parquet files have one: `train`)."""
-    if entry.name == BUILTIN_DEMO:
-        from sophiavl_cli.data.demo import SPLIT_SIZES
-
-        return list(SPLIT_SIZES)
+    if entry.name in _builtin_datasets():
+        return list(_builtin_datasets()[entry.name][1])
     path = local_data_path(entry)
     if path.is_file():
         return ["train"]
@@ -138,8 +136,8 @@ def entry_splits(entry: DatasetEntry) -> list[str]:
 def read_split(entry: DatasetEntry, split: str | None) -> Table:
     """Read one split of `entry` (default `train`) into a `Table`."""
     split = split or "train"
-    if entry.name == BUILTIN_DEMO:
-        return _read_demo(entry, split)
+    if entry.name in _builtin_datasets():
+        return _read_builtin(entry, split)
     return _read_stored(entry, split)
 
 
@@ -163,14 +161,27 @@ def _read_stored(entry: DatasetEntry, split: str) -> Table:
     )
 
 
-def _read_demo(entry: DatasetEntry, split: str) -> Table:
-    from sophiavl_cli.data.demo import SPLIT_SIZES
+def _builtin_datasets() -> dict[str, tuple[Any, dict[str, int], str]]:
+    """Built-in name -> (build-or-find function, split sizes, registry entry prefix)."""
+    from sophiavl_cli.data import demo, thinking_demo
 
-    if split not in SPLIT_SIZES:
-        raise UserError(f"{BUILTIN_DEMO} has splits {', '.join(SPLIT_SIZES)}, not {split!r}")
+    return {
+        BUILTIN_DEMO: (demo.resolve_demo, demo.SPLIT_SIZES, "demo_"),
+        BUILTIN_THINKING_DEMO: (
+            thinking_demo.resolve_thinking_demo,
+            thinking_demo.SPLIT_SIZES,
+            "thinking_demo_",
+        ),
+    }
+
+
+def _read_builtin(entry: DatasetEntry, split: str) -> Table:
+    _, sizes, prefix = _builtin_datasets()[entry.name]
+    if split not in sizes:
+        raise UserError(f"{entry.name} has splits {', '.join(sizes)}, not {split!r}")
     assert entry.registry is not None
-    raw = read_registry(entry.registry)[f"demo_{split}"]
-    table = _read_stored(parse_entry(BUILTIN_DEMO, raw, entry.registry), "train")
+    raw = read_registry(entry.registry)[f"{prefix}{split}"]
+    table = _read_stored(parse_entry(entry.name, raw, entry.registry), "train")
     table.split = split
     return table
 

@@ -29,7 +29,7 @@ class TrainSequence:
     response_ids: list[int]
     pixel_values: np.ndarray | None  # float32 [patches, patch_dim]
     image_grid_thw: np.ndarray | None  # int64 [images, 3]
-    advantage: float = 0.0
+    advantage: float | np.ndarray = 0.0  # per sequence, or float32 [len(response_ids)] per token
     old_logprobs: np.ndarray | None = None  # float32 [len(response_ids)]: the rollout's, when opted in
 
     @property
@@ -48,7 +48,7 @@ class MicroBatch:
     prompt_width: int  # P
     pixel_values: np.ndarray | None  # float32 [patches, patch_dim]; None -> run a dummy image
     image_grid_thw: np.ndarray | None  # int64 [images, 3]
-    advantages: np.ndarray  # float32 [B]
+    advantages: np.ndarray  # float32 [B], or [B, R] when any sequence has per-token advantages
 
     @property
     def num_response_tokens(self) -> int:
@@ -148,8 +148,22 @@ def build_micro_batch(sequences: Seq[TrainSequence], pad_id: int) -> MicroBatch:
         prompt_width=prompt_ids.shape[1],
         pixel_values=pixel_values,
         image_grid_thw=grids,
-        advantages=np.asarray([s.advantage for s in sequences], dtype=np.float32),
+        advantages=_advantages(sequences, response_mask.shape[1]),
     )
+
+
+def _advantages(sequences: Seq[TrainSequence], width: int) -> np.ndarray:
+    """[B] when every advantage is a scalar, else [B, width] (scalars broadcast, arrays right-padded)."""
+    if all(np.ndim(s.advantage) == 0 for s in sequences):
+        return np.asarray([float(s.advantage) for s in sequences], dtype=np.float32)
+    out = np.zeros((len(sequences), width), dtype=np.float32)
+    for row, s in enumerate(sequences):
+        values = np.asarray(s.advantage, dtype=np.float32)
+        if values.ndim == 0:
+            out[row, : len(s.response_ids)] = values
+        else:
+            out[row, : len(values)] = values
+    return out
 
 
 def micro_batches(sequences: Seq[TrainSequence], size: int, pad_id: int) -> list[MicroBatch]:

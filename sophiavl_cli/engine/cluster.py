@@ -117,7 +117,10 @@ def worker_resources(device: str, world_size: int) -> tuple[float, float]:
 class WorkerGroup:
     """`world_size` `TrainWorker` actors placed by one placement group; rank = bundle index."""
 
-    def __init__(self, world_size: int, device: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, world_size: int, device: str, env: dict[str, str] | None = None, worker_cls: type | None = None
+    ) -> None:
+        """`worker_cls` is the actor class (default `TrainWorker`; `train-rm` passes `RMWorker`)."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -139,7 +142,7 @@ class WorkerGroup:
         forwarded = forwarded_env(os.environ) | (env or {})
         table = ray.util.placement_group_table(self.placement)["bundles_to_node_id"]
         self.bundles = ranks_by_node([str(table[i]) for i in range(world_size)])
-        remote_cls = ray.remote(TrainWorker)
+        remote_cls = ray.remote(worker_cls or TrainWorker)
         self.actors = [
             remote_cls.options(
                 num_cpus=num_cpus,

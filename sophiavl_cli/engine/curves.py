@@ -26,9 +26,14 @@ from sophiavl_cli.metrics import (
     REWARD_FINAL,
     REWARD_OUTCOME,
     REWARD_THINKING,
+    SFT_LOSS,
+    SFT_TOKEN_ACCURACY,
     TRUST_GAMMA,
     TRUST_WEIGHT,
     VAL_OUTCOME,
+    VAL_RM_MAE,
+    VAL_RM_SPEARMAN,
+    VAL_RM_WITHIN,
     metric,
 )
 from sophiavl_cli.optional import require
@@ -46,6 +51,9 @@ PANELS: tuple[Panel, ...] = (
     Panel("trust.png", "Trust-GRPO: gamma and thinking-reward weight", (TRUST_GAMMA, TRUST_WEIGHT)),
     Panel("kl.png", "KL to the reference policy", (ACTOR_KL,)),
     Panel("response_length.png", "Response length", (RESPONSE_LENGTH_MEAN, RESPONSE_LENGTH_MAX)),
+    Panel("sft_loss.png", "Reward-model SFT: target-token loss", (SFT_LOSS,)),
+    Panel("sft_accuracy.png", "Reward-model SFT: target-token accuracy", (SFT_TOKEN_ACCURACY,)),
+    Panel("rm_eval.png", "Reward model on held-out rows", (VAL_RM_SPEARMAN, VAL_RM_WITHIN, VAL_RM_MAE)),
 )
 SMOOTH_AFTER = 20
 

@@ -35,7 +35,7 @@ from sophiavl_cli.engine.objective import uses_reference
 from sophiavl_cli.engine.preflight import finished_run, preflight
 from sophiavl_cli.engine.prompting import PromptBuilder
 from sophiavl_cli.engine.reaper import start_reaper
-from sophiavl_cli.engine.rm_service import ThinkingService
+from sophiavl_cli.engine.rm_served import thinking_service
 from sophiavl_cli.engine.runlock import RunLock
 from sophiavl_cli.engine.signals import StopFlag
 from sophiavl_cli.engine.step import StepContext, run_step
@@ -146,7 +146,12 @@ def build_run(
 
     rm_service = None
     if recipe.algorithm.trust.enable:
-        rm_service = ThinkingService(recipe.reward.thinking)
+        rm_service = thinking_service(
+            recipe.reward.thinking,
+            stack,
+            training_gpus=recipe.world_size if recipe.trainer.device != "cpu" else 0,
+            record_dir=run_dir,
+        )
         stack.callback(rm_service.close)
         rm_service.start()
 
@@ -173,6 +178,7 @@ def build_run(
         use_ref=use_ref,
         dump_dir=run_dir / "rollouts",
         flops=FlopsModel.from_config(_model_config(model_dir)),
+        next_rows=loader.next_batch,
     )
     resolved = resolved_values(device, peak, described[0]["device_name"], rm_client, rm_service)
     recipe_yaml = dump_recipe(recipe) + resolved_comment(resolved)

@@ -124,7 +124,7 @@ def load_sharded(
     does: host RAM at start is one full copy per job instead of one per rank (8 x ~33 GB fp32 for
     a 7B policy on an 8-GPU node). Buffers that are not in the state dict (rotary frequencies)
     are broadcast too. `prepare(model)` runs before sharding on every rank (gradient
-    checkpointing, frozen parameters).
+    checkpointing, frozen parameters, LoRA adapters).
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
@@ -133,11 +133,12 @@ def load_sharded(
     rank0 = dist.get_rank() == 0
     if rank0:
         model = load_vl_model(model_dir, dtype=dtype, device="cpu", attn_device=device)
-        full = model.state_dict()
     else:
-        model, full = meta_vl_model(model_dir, dtype=dtype, attn_device=device), {}
+        model = meta_vl_model(model_dir, dtype=dtype, attn_device=device)
     if prepare is not None:
         prepare(model)
+    # after `prepare`: parameters it adds (LoRA adapters, initialised on rank 0) are broadcast too
+    full = model.state_dict() if rank0 else {}
     shard_model(model, param_dtype=param_dtype)
     if rank0:
         model.to(device)

@@ -85,9 +85,47 @@ def _trust(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
 
 
 def _kl(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
-    if recipe.algorithm.use_kl_loss and recipe.algorithm.kl_coef > 0:
+    algo = recipe.algorithm
+    if (algo.use_kl_loss or algo.kl_in_reward) and algo.kl_coef > 0:
         return None
-    return "the KL term is off (algorithm.use_kl_loss=false or kl_coef=0); unused"
+    return "the KL term is off (algorithm.use_kl_loss and kl_in_reward false, or kl_coef=0); unused"
+
+
+def _kl_coef(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    return None if value == 0 else _kl(recipe, facts, value)  # kl_coef: 0 is how the KL is turned off
+
+
+def _reinforce_gamma(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    if recipe.algorithm.adv_estimator == "reinforce_plus_plus":
+        return None
+    return (
+        f"only reinforce_plus_plus discounts returns (adv_estimator={recipe.algorithm.adv_estimator}); unused"
+    )
+
+
+def _dynamic_sampling(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    return (
+        None
+        if recipe.algorithm.dynamic_sampling.enable
+        else "algorithm.dynamic_sampling.enable=false; unused"
+    )
+
+
+def _overlong(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    return None if recipe.reward.overlong.enable else "reward.overlong.enable=false; unused"
+
+
+def _lora(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    return (
+        None if recipe.worker.actor.lora.rank > 0 else "worker.actor.lora.rank=0 (full fine-tuning); unused"
+    )
+
+
+def _symmetric_clip(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    actor = recipe.worker.actor
+    if actor.clip_ratio_low is not None and actor.clip_ratio_high is not None:
+        return "clip_ratio_low and clip_ratio_high are both set; unused"
+    return None
 
 
 # key (dotted path) or section prefix ending in ".": the condition under which it acts
@@ -109,7 +147,15 @@ CONDITIONS: dict[str, Condition] = {
     "reward.thinking.": _trust,
     "algorithm.trust.": _trust,
     "algorithm.kl_penalty": _kl,
-    "algorithm.kl_coef": _kl,
+    "algorithm.kl_coef": _kl_coef,
+    "algorithm.gamma": _reinforce_gamma,
+    "algorithm.dynamic_sampling.max_extra_rounds": _dynamic_sampling,
+    "reward.overlong.buffer_length": _overlong,
+    "reward.overlong.penalty_factor": _overlong,
+    "worker.actor.lora.alpha": _lora,
+    "worker.actor.lora.dropout": _lora,
+    "worker.actor.lora.target_modules": _lora,
+    "worker.actor.clip_ratio": _symmetric_clip,
 }
 
 

@@ -177,6 +177,7 @@ def plan_merge(
         raise UserError(f"{output} already exists; pass --overwrite or another --output")
     check_writable(output)
     layout, source, hf_dir = open_checkpoint(checkpoint, force=force)
+    source = _lora_merged_view(Path(checkpoint), source)
     if not (hf_dir / "config.json").is_file():
         raise UserError(
             f"{hf_dir}/config.json is missing; the checkpoint needs its huggingface/ folder to merge"
@@ -200,6 +201,44 @@ def plan_merge(
         overwrite=overwrite,
         dropped=dropped,
     )
+
+
+def _lora_merged_view(checkpoint: Path, source: TensorSource) -> TensorSource:
+    """A LoRA run's checkpoint seen as the merged plain model; any other source unchanged."""
+    from sophiavl_cli.engine import lora
+
+    if not any(lora.is_lora_name(name) for name in source.tensors()):
+        return source
+    settings = lora.lora_settings(checkpoint / "recipe.yaml")
+    if settings is None:
+        raise UserError(
+            f"{checkpoint}: the checkpoint holds LoRA adapters but its recipe.yaml names no worker.actor.lora "
+            "rank; restore the checkpoint's recipe.yaml"
+        )
+    return lora.LoraMergedSource(source, float(settings["alpha"]) / int(settings["rank"]))
+
+
+def export_adapter(checkpoint: Path, output: Path | None = None, overwrite: bool = False) -> Path:
+    """Write a LoRA checkpoint's adapter alone as a peft folder (`sophiavl merge --adapter-only`)."""
+    import yaml
+
+    from sophiavl_cli.engine import lora
+
+    checkpoint = Path(checkpoint)
+    _, source, _ = open_checkpoint(checkpoint)
+    settings = lora.lora_settings(checkpoint / "recipe.yaml")
+    if settings is None or not any(lora.is_lora_name(name) for name in source.tensors()):
+        raise UserError(
+            f"{checkpoint}: not a LoRA checkpoint (worker.actor.lora.rank was 0); merge it without --adapter-only"
+        )
+    recipe = yaml.safe_load((checkpoint / "recipe.yaml").read_text(encoding="utf-8"))
+    base_model = str(recipe["worker"]["actor"]["model_path"])
+    target = (
+        Path(output)
+        if output is not None
+        else default_output(checkpoint).with_name(default_output(checkpoint).name + "-adapter")
+    )
+    return lora.write_adapter(source, settings, base_model, target, overwrite=overwrite)
 
 
 def match_names(names: list[str], hf_dir: Path) -> tuple[dict[str, str], dict[str, str]]:

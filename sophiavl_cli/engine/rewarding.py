@@ -9,11 +9,17 @@ RM call falls back to its outcome rewards (`outcome_only`) and is counted, never
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sophiavl_cli.algo.advantages import grpo_advantages
+from sophiavl_cli.algo.estimators import (
+    EstimatorInput,
+    compute_advantages,
+    length_mask,
+    outcome_token_rewards,
+)
+from sophiavl_cli.algo.overlong import overlong_penalty
 from sophiavl_cli.algo.trust_grpo import (
     GroupRewards,
     group_rewards,
@@ -29,6 +35,8 @@ from sophiavl_cli.metrics import (
     REWARD_FINAL,
     REWARD_FORMAT,
     REWARD_OUTCOME,
+    REWARD_OVERLONG_PENALTY,
+    REWARD_OVERLONG_SHARE,
     TRUST_THINKING_COVERAGE,
 )
 from sophiavl_cli.rewards.outcome import OutcomeScorer
@@ -92,12 +100,64 @@ def thinking_requests(
 
 @dataclass(frozen=True)
 class StepRewards:
-    final: np.ndarray  # float64 [N]
-    advantages: np.ndarray  # float32 [N]
+    final: np.ndarray  # float64 [N]: Trust-GRPO reward (+ overlong penalty); what the estimator sees
+    advantages: np.ndarray  # float32 [N]: each rollout's advantage (its token mean when per token)
     thinking: list[float | None]  # RM score per rollout (None: not asked or failed)
     groups: list[GroupRewards]
     rm_calls: int
     rm_failures: int
+    overlong: np.ndarray | None = None  # float64 [N] penalty added to `final`, when enabled
+    token_advantages: np.ndarray | None = None  # float64 [N, T], T = longest response
+
+
+def estimate_advantages(
+    recipe: Recipe,
+    final: np.ndarray,
+    lengths: np.ndarray,
+    n: int,
+    token_kl: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Advantages [N, T] of `algorithm.adv_estimator` on the final rewards.
+
+    The final reward sits on each rollout's last token; with `algorithm.kl_in_reward` every token
+    also carries -kl_coef * KL(old || ref) (`token_kl`, one array per rollout), as verl's
+    `apply_kl_penalty` does. Rollout i belongs to group i // n.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    width = max(int(lengths.max(initial=0)), 1)
+    rewards = outcome_token_rewards(final, lengths, width)  # [N, T]
+    mask = length_mask(lengths, width)  # [N, T]
+    if token_kl is not None:
+        for i, kl in enumerate(token_kl):
+            rewards[i, : len(kl)] -= recipe.algorithm.kl_coef * np.asarray(kl, dtype=np.float64)
+    batch = EstimatorInput(rewards, mask, np.arange(len(final)) // n, gamma=recipe.algorithm.gamma)
+    return compute_advantages(recipe.algorithm.adv_estimator, batch)
+
+
+def per_rollout(token_advantages: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Each rollout's mean advantage over its tokens (its one value for sequence estimators): [N]."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    return (token_advantages.sum(axis=1) / np.maximum(lengths, 1.0)).astype(np.float32)
+
+
+def worker_advantages(token_advantages: np.ndarray, lengths: Sequence[int]) -> list[float | np.ndarray]:
+    """What crosses Ray per rollout: one float when its advantage is the same on every token, else its array."""
+    out: list[float | np.ndarray] = []
+    for row, length in zip(token_advantages, lengths, strict=True):
+        values = row[:length]
+        if length == 0 or np.all(values == values[0]):
+            out.append(float(values[0]) if length else 0.0)
+        else:
+            out.append(values.astype(np.float32))
+    return out
+
+
+def with_token_kl(
+    recipe: Recipe, rewards: StepRewards, lengths: np.ndarray, n: int, token_kl: Sequence[np.ndarray]
+) -> StepRewards:
+    """`rewards` with advantages recomputed on the KL-penalised token rewards (kl_in_reward)."""
+    tokens = estimate_advantages(recipe, rewards.final, lengths, n, token_kl)
+    return replace(rewards, token_advantages=tokens, advantages=per_rollout(tokens, lengths))
 
 
 def combine(
@@ -108,8 +168,11 @@ def combine(
     total_steps: int,
     positions: Sequence[int] = (),
     results: Sequence[ThinkingResult] = (),
+    lengths: Sequence[int] | None = None,
 ) -> StepRewards:
-    """Trust-GRPO rewards per group (outcome only when the trust reward is off) and group advantages."""
+    """Trust-GRPO rewards per group (outcome only when the trust reward is off), the overlong
+    penalty on top when enabled, and the estimator's advantages (`lengths`: response tokens per
+    rollout; None treats every response as one token)."""
     trust = recipe.algorithm.trust
     thinking: list[float | None] = [None] * len(outcome)
     failed_groups: set[int] = set()
@@ -138,15 +201,27 @@ def combine(
             )
         )
     final = np.asarray([r for group in groups for r in group.rewards], dtype=np.float64)
-    group_ids = np.repeat(np.arange(len(groups)), n)
-    advantages = np.asarray(grpo_advantages(final, group_ids), dtype=np.float32)
+    sizes = np.ones(len(final), dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
+    penalty = None
+    overlong = recipe.reward.overlong
+    if overlong.enable:
+        penalty = overlong_penalty(
+            sizes,
+            max_length=recipe.data.max_response_length,
+            buffer_length=overlong.buffer_length,
+            penalty_factor=overlong.penalty_factor,
+        )
+        final = final + penalty
+    tokens = estimate_advantages(recipe, final, sizes, n)
     return StepRewards(
         final=final,
-        advantages=advantages,
+        advantages=per_rollout(tokens, sizes),
         thinking=thinking,
         groups=groups,
         rm_calls=len(results),
         rm_failures=sum(not r.ok for r in results),
+        overlong=penalty,
+        token_advantages=tokens,
     )
 
 
@@ -169,6 +244,10 @@ def reward_metrics(outcome: OutcomeBatch, rewards: StepRewards, trust_enabled: b
         fallback = sum(g.fallback for g in rewards.groups)
         metrics |= step_trust_metrics(rewards.groups, fallback)
         metrics[TRUST_THINKING_COVERAGE] = thinking_coverage(len(rewards.groups), fallback)
+        metrics[REWARD_FINAL] = float(rewards.final.mean())  # with the overlong penalty, if any
+    if rewards.overlong is not None:
+        metrics[REWARD_OVERLONG_PENALTY] = float(rewards.overlong.mean())
+        metrics[REWARD_OVERLONG_SHARE] = float(np.mean(rewards.overlong < 0))
     return metrics
 
 

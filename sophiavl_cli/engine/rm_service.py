@@ -21,7 +21,8 @@ from sophiavl_cli.rewards.thinking import ThinkingRewardClient
 
 NO_ENDPOINT = (
     "algorithm.trust.enable needs a thinking reward model: set reward.thinking.url, export OPENAI_API_URL, "
-    "or name reward.thinking.serve_model (e.g. thinking-rm) to serve one for the run"
+    "or name reward.thinking.serve_model (e.g. thinking-rm) or reward.thinking.serve.model (a Ray actor on its own "
+    "GPUs) to serve one for the run"
 )
 
 

@@ -17,12 +17,14 @@ step is a function of (weights, batch, step seed) only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sophiavl_cli.algo.dynamic_sampling import GroupPool
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.engine.batching import (
     TrainSequence,
@@ -39,6 +41,8 @@ from sophiavl_cli.engine.rewarding import (
     reward_metrics,
     score_outcomes,
     thinking_requests,
+    with_token_kl,
+    worker_advantages,
 )
 from sophiavl_cli.engine.rollout import RolloutOutput, SamplingParams, derive_seed
 from sophiavl_cli.engine.throughput import FlopsModel
@@ -55,13 +59,16 @@ from sophiavl_cli.metrics import (
     RESPONSE_LENGTH_MEAN,
     RM_CALLS,
     RM_FAILURES,
+    SAMPLING_DROPPED_GROUPS,
+    SAMPLING_ROUNDS,
+    SAMPLING_TOPPED_UP_GROUPS,
     TRUST_THINKING_COVERAGE,
     reduce_records,
 )
 from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.rewards.failure_policy import FailureMonitor
 from sophiavl_cli.rewards.outcome import OutcomeScorer
-from sophiavl_cli.rewards.thinking import ThinkingRewardClient, ThinkingSample
+from sophiavl_cli.rewards.thinking import ThinkingResult, ThinkingRewardClient, ThinkingSample
 
 
 @dataclass
@@ -79,6 +86,7 @@ class StepContext:
     use_ref: bool
     dump_dir: Path | None = None  # decoded rollouts go here every trainer.rollout_dump_freq steps
     flops: FlopsModel | None = None  # the policy's shape, for perf/update_flops (MFU)
+    next_rows: Callable[[], list[dict[str, Any]]] | None = None  # more rows, for dynamic sampling
 
     @property
     def n(self) -> int:
@@ -109,29 +117,41 @@ def generate(
 
 @dataclass
 class Rollouts:
-    """A step's rollouts in (prompt, sample) order, each with its prompt and decoded response."""
+    """A batch's rollouts in (prompt, sample) order (row i = prompt i // n) with their outcome scores
+    and the thinking-RM calls submitted for them."""
 
+    prompts: list[BuiltPrompt]
     outputs: list[RolloutOutput]
-    owner: list[BuiltPrompt]  # the prompt of each rollout
     responses: list[str]
+    outcome: OutcomeBatch
+    positions: list[int]  # rows sent to the thinking RM
+    pending: Any = None  # Future of the RM results, or None
+    results: list[ThinkingResult] | None = None  # the RM results once collected
+
+    @property
+    def owner(self) -> list[BuiltPrompt]:
+        """The prompt of each rollout."""
+        return [self.prompts[o.prompt_index] for o in self.outputs]
+
+    def collect(self) -> list[ThinkingResult]:
+        """The RM results (waits for them once)."""
+        if self.results is None:
+            self.results = self.pending.result() if self.pending is not None else []
+        return self.results
 
 
-def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: StepTimer) -> dict[str, float]:
-    """One Trust-GRPO step on a batch of rows; returns the step's metrics (timing added by the caller)."""
+def sample_round(
+    ctx: StepContext, rows: list[dict[str, Any]], seed: int, timer: StepTimer, trust_on: bool
+) -> Rollouts:
+    """Generate, decode and score one batch of rows; the thinking-RM calls are submitted, not awaited."""
     recipe, n = ctx.recipe, ctx.n
-    trust_on = recipe.algorithm.trust.enable and ctx.rm is not None
-
     with timer("gen"):
         prompts = ctx.builder.build_batch(rows)
-        outputs = generate(ctx, prompts, n, ctx.sampling(), derive_seed(recipe.trainer.seed, step))
-        rollouts = Rollouts(
-            outputs,
-            [prompts[o.prompt_index] for o in outputs],
-            [ctx.processor.decode(o.response_ids) for o in outputs],
-        )
+        outputs = generate(ctx, prompts, n, ctx.sampling(), seed)
+        responses = [ctx.processor.decode(o.response_ids) for o in outputs]
 
     with timer("reward"):
-        owner, responses = rollouts.owner, rollouts.responses
+        owner = [prompts[o.prompt_index] for o in outputs]
         outcome = score_outcomes(
             ctx.scorer,
             responses,
@@ -148,6 +168,100 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
 
             samples, positions = thinking_requests(outcome.overall, n, recipe.algorithm.trust.mode, sample)
             pending = ctx.rm.submit(samples) if samples else None  # type: ignore[union-attr]
+    return Rollouts(prompts, outputs, responses, outcome, positions, pending)
+
+
+def dynamic_rollouts(
+    ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: StepTimer, trust_on: bool
+) -> tuple[Rollouts, dict[str, float]]:
+    """DAPO dynamic sampling: rounds of `rollout_batch_size` prompts until that many groups have
+    differing final rewards (or the round cap), then those groups in (round, prompt) order.
+
+    Round 0 uses the step's seed and rows; round r > 0 the seed (seed, step, r) and the loader's
+    next rows, so a step is a function of (weights, data position, seed).
+    """
+    recipe, n = ctx.recipe, ctx.n
+    cap = recipe.algorithm.dynamic_sampling.max_extra_rounds
+    pool = GroupPool(target=recipe.data.rollout_batch_size)
+    rounds: list[Rollouts] = []
+    while True:
+        index = len(rounds)
+        seed = (
+            derive_seed(recipe.trainer.seed, step)
+            if index == 0
+            else derive_seed(recipe.trainer.seed, step, index)
+        )
+        batch = sample_round(ctx, rows if index == 0 else ctx.next_rows(), seed, timer, trust_on)  # type: ignore[misc]
+        with timer("reward"):
+            rewards = combine(
+                recipe,
+                batch.outcome.overall,
+                n,
+                step,
+                ctx.total_steps,
+                batch.positions,
+                batch.collect(),
+                [len(o.response_ids) for o in batch.outputs],
+            )
+        pool.offer([rewards.final[g * n : (g + 1) * n].tolist() for g in range(len(batch.prompts))])
+        rounds.append(batch)
+        if pool.full or index >= cap or ctx.next_rows is None:
+            break
+    chosen = pool.take()
+    metrics = {
+        SAMPLING_ROUNDS: float(len(rounds)),
+        SAMPLING_DROPPED_GROUPS: float(len(pool.dropped)),
+        SAMPLING_TOPPED_UP_GROUPS: float(max(0, len(chosen) - len(pool.kept))),
+    }
+    return merge_groups(rounds, chosen, n), metrics
+
+
+def merge_groups(rounds: list[Rollouts], chosen: list[tuple[int, int]], n: int) -> Rollouts:
+    """The chosen (round, group) groups as one batch, renumbered 0.. in the given order."""
+    prompts, outputs, responses, rows, positions, results = [], [], [], [], [], []
+    for new_index, (r, g) in enumerate(chosen):
+        batch = rounds[r]
+        prompts.append(batch.prompts[g])
+        for k in range(n):
+            i = g * n + k
+            rows.append((r, i))
+            outputs.append(replace(batch.outputs[i], prompt_index=new_index))
+            responses.append(batch.responses[i])
+    position_of = {(r, i): new for new, (r, i) in enumerate(rows)}
+    for r, batch in enumerate(rounds):
+        for i, result in zip(batch.positions, batch.collect(), strict=True):
+            if (r, i) in position_of:
+                positions.append(position_of[(r, i)])
+                results.append(result)
+    order = sorted(range(len(positions)), key=positions.__getitem__)
+    outcome = OutcomeBatch(
+        *(
+            np.asarray([getattr(rounds[r].outcome, f)[i] for r, i in rows])
+            for f in ("overall", "format", "accuracy")
+        )
+    )
+    return Rollouts(
+        prompts,
+        outputs,
+        responses,
+        outcome,
+        [positions[j] for j in order],
+        results=[results[j] for j in order],
+    )
+
+
+def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: StepTimer) -> dict[str, float]:
+    """One training step on a batch of rows; returns the step's metrics (timing added by the caller)."""
+    recipe, n = ctx.recipe, ctx.n
+    trust_on = recipe.algorithm.trust.enable and ctx.rm is not None
+
+    sampling_metrics: dict[str, float] = {}
+    if recipe.algorithm.dynamic_sampling.enable:
+        rollouts, sampling_metrics = dynamic_rollouts(ctx, rows, step, timer, trust_on)
+    else:
+        rollouts = sample_round(ctx, rows, derive_seed(recipe.trainer.seed, step), timer, trust_on)
+    outcome = rollouts.outcome
+    lengths = [len(o.response_ids) for o in rollouts.outputs]
 
     with timer("shard"):
         sequences = train_sequences(rollouts, recipe.worker.rollout.use_rollout_logprobs)
@@ -163,12 +277,21 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
             ctx.workers.compute_ref_logprobs()
 
     with timer("reward"):
-        results = pending.result() if pending is not None else []
+        results = rollouts.collect()
     with timer("adv"):
-        rewards = combine(recipe, outcome.overall, n, step, ctx.total_steps, positions, results)
+        rewards = combine(
+            recipe, outcome.overall, n, step, ctx.total_steps, rollouts.positions, results, lengths
+        )
+        if recipe.algorithm.kl_in_reward and ctx.use_ref:
+            token_kl: list[Any] = [None] * len(sequences)
+            for shard, values in zip(shards, ctx.workers.token_kl(), strict=True):
+                for i, kl in zip(shard, values, strict=True):
+                    token_kl[i] = kl
+            rewards = with_token_kl(recipe, rewards, np.asarray(lengths), n, token_kl)
+        payload = worker_advantages(rewards.token_advantages, lengths)  # type: ignore[arg-type]
 
     with timer("update"):
-        advantages = [[float(rewards.advantages[i]) for i in shard] for shard in shards]
+        advantages = [[payload[i] for i in shard] for shard in shards]
         actor = ctx.workers.update(advantages, recipe.updates_per_step)
     with timer("sync"):
         ctx.workers.sync_weights()
@@ -176,7 +299,7 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
     every = recipe.trainer.rollout_dump_freq
     if ctx.dump_dir is not None and every > 0 and step % every == 0:
         dump_rollouts(ctx.dump_dir / f"step_{step:06d}.jsonl", step, rollouts, outcome, rewards)
-    return step_metrics(ctx, rollouts, sequences, outcome, rewards, actor, trust_on)
+    return step_metrics(ctx, rollouts, sequences, outcome, rewards, actor, trust_on) | sampling_metrics
 
 
 def train_sequences(rollouts: Rollouts, use_rollout_logprobs: bool) -> list[TrainSequence]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,9 +23,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sophiavl_cli.algo.losses import token_logprobs
+from sophiavl_cli.algo.losses import AggScale, kl_penalty, token_logprobs
 from sophiavl_cli.config.recipe import Recipe
-from sophiavl_cli.engine import fsdp, quiet
+from sophiavl_cli.engine import fsdp, lora, quiet
 from sophiavl_cli.engine.batching import (
     MicroBatch,
     TrainSequence,
@@ -117,10 +118,16 @@ class TrainWorker:
         def prepare_policy(model: torch.nn.Module) -> None:
             if actor.gradient_checkpointing:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if actor.freeze_vision_tower:
-                visual = getattr(getattr(model, "model", model), "visual", None)
-                for param in visual.parameters() if visual is not None else []:
-                    param.requires_grad_(False)
+            if actor.freeze_vision_tower or actor.lora.rank > 0:
+                lora.freeze_vision_tower(model)
+            if actor.lora.rank > 0:  # rank 0's adapter init reaches every rank with the weights
+                lora.apply_lora(
+                    model,
+                    rank=actor.lora.rank,
+                    alpha=actor.lora.alpha,
+                    dropout=actor.lora.dropout,
+                    targets=actor.lora.target_modules,
+                )
 
         # fp32 master weights, computed in bf16 on GPU; loaded once (rank 0) and sharded
         self.policy = fsdp.load_sharded(
@@ -183,8 +190,14 @@ class TrainWorker:
         """Stream the policy's full tensors into the rollout copy (collective). Returns seconds."""
         start = time.perf_counter()
         with self.offload.on_device(self.policy):
-            self.rollout.sync_weights(fsdp.full_tensors(self.policy))
+            self.rollout.sync_weights(self.policy_tensors())
         return time.perf_counter() - start
+
+    def policy_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(transformers name, full tensor) of the policy, LoRA merged in (collective: all ranks iterate)."""
+        tensors = fsdp.full_tensors(self.policy)
+        lora_cfg = self.recipe.worker.actor.lora
+        return lora.merged_tensors(tensors, lora_cfg.alpha / lora_cfg.rank) if lora_cfg.rank > 0 else tensors
 
     # ---- experience --------------------------------------------------------------------------
 
@@ -254,8 +267,11 @@ class TrainWorker:
 
     # ---- update ------------------------------------------------------------------------------
 
-    def update(self, advantages: list[float], num_updates: int) -> dict[str, float]:
-        """PPO epochs x `num_updates` optimizer steps over this rank's sequences; metrics reduced by the registry."""
+    def update(self, advantages: list[float] | list[np.ndarray], num_updates: int) -> dict[str, float]:
+        """PPO epochs x `num_updates` optimizer steps over this rank's sequences; metrics reduced by the registry.
+
+        An advantage is one float per sequence or an array over its response tokens.
+        """
         if len(advantages) != len(self._sequences):
             raise ValueError(
                 f"rank {self.rank}: {len(advantages)} advantages for {len(self._sequences)} sequences"
@@ -288,13 +304,17 @@ class TrainWorker:
         actor = self.recipe.worker.actor
         mbs = self._micro_batches(sequences, actor.micro_batch_size_per_device_for_update, count)
         self.optimizer.zero_grad(set_to_none=True)
-        records: list[dict[str, float]] = []
+        scale = self._mini_batch_scale(sequences)
+        sums: dict[str, float] = {}
         nonfinite = False
         for mb in mbs:
-            loss, metrics = self._micro_batch_loss(mb)
+            loss, metrics = self._micro_batch_loss(mb, scale)
             nonfinite |= not bool(torch.isfinite(loss.detach()))
-            (loss / len(mbs)).backward()
-            records.append(namespaced("actor", metrics))
+            # each share is over the mini-batch's totals on all ranks; FSDP averages gradients over
+            # ranks, so scaling by the world size makes their sum the mini-batch loss's gradient
+            (loss * self.world_size).backward()
+            for key, value in metrics.items():  # shares add up to this rank's part of the mini-batch value
+                sums[key] = sums.get(key, 0.0) + value * self.world_size
         grad_norm = fsdp.clip_grad_norm(self.policy, actor.max_grad_norm)
         flag = torch.tensor([1.0 if nonfinite or not math.isfinite(grad_norm) else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank skips together, or none does
@@ -312,20 +332,45 @@ class TrainWorker:
                 group["lr"] = lr
             self.optimizer.step()
         self.optimizer_step += 1
-        return reduce_records(records) | {
+        return reduce_records([namespaced("actor", sums)]) | {
             ACTOR_GRAD_NORM: grad_norm,
             ACTOR_LR: lr,
             ACTOR_SKIPPED: float(skipped),
         }
 
-    def _micro_batch_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def _mini_batch_scale(self, sequences: list[TrainSequence]) -> AggScale:
+        """Response tokens and sequences of this optimizer step on all ranks (one all-reduce)."""
+        counts = torch.tensor(
+            [float(sum(len(s.response_ids) for s in sequences)), float(len(sequences))],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+        tokens, count = counts.tolist()
+        return AggScale(
+            tokens=tokens, sequences=count, max_length=float(self.recipe.data.max_response_length)
+        )
+
+    def token_kl(self) -> list[np.ndarray]:
+        """Per-token KL(old policy || reference) of this rank's sequences, in their order (kl_in_reward)."""
+        kind = self.recipe.algorithm.kl_penalty
+        out = []
+        for s in self._sequences:
+            old = torch.from_numpy(self._old_logp[s.index])
+            ref = torch.from_numpy(self._ref_logp[s.index]) if self._ref_logp else old
+            out.append(kl_penalty(old, ref, kind).numpy().astype(np.float32))
+        return out
+
+    def _micro_batch_loss(
+        self, mb: MicroBatch, scale: AggScale | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.forward.logits(self.policy, mb)  # [B, R, V]
         tokens = response_tokens(mb, self.device)  # [B, R]
         mask = torch.tensor(mb.response_mask, device=self.device)  # [B, R]
         old = torch.tensor(_stack(self._old_logp, mb), device=self.device)  # [B, R]
         ref = torch.tensor(_stack(self._ref_logp, mb), device=self.device) if self._ref_logp else None
-        advantages = torch.tensor(mb.advantages, device=self.device)  # [B]
-        return actor_objective(self.objective, logits, tokens, mask, old, ref, advantages)
+        advantages = torch.tensor(mb.advantages, device=self.device)  # [B] or [B, R]
+        return actor_objective(self.objective, logits, tokens, mask, old, ref, advantages, scale)
 
     def _temperature(self) -> float:
         temperature = self.recipe.worker.rollout.temperature
@@ -374,7 +419,10 @@ def _freeze(model: torch.nn.Module) -> None:
     model.requires_grad_(False)
 
 
-def _with_advantage(sequence: TrainSequence, advantage: float) -> TrainSequence:
+def _with_advantage(sequence: TrainSequence, advantage: float | np.ndarray) -> TrainSequence:
+    """One advantage per sequence (float) or per response token (array of its length)."""
+    if isinstance(advantage, np.ndarray) and advantage.ndim == 1:
+        return replace(sequence, advantage=advantage.astype(np.float32))
     return replace(sequence, advantage=float(advantage))
 
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sophiavl_cli.engine.batching import TrainSequence
 from sophiavl_cli.engine.cluster import WorkerGroup
 from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams
@@ -68,7 +70,13 @@ class Workers:
     def compute_ref_logprobs(self) -> list[dict[str, float]]:
         return self.group.run(_rpc(TrainWorker.compute_ref_logprobs))
 
-    def update(self, advantages: Sequence[list[float]], num_updates: int) -> list[dict[str, float]]:
+    def token_kl(self) -> list[list[np.ndarray]]:
+        """Each rank's per-token KL(old || ref) of its sequences, in their order (algorithm.kl_in_reward)."""
+        return self.group.run(_rpc(TrainWorker.token_kl))
+
+    def update(
+        self, advantages: Sequence[list[float] | list[np.ndarray] | list[Any]], num_updates: int
+    ) -> list[dict[str, float]]:
         """Each rank's update metrics (keys from `sophiavl_cli.metrics`), for `metrics.reduce_records`."""
         per_rank = [(rank_advantages, num_updates) for rank_advantages in advantages]
         return self.group.run_each(_rpc(TrainWorker.update), per_rank)

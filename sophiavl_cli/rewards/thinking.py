@@ -202,6 +202,13 @@ class ThinkingRewardClient:
         """rm/calls, rm/failures, rm/failures/<kind>, rm/retries, rm/latency_p50, rm/latency_p95."""
         return self._stats.snapshot(reset=reset)
 
+    def repoint(self, url: str) -> None:
+        """Send the next requests (retries of calls in flight included) to `url`: a restarted server."""
+        with self._lock:
+            self.base_url = normalize_base_url(url)
+            for state in self._states.values():
+                state.client.base_url = self.base_url
+
     async def _score_sample(
         self, state: _LoopState, encoder: ImageEncoder, sample: ThinkingSample
     ) -> ThinkingResult:

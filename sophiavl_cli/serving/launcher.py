@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -94,8 +95,9 @@ def server_command(
     max_new_tokens: int,
     dtype: str,
     gpu_memory_utilization: float | None = None,
+    vllm_args: Sequence[str] = (),
 ) -> list[str]:
-    """The child's argv for either backend (no secrets in it)."""
+    """The child's argv for either backend (no secrets in it); `vllm_args` are appended for vllm."""
     if backend == "hf":
         return [
             sys.executable,
@@ -126,6 +128,7 @@ def server_command(
             dtype=dtype,
             max_new_tokens=max_new_tokens,
             gpu_memory_utilization=gpu_memory_utilization,
+            extra_args=vllm_args,
         )
     raise UserError(f"reward server backend {backend!r} is not one of hf, vllm")
 
@@ -143,6 +146,7 @@ def start_reward_server(
     gpu_memory_utilization: float | None = None,
     startup_timeout: float = 600.0,
     log_path: Path | None = None,
+    vllm_args: Sequence[str] = (),
 ) -> RewardServer:
     """Start a server and return once GET /health answers 200.
 
@@ -173,6 +177,7 @@ def start_reward_server(
             max_new_tokens=max_new_tokens,
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
+            vllm_args=vllm_args,
         )
         start = log_path.stat().st_size if log_path.exists() else 0  # this attempt's lines only
         with log_path.open("ab") as log:

@@ -1,0 +1,254 @@
+"""The reward-model SFT worker: one Ray actor per rank holding the FSDP2 model and its AdamW.
+
+A `TrainWorker` without rollout engine or reference model: it keeps the parent's process-group
+rendezvous, `describe`, checkpoint save/load (the same DCP layout, so `sophiavl merge` reads it) and
+shutdown, and adds two collective RPCs: `sft_step` (cross-entropy on the target tokens, gradient
+accumulation over micro-batches, clip, AdamW, LR schedule) and `response_logprobs` (per-token target
+log-probs, for the held-out evaluation). `RMWorkers` is the driver's typed facade over them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from sophiavl_cli.algo.losses import token_logprobs
+from sophiavl_cli.config.rm_recipe import RMRecipe
+from sophiavl_cli.engine import fsdp
+from sophiavl_cli.engine.batching import TrainSequence, micro_batches
+from sophiavl_cli.engine.cluster import WorkerGroup
+from sophiavl_cli.engine.forward import ResponseForward, response_tokens
+from sophiavl_cli.engine.offload import Offload
+from sophiavl_cli.engine.rollout.base import derive_seed
+from sophiavl_cli.engine.schedule import lr_multiplier
+from sophiavl_cli.engine.worker import TrainWorker
+from sophiavl_cli.metrics import (
+    SFT_GRAD_NORM,
+    SFT_LOSS,
+    SFT_LR,
+    SFT_SKIPPED,
+    SFT_TARGET_TOKENS,
+    SFT_TOKEN_ACCURACY,
+    SFT_TOKENS,
+)
+
+
+@dataclass(frozen=True)
+class RMWorkerSpec:
+    """Everything an RM worker needs to build itself (sent once, plain and picklable)."""
+
+    recipe: RMRecipe
+    model_dir: str
+    master_addr: str
+    master_port: int
+    device: str
+    optimizer_steps_total: int
+    pad_token_id: int
+    collective_timeout_s: float
+
+
+class RMWorker(TrainWorker):
+    """One rank of `sophiavl train-rm`."""
+
+    def setup(self, spec: RMWorkerSpec) -> dict[str, float]:  # type: ignore[override]
+        """Join the process group, load and shard the model, build AdamW."""
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        start = time.perf_counter()
+        self.spec = spec  # type: ignore[assignment]
+        self.recipe = spec.recipe  # type: ignore[assignment]
+        model = spec.recipe.model
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if spec.device == "cuda"
+            else torch.device("cpu")
+        )
+        fsdp.init_process_group(
+            self.rank,
+            self.world_size,
+            spec.master_addr,
+            spec.master_port,
+            spec.device,
+            spec.collective_timeout_s,
+            store=getattr(self, "_store", None),
+        )
+        torch.manual_seed(derive_seed(spec.recipe.trainer.seed, self.rank))
+        compute_dtype = torch.bfloat16 if spec.device == "cuda" and model.dtype in ("auto", "bf16") else None
+
+        def prepare(module: torch.nn.Module) -> None:
+            if model.gradient_checkpointing:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if model.freeze_vision_tower:
+                visual = getattr(getattr(module, "model", module), "visual", None)
+                for param in visual.parameters() if visual is not None else []:
+                    param.requires_grad_(False)
+
+        # fp32 master weights, computed in bf16 on GPU; loaded once (rank 0) and sharded, as `train` does
+        self.policy = fsdp.load_sharded(
+            spec.model_dir,
+            dtype=torch.float32,
+            device=self.device,
+            param_dtype=compute_dtype,
+            prepare=prepare,
+        )
+        self.policy.train()
+        self.offload = Offload(
+            self.device, params=False, optimizer=False, ref=False
+        )  # the parent's checkpoints use it
+        optim = model.optim
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.policy.parameters() if p.requires_grad],
+            lr=optim.lr,
+            betas=optim.betas,
+            weight_decay=optim.weight_decay,
+        )
+        packed = model.padding_free and self.policy.config._attn_implementation == "flash_attention_2"
+        self.forward = ResponseForward(self.policy.config, self.device, packed=packed)
+        dist.barrier()
+        return {"setup_s": time.perf_counter() - start}
+
+    def sync_weights(self) -> float:
+        """No rollout copy to refresh (called by the parent's `load_checkpoint`)."""
+        return 0.0
+
+    def sft_step(self, sequences: list[TrainSequence], total_target_tokens: int) -> dict[str, float]:
+        """One optimizer step on this rank's rows: token-mean NLL over the whole step's target tokens.
+
+        Each micro-batch's summed NLL is divided by the step's target tokens over all ranks and
+        multiplied by the world size (FSDP2 averages gradients over ranks), so the gradient is
+        that of the global token mean whatever the micro-batch split.
+        """
+        model = self.recipe.model  # type: ignore[attr-defined]
+        self.policy.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # nll, correct, tokens
+        nonfinite = False
+        for mb in micro_batches(sequences, model.micro_batch_size_per_device, self.spec.pad_token_id):
+            logits = self.forward.logits(self.policy, mb)  # [B, R, V]
+            tokens = response_tokens(mb, self.device)  # [B, R]
+            mask = torch.tensor(mb.response_mask, device=self.device)  # [B, R]
+            nll = -(token_logprobs(logits, tokens, 1.0) * mask).sum()
+            loss = nll * self.world_size / total_target_tokens
+            nonfinite |= not bool(torch.isfinite(loss.detach()))
+            loss.backward()
+            correct = ((logits.detach().argmax(dim=-1) == tokens).float() * mask).sum()
+            totals += torch.stack([nll.detach(), correct, mask.sum()]).double()
+        grad_norm = fsdp.clip_grad_norm(self.policy, model.max_grad_norm)
+        flag = torch.tensor([1.0 if nonfinite or not math.isfinite(grad_norm) else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(totals)
+        lr = model.optim.lr * lr_multiplier(
+            self.optimizer_step,
+            self.spec.optimizer_steps_total,
+            kind=model.optim.lr_scheduler,
+            warmup_ratio=model.optim.lr_warmup_ratio,
+        )
+        skipped = bool(flag.item())
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+        self.optimizer_step += 1
+        nll_sum, correct, count = (float(v) for v in totals.tolist())
+        return {
+            SFT_LOSS: nll_sum / max(count, 1.0),
+            SFT_TOKEN_ACCURACY: correct / max(count, 1.0),
+            SFT_TARGET_TOKENS: float(sum(len(s.response_ids) for s in sequences)),
+            SFT_TOKENS: float(sum(s.num_tokens for s in sequences)),
+            SFT_GRAD_NORM: grad_norm,
+            SFT_LR: lr,
+            SFT_SKIPPED: float(skipped),
+        }
+
+    @torch.no_grad()
+    def response_logprobs(self, sequences: list[TrainSequence]) -> dict[int, list[float]]:
+        """Per-token log-probs of each sequence's response (collective: every rank the same count)."""
+        size = self.recipe.model.micro_batch_size_per_device  # type: ignore[attr-defined]
+        self.policy.eval()
+        out: dict[int, list[float]] = {}
+        for mb in micro_batches(sequences, size, self.spec.pad_token_id):
+            logits = self.forward.logits(self.policy, mb)  # [B, R, V]
+            logp = token_logprobs(logits, response_tokens(mb, self.device), 1.0).cpu().numpy()  # [B, R]
+            lengths = mb.response_mask.sum(axis=1).astype(int)
+            for row, index in enumerate(mb.indices):
+                out[index] = logp[row, : lengths[row]].astype(float).tolist()
+        self.policy.train()
+        return out
+
+
+class RMWorkers:
+    """The driver's typed view of the RM workers (methods named through the class, as `Workers`)."""
+
+    def __init__(self, group: WorkerGroup) -> None:
+        self.group = group
+
+    @property
+    def world_size(self) -> int:
+        return self.group.world_size
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        method = RMWorker.rendezvous_address.__name__
+        return tuple(self.group.wait([getattr(self.group.actors[0], method).remote()], method)[0])  # type: ignore[return-value]
+
+    def setup(self, spec: RMWorkerSpec) -> list[dict[str, float]]:
+        return self.group.run(RMWorker.setup.__name__, spec)
+
+    def describe(self) -> list[dict[str, object]]:
+        return self.group.run(RMWorker.describe.__name__)
+
+    def sft_step(
+        self, per_rank: Sequence[list[TrainSequence]], total_target_tokens: int
+    ) -> list[dict[str, float]]:
+        args = [(sequences, total_target_tokens) for sequences in per_rank]
+        return self.group.run_each(RMWorker.sft_step.__name__, args)
+
+    def response_logprobs(self, per_rank: Sequence[list[TrainSequence]]) -> dict[int, list[float]]:
+        results = self.group.run_each(RMWorker.response_logprobs.__name__, [(s,) for s in per_rank])
+        return {index: value for result in results for index, value in result.items()}
+
+    def save_checkpoint(self, step_dir: Path) -> None:
+        self.group.run(RMWorker.save_checkpoint.__name__, str(step_dir))
+
+    def load_checkpoint(self, step_dir: Path, step: int, optimizer_step: int) -> None:
+        self.group.run(RMWorker.load_checkpoint.__name__, str(step_dir), step, optimizer_step)
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
+
+
+def split_evenly(
+    sequences: Sequence[TrainSequence], world_size: int, multiple: int
+) -> list[list[TrainSequence]]:
+    """Round-robin over ranks, each padded (with copies indexed -1, -2, ...) to the same length.
+
+    Every rank must run the same number of micro-batches (FSDP2 collectives); the copies' results
+    are dropped by the caller (negative indices).
+    """
+    per_rank = [list(sequences[r::world_size]) for r in range(world_size)]
+    longest = max(len(s) for s in per_rank)
+    longest = -(-max(longest, 1) // multiple) * multiple
+    filler = 0
+    for rank_sequences in per_rank:
+        while len(rank_sequences) < longest:
+            filler -= 1
+            template = sequences[0]
+            rank_sequences.append(
+                TrainSequence(
+                    index=filler,
+                    prompt_ids=template.prompt_ids,
+                    response_ids=template.response_ids,
+                    pixel_values=template.pixel_values,
+                    image_grid_thw=template.image_grid_thw,
+                )
+            )
+    return per_rank

@@ -1,0 +1,187 @@
+"""LoRA through peft under FSDP2: adapters are all that trains, the rollout copy and `sophiavl
+merge` get the merged weights, `--adapter-only` gives peft's folder, resume is bit-identical.
+
+Real TrainWorker in this process (a world of one, gloo), the built-in tiny Qwen2.5-VL.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from worker_fixtures import cpu_worker_spec, free_port
+
+from sophiavl_cli.config import load_recipe
+from sophiavl_cli.config.loading import dump_recipe
+from sophiavl_cli.engine import lora
+from sophiavl_cli.engine.batching import TrainSequence
+from sophiavl_cli.engine.checkpoint import CheckpointManager
+from sophiavl_cli.engine.fsdp import full_tensors
+from sophiavl_cli.engine.merge import export_adapter, plan_merge, run_merge
+from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
+from sophiavl_cli.engine.worker import TrainWorker
+from sophiavl_cli.models.loading import load_vl_model
+
+PROMPT = [5, 6, 7, 8, 9]
+RANK, ALPHA = 4, 8.0
+
+
+def _recipe(*extra: str):
+    return load_recipe(
+        None,
+        [
+            "trainer.n_workers_per_node=1",
+            "data.rollout_batch_size=1",
+            "worker.actor.global_batch_size=1",
+            "worker.rollout.n=4",
+            "worker.actor.micro_batch_size_per_device_for_update=2",
+            "worker.actor.micro_batch_size_per_device_for_experience=4",
+            "worker.actor.gradient_checkpointing=false",
+            "worker.actor.optim.lr=5e-2",
+            "algorithm.kl_coef=0",
+            f"worker.actor.lora.rank={RANK}",
+            f"worker.actor.lora.alpha={ALPHA}",
+            *extra,
+        ],
+    )
+
+
+def _worker(model_dir, recipe) -> TrainWorker:
+    torch.set_num_threads(1)
+    worker = TrainWorker(0, 1, {}, 1)
+    worker.setup(cpu_worker_spec(recipe, model_dir, port=free_port()))
+    return worker
+
+
+@pytest.fixture
+def lora_worker(tiny_model_dir):
+    worker = _worker(tiny_model_dir, _recipe())
+    yield worker
+    worker.shutdown()
+
+
+def _sequences(seed: int) -> list[TrainSequence]:
+    rng = np.random.default_rng(seed)
+    return [TrainSequence(i, PROMPT, rng.integers(10, 60, size=2 + i).tolist(), None, None) for i in range(4)]
+
+
+def _train(worker: TrainWorker, seed: int) -> None:
+    worker.set_sequences(_sequences(seed))
+    worker.compute_old_logprobs()
+    assert worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)["actor/skipped"] == 0.0
+
+
+def _logits(model: nn.Module) -> torch.Tensor:
+    ids = torch.tensor([[*PROMPT, 11, 12, 13]])
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+
+
+def test_only_the_language_models_adapters_are_trainable(tiny_model_dir):
+    model = load_vl_model(tiny_model_dir, dtype=torch.float32, device=torch.device("cpu"))
+    targets = {
+        name: (m.in_features, m.out_features)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in lora.DEFAULT_TARGETS
+    }
+    language = {n: shape for n, shape in targets.items() if ".visual." not in n}
+    assert len(language) < len(targets)  # the vision tower has gate/up/down_proj too: never adapted
+    lora.freeze_vision_tower(model)
+    count = lora.apply_lora(model, rank=RANK, alpha=ALPHA, dropout=0.0, targets=lora.DEFAULT_TARGETS)
+    assert count == sum(RANK * (fan_in + fan_out) for fan_in, fan_out in language.values())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(lora.is_lora_name(n) and ".visual." not in n for n in trainable)
+
+
+def test_an_update_moves_only_adapters_and_the_rollout_gets_the_merged_weights(lora_worker):
+    worker = lora_worker
+    before = {n: t.clone() for n, t in full_tensors(worker.policy)}
+    _train(worker, seed=1)
+    after = dict(full_tensors(worker.policy))
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(".lora_B." in n or ".lora_A." in n for n in changed)
+    assert not any(".visual." in n for n in changed)  # the vision tower is untouched
+    adapter_params = [p for p in worker.policy.parameters() if p.requires_grad]
+    assert len(worker.optimizer.state) == len(adapter_params)  # AdamW state only for adapters
+
+    worker.sync_weights()
+    merged = dict(lora.merged_tensors(full_tensors(worker.policy), ALPHA / RANK))
+    copy = dict(worker.rollout.model.named_parameters())
+    assert merged.keys() == copy.keys()
+    assert all(torch.equal(copy[n], merged[n]) for n in merged)
+    # the rollout copy scores tokens as the LoRA policy does
+    outputs = worker.generate(
+        [RolloutPrompt(index=0, prompt_ids=PROMPT)], 4, SamplingParams(6, return_logprobs=True), 3
+    )
+    worker.set_sequences(
+        [TrainSequence(i, PROMPT, o.response_ids, None, None) for i, o in enumerate(outputs)]
+    )
+    worker.compute_old_logprobs()
+    for i, out in enumerate(outputs):
+        np.testing.assert_allclose(worker._old_logp[i], out.logprobs, atol=1e-5)
+
+
+def test_merge_round_trip_and_adapter_only_give_the_policys_logits(lora_worker, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+
+    worker = lora_worker
+    _train(worker, seed=2)
+    manager = CheckpointManager(tmp_path / "run" / "checkpoints")
+    tmp = manager.begin(1)
+    worker.save_checkpoint(str(tmp))
+    checkpoint = manager.commit(tmp, 1, {"step": 1}, tiny_model_dir, dump_recipe(worker.recipe))
+    expected = _logits(worker.policy)
+
+    plan = plan_merge(checkpoint, tmp_path / "merged")
+    assert not any(lora.is_lora_name(n) or ".base_layer." in n for n in plan.renames.values())
+    run_merge(plan)
+    merged = load_vl_model(tmp_path / "merged", dtype=torch.float32, device=torch.device("cpu"))
+    torch.testing.assert_close(_logits(merged), expected, rtol=1e-5, atol=1e-5)
+
+    adapter = export_adapter(checkpoint, tmp_path / "adapter")
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    base = load_vl_model(tiny_model_dir, dtype=torch.float32, device=torch.device("cpu"))
+    assert (_logits(base) - expected).abs().max() > 1e-3  # the adapter changed the model
+    with_adapter = PeftModel.from_pretrained(base, str(adapter))
+    torch.testing.assert_close(_logits(with_adapter), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_resume_from_a_lora_checkpoint_is_bit_identical(tiny_model_dir, tmp_path):
+    recipe = _recipe()
+    first = _worker(tiny_model_dir, recipe)
+    try:
+        _train(first, seed=3)
+        manager = CheckpointManager(tmp_path / "checkpoints")
+        tmp = manager.begin(1)
+        first.save_checkpoint(str(tmp))
+        checkpoint = manager.commit(tmp, 1, {"step": 1}, tiny_model_dir, dump_recipe(recipe))
+        _train(first, seed=4)
+        straight = {n: t.clone() for n, t in full_tensors(first.policy)}
+    finally:
+        first.shutdown()
+    resumed = _worker(tiny_model_dir, recipe)
+    try:
+        resumed.load_checkpoint(str(checkpoint), 1, 1)
+        _train(resumed, seed=4)
+        again = dict(full_tensors(resumed.policy))
+    finally:
+        resumed.shutdown()
+    assert straight.keys() == again.keys()
+    assert all(torch.equal(straight[n], again[n]) for n in straight)
+
+
+def test_merge_refuses_adapter_only_for_a_full_fine_tuning_checkpoint(tiny_model_dir, tmp_path):
+    from sophiavl_cli.errors import UserError
+
+    recipe = _recipe("worker.actor.lora.rank=0")
+    worker = _worker(tiny_model_dir, recipe)
+    try:
+        manager = CheckpointManager(tmp_path / "checkpoints")
+        tmp = manager.begin(1)
+        worker.save_checkpoint(str(tmp))
+        checkpoint = manager.commit(tmp, 1, {"step": 1}, tiny_model_dir, dump_recipe(recipe))
+    finally:
+        worker.shutdown()
+    with pytest.raises(UserError, match="not a LoRA checkpoint"):
+        export_adapter(checkpoint, tmp_path / "adapter")

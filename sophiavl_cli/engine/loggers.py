@@ -196,6 +196,9 @@ def metrics_table(step: int, total: int, metrics: dict[str, float], width: int |
     first = f"{step}/{total}" if total else str(step)
     cells = {k: _format(metrics[k]) for k in keys}
     droppable = [k for k in CONSOLE_DROP_ORDER if k in keys]
+    droppable += [
+        k for k in reversed(keys[1:-1]) if k not in droppable
+    ]  # then right to left, first and last kept
 
     def row_width() -> int:
         widths = [max(len("step"), len(first))]

@@ -25,25 +25,37 @@ class Check:
 
 
 def _torch_rows() -> list[Check]:
-    try:
-        import torch
-    except ImportError:
+    """torch's version from package metadata; torch itself is imported only where a GPU may be.
+
+    Importing torch takes seconds; on a machine without a GPU driver there is nothing it could
+    add to the CUDA row.
+    """
+    version = version_of("torch")
+    if version is None:
         return [Check("torch", "not installed", "missing", "pip install torch==2.13.0 (CPU) or a CUDA build")]
-    rows = [Check("torch", torch.__version__, "ok")]
-    if torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        name = torch.cuda.get_device_name(0)
-        rows.append(Check("CUDA", f"{torch.version.cuda}, {count} GPU(s): {name}", "ok"))
-    else:
-        rows.append(
-            Check(
-                "CUDA",
-                "no GPU visible",
-                "info",
-                "training runs on CPU (gloo, hf rollout): fine for the tiny model",
-            )
+    rows = [Check("torch", version, "ok")]
+    if _gpu_driver_present():
+        import torch
+
+        if torch.cuda.is_available():
+            count = torch.cuda.device_count()
+            name = torch.cuda.get_device_name(0)
+            rows.append(Check("CUDA", f"{torch.version.cuda}, {count} GPU(s): {name}", "ok"))
+            return rows
+    rows.append(
+        Check(
+            "CUDA",
+            "no GPU visible",
+            "info",
+            "training runs on CPU (gloo, hf rollout): fine for the tiny model",
         )
+    )
     return rows
+
+
+def _gpu_driver_present() -> bool:
+    """Whether an NVIDIA (or ROCm) kernel driver is loaded: the cheap test before asking torch."""
+    return any(os.path.exists(path) for path in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd"))
 
 
 def _package_row(dist: str, need: str, advice: str) -> Check:

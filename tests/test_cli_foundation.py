@@ -79,3 +79,21 @@ def test_recipe_schema_is_json() -> None:
     result = sophiavl("recipe", "schema")
     assert result.returncode == 0
     assert json.loads(result.stdout)["title"] == "sophiavl training recipe"
+
+
+def test_doctor_reads_versions_without_importing_torch_or_transformers() -> None:
+    """Versions come from package metadata; torch is imported only where a GPU driver is loaded."""
+    from sophiavl_cli.doctor import _gpu_driver_present
+
+    probe = (
+        "import json, sys\n"
+        "from sophiavl_cli.cli.app import main\n"
+        "try:\n    main(['doctor', '--json'])\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps([m for m in ('torch', 'transformers', 'ray') if m in sys.modules]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    imported = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "transformers" not in imported and "ray" not in imported
+    assert "torch" not in imported or _gpu_driver_present()

@@ -28,7 +28,7 @@ def _recipe(*overrides: str):
         None,
         [
             "trainer.n_workers_per_node=1",
-            "data.rollout_batch_size=1",
+            "data.rollout_batch_size=2",  # two optimizer steps per step: the old log-prob pass runs
             "worker.actor.global_batch_size=1",
             "worker.rollout.n=2",
             "worker.actor.micro_batch_size_per_device_for_update=2",

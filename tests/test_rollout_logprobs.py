@@ -61,7 +61,9 @@ def _sequences(outputs: list, *, with_logprobs: bool) -> list[TrainSequence]:
 def test_rollout_logprobs_replace_the_old_pass_and_match_a_token_budget_recompute(tiny_model_dir):
     torch.set_num_threads(1)
     budget = 2 * (len(PROMPT) + 6)  # two rows of the longest shape: micro-batches of unequal row counts
-    worker = _worker(tiny_model_dir, f"worker.actor.max_tokens_per_micro_batch={budget}")
+    worker = _worker(  # two PPO epochs: the old pass runs (one optimizer step would skip it, on-policy)
+        tiny_model_dir, f"worker.actor.max_tokens_per_micro_batch={budget}", "worker.actor.ppo_epochs=2"
+    )
     try:
         outputs = _rollouts(worker)
         sequences = _sequences(outputs, with_logprobs=False)

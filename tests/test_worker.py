@@ -48,7 +48,8 @@ def _spec(model_dir, world_size: int, port: int, *overrides: str) -> WorkerSpec:
 def worker(tiny_model_dir):
     torch.set_num_threads(1)
     rank0 = TrainWorker(0, 1, {}, 1)
-    rank0.setup(_spec(tiny_model_dir, 1, free_port(), "algorithm.kl_coef=0"))
+    # two optimizer steps per rollout batch: the old log-prob pass runs (on-policy steps skip it)
+    rank0.setup(_spec(tiny_model_dir, 1, free_port(), "algorithm.kl_coef=0", "data.rollout_batch_size=2"))
     yield rank0
     rank0.shutdown()
 
@@ -98,7 +99,12 @@ def test_update_metrics_over_several_optimizer_steps_follow_the_registry(tiny_mo
     torch.set_num_threads(1)
     rank0 = TrainWorker(0, 1, {}, 1)
     spec = _spec(
-        tiny_model_dir, 1, free_port(), "algorithm.kl_coef=0", "worker.actor.optim.lr_warmup_ratio=0.5"
+        tiny_model_dir,
+        1,
+        free_port(),
+        "algorithm.kl_coef=0",
+        "worker.actor.optim.lr_warmup_ratio=0.5",
+        "data.rollout_batch_size=2",  # the two optimizer steps the update below makes
     )
     rank0.setup(spec)
     try:

@@ -305,6 +305,12 @@ class RolloutConfig(Section):
         description="Use the rollout engine's sampled-token log-probs as old log-probs (skips the old "
         "pass). Needs top_p 1 and top_k -1.",
     )
+    weight_sync_bucket_mb: int = Field(
+        512,
+        gt=0,
+        description="Weight sync after each update gathers the sharded policy in buckets of this many "
+        "MiB, one collective per bucket (peak extra memory ~ one bucket or the largest tensor).",
+    )
 
     @model_validator(mode="after")
     def _rollout_logprobs_are_the_full_distribution(self) -> RolloutConfig:

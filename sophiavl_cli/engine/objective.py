@@ -72,7 +72,7 @@ def actor_objective(
     logits: torch.Tensor,
     tokens: torch.Tensor,
     mask: torch.Tensor,
-    old_logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
     ref_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     scale: AggScale | None = None,
@@ -81,10 +81,14 @@ def actor_objective(
 
     `scale` holds the mini-batch's totals; None treats this micro-batch as the whole mini-batch.
     Metrics are shares too: summed over the mini-batch's micro-batches they are its values.
+    `old_logp` None means on-policy (one optimizer step per batch): these logits come from the
+    policy that scored the batch, so the old log-probs are this pass's own, detached (ratio 1).
     """
     scale = scale or AggScale.local(mask, cfg.max_response_length)
     mode = LossAgg(cfg.loss_agg_mode)
     logp, token_entropy = logprobs_and_entropy(logits, tokens, cfg.temperature)  # [B, R] each, one pass
+    if old_logp is None:
+        old_logp = logp.detach()
     terms, indicators = policy_loss_terms(cfg.policy_loss, logp, old_logp, advantages, mask, cfg.clip)
     pg = aggregate(terms, mask, mode, scale)  # []
     entropy = aggregate(token_entropy, mask, mode, scale)  # []

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 
 from sophiavl_cli.algo.losses import AggScale, kl_penalty, token_logprobs
 from sophiavl_cli.config.recipe import Recipe
@@ -40,6 +41,7 @@ from sophiavl_cli.engine.oom import explain_oom
 from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams, build_rollout_engine
 from sophiavl_cli.engine.rollout.base import derive_seed
 from sophiavl_cli.engine.schedule import lr_multiplier
+from sophiavl_cli.engine.weight_sync import stream_full_tensors
 from sophiavl_cli.metrics import ACTOR_GRAD_NORM, ACTOR_LR, ACTOR_SKIPPED, namespaced, reduce_records
 
 
@@ -187,15 +189,18 @@ class TrainWorker:
             return self.rollout.generate(prompts, n, sampling, seed)
 
     def sync_weights(self) -> float:
-        """Stream the policy's full tensors into the rollout copy (collective). Returns seconds."""
+        """Stream the policy's full tensors into the rollout copy in buckets (collective); seconds."""
         start = time.perf_counter()
         with self.offload.on_device(self.policy):
             self.rollout.sync_weights(self.policy_tensors())
         return time.perf_counter() - start
 
     def policy_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(transformers name, full tensor) of the policy, LoRA merged in (collective: all ranks iterate)."""
-        tensors = fsdp.full_tensors(self.policy)
+        """(transformers name, full tensor) of the policy, LoRA merged in (collective: all ranks iterate).
+
+        Gathered in buckets of `worker.rollout.weight_sync_bucket_mb` (one all-gather per bucket)."""
+        bucket_bytes = self.recipe.worker.rollout.weight_sync_bucket_mb << 20
+        tensors = stream_full_tensors(self.policy, bucket_bytes)
         lora_cfg = self.recipe.worker.actor.lora
         return lora.merged_tensors(tensors, lora_cfg.alpha / lora_cfg.rank) if lora_cfg.rank > 0 else tensors
 
@@ -224,6 +229,9 @@ class TrainWorker:
         With `worker.rollout.use_rollout_logprobs` the rollout engine's own log-probs are used:
         the rollout copy holds the same weights as the policy (synced after every step), so the
         forward pass would recompute the same numbers. No collective runs then, on any rank.
+        Otherwise, when the step makes one optimizer step over the whole batch (see `_on_policy`),
+        no pass runs either: the update scores the tokens with these very weights, so its own
+        forward pass, detached, gives the old log-probs (as verl's and TRL's on-policy path does).
         """
         if self.recipe.worker.rollout.use_rollout_logprobs:
             missing = [s.index for s in self._sequences if s.old_logprobs is None]
@@ -232,6 +240,9 @@ class TrainWorker:
                     f"rank {self.rank}: the rollout returned no log-probs for rows {missing[:5]}"
                 )
             self._old_logp = {s.index: np.asarray(s.old_logprobs, np.float32) for s in self._sequences}
+            return {}
+        if self._on_policy():
+            self._old_logp = {}  # `_micro_batch_loss` takes them from the update's own forward pass
             return {}
         with explain_oom("old log-probs", self.recipe, self.spec.device), self.offload.on_device(self.policy):
             self._old_logp = self._logprobs(self.policy)
@@ -263,6 +274,11 @@ class TrainWorker:
             for row, index in enumerate(mb.indices):
                 out[index] = logp[row, : lengths[row]].astype(np.float32)
         model.train(was_training)
+        # FSDP2 leaves the root module's parameters gathered after a forward; if the next forward
+        # (the update's) starts from that state, the root's gradients come out wrong (embeddings
+        # off by O(0.1) on the tiny model, growing with each such pass). Reshard explicitly.
+        if isinstance(model, FSDPModule):
+            model.reshard()
         return out
 
     # ---- update ------------------------------------------------------------------------------
@@ -275,6 +291,11 @@ class TrainWorker:
         if len(advantages) != len(self._sequences):
             raise ValueError(
                 f"rank {self.rank}: {len(advantages)} advantages for {len(self._sequences)} sequences"
+            )
+        if self._on_policy() and num_updates * self.recipe.worker.actor.ppo_epochs != 1:
+            raise ValueError(  # compute_old_logprobs skipped the pass for one optimizer step
+                f"rank {self.rank}: the recipe makes one optimizer step per batch, update asked for "
+                f"{num_updates * self.recipe.worker.actor.ppo_epochs}"
             )
         sequences = [_with_advantage(s, a) for s, a in zip(self._sequences, advantages, strict=True)]
         per_update = len(sequences) // num_updates
@@ -367,10 +388,17 @@ class TrainWorker:
         logits = self.forward.logits(self.policy, mb)  # [B, R, V]
         tokens = response_tokens(mb, self.device)  # [B, R]
         mask = torch.tensor(mb.response_mask, device=self.device)  # [B, R]
-        old = torch.tensor(_stack(self._old_logp, mb), device=self.device)  # [B, R]
+        # None: on-policy, the objective uses this forward pass's log-probs, detached
+        old = (
+            torch.tensor(_stack(self._old_logp, mb), device=self.device) if self._old_logp else None
+        )  # [B, R]
         ref = torch.tensor(_stack(self._ref_logp, mb), device=self.device) if self._ref_logp else None
         advantages = torch.tensor(mb.advantages, device=self.device)  # [B] or [B, R]
         return actor_objective(self.objective, logits, tokens, mask, old, ref, advantages, scale)
+
+    def _on_policy(self) -> bool:
+        """One PPO epoch of one optimizer step: the update sees exactly the policy that scored the batch."""
+        return self.recipe.optimizer_steps_per_step == 1
 
     def _temperature(self) -> float:
         temperature = self.recipe.worker.rollout.temperature

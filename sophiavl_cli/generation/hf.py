@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
 
+from sophiavl_cli.generation.row_sampling import RowSampler, RowSampling
 from sophiavl_cli.generation.sampling import SamplingParams
 
 # (token ids with image placeholders expanded, pixels [patches, patch_dim] | None, grids [images, 3] | None)
@@ -144,6 +145,29 @@ class HFGenerator:
             return self.model.generate(
                 **inputs, generation_config=self.config(sampling), logits_processor=logits_processor
             )
+
+    @torch.no_grad()
+    def generate_rows(
+        self,
+        inputs: dict[str, torch.Tensor],
+        rows: Sequence[RowSampling],
+        *,
+        max_tokens: int,
+        return_logprobs: bool = False,
+        logits_processor: LogitsProcessorList | None = None,
+    ) -> Any:
+        """`model.generate` with each row sampled from its own generator (`row_sampling`).
+
+        A row's tokens do not depend on the other rows of the batch; a row without a seed takes
+        one from torch's RNG. `logits_processor` runs before the sampler (e.g. a choice
+        constraint). Returns what `generate` does.
+        """
+        if len(rows) != inputs["input_ids"].shape[0]:
+            raise ValueError(f"{len(rows)} row samplings for {inputs['input_ids'].shape[0]} rows")
+        # greedy: every warper field stays neutral; RowSampler's one-hot choice is what argmax takes
+        config = self.config(SamplingParams(max_tokens, temperature=0.0, return_logprobs=return_logprobs))
+        processors = LogitsProcessorList([*(logits_processor or []), RowSampler(rows)])
+        return self.model.generate(**inputs, generation_config=config, logits_processor=processors)
 
     def new_tokens(self, inputs: dict[str, torch.Tensor], result: Any) -> list[list[int]]:
         """Each row's generated ids (after the prompt columns), padding included."""

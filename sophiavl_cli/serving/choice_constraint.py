@@ -46,21 +46,34 @@ class ChoiceTrie:
 class ChoiceLogitsProcessor:
     """A transformers logits processor masking everything outside the trie.
 
-    `prompt_length` separates the prompt from the generated tokens in `input_ids`.
+    `prompt_length` separates the prompt from the generated tokens in `input_ids` (the padded
+    width in a left-padded batch). `trie` is one trie for every row, or one per row, where None
+    leaves that row unconstrained (a batch mixing constrained and free requests).
     """
 
-    def __init__(self, trie: ChoiceTrie, prompt_length: int, eos_token_ids: Sequence[int]) -> None:
+    def __init__(
+        self,
+        trie: ChoiceTrie | Sequence[ChoiceTrie | None],
+        prompt_length: int,
+        eos_token_ids: Sequence[int],
+    ) -> None:
         if not eos_token_ids:
             raise ValueError("need at least one end-of-sequence token id")
-        self.trie = trie
+        self.tries: ChoiceTrie | list[ChoiceTrie | None] = (
+            trie if isinstance(trie, ChoiceTrie) else list(trie)
+        )
         self.prompt_length = prompt_length
         self.eos_token_ids = list(eos_token_ids)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        mask = torch.full_like(scores, float("-inf"))  # [batch, vocab]
+        mask = torch.zeros_like(scores)  # [batch, vocab]
         for row in range(input_ids.shape[0]):
+            trie = self.tries if isinstance(self.tries, ChoiceTrie) else self.tries[row]
+            if trie is None:
+                continue
+            mask[row] = float("-inf")
             generated = input_ids[row, self.prompt_length :].tolist()
-            allowed, complete = self.trie.next_tokens(generated)
+            allowed, complete = trie.next_tokens(generated)
             if complete:
                 allowed = allowed + self.eos_token_ids
             if not allowed:  # off the trie (cannot happen under this mask): end the sequence

@@ -1,8 +1,9 @@
 """The built-in reward server's ASGI app: OpenAI-style routes over an engine, behind guards.
 
 Routes: GET /health (no key, as in vLLM), GET /v1/models, POST /v1/chat/completions. Guards: a
-bearer key when one is set (401), a request size limit (413, see `BodyLimit`), one generation at
-a time (an asyncio lock around a worker thread, so /health keeps answering while the model works).
+bearer key when one is set (401), a request size limit (413, see `BodyLimit`). Generation goes
+through a `RequestBatcher`: concurrent requests share one batched `generate` in a worker thread,
+one batch at a time, so /health keeps answering while the model works.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from sophiavl_cli.serving.chat_request import ChatRequest, RequestError, parse_chat_request
+from sophiavl_cli.serving.batcher import BatchEngine, RequestBatcher
+from sophiavl_cli.serving.chat_request import RequestError, parse_chat_request
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +31,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class Engine(Protocol):
-    def generate(self, request: ChatRequest) -> Any: ...
 
 
 def _error_body(status: int, message: str) -> bytes:
@@ -92,20 +90,22 @@ class BodyLimit:
 
 
 def build_app(
-    engine: Engine,
+    engine: BatchEngine,
     *,
     served_model_name: str,
     api_key: str | None,
     max_request_bytes: int,
     max_images: int = 8,
+    batcher: RequestBatcher | None = None,
 ) -> ASGIApp:
     """The ASGI app over a loaded engine (FastAPI inside a body-size guard).
 
     The name, key and size limit have no defaults here: `hf_server` owns them, and this module does
-    not import it back (the entry point imports the app, never the other way round).
+    not import it back (the entry point imports the app, never the other way round). `batcher`
+    (default: one with the default window and batch size) queues the generations.
     """
     app = FastAPI(title="sophiavl reward server", docs_url=None, redoc_url=None, openapi_url=None)
-    lock = asyncio.Lock()
+    batcher = batcher or RequestBatcher(engine)
     created = int(time.time())
 
     def error(status: int, message: str) -> Response:
@@ -143,8 +143,7 @@ def build_app(
                 return error(
                     404, f"The model `{chat.model}` does not exist; this server serves `{served_model_name}`."
                 )
-            async with lock:
-                generation = await asyncio.to_thread(engine.generate, chat)
+            generation = await batcher.submit(chat)
         except RequestError as exc:
             return error(exc.status, exc.message)
         except Exception:

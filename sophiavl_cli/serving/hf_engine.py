@@ -1,11 +1,13 @@
 """The model behind the built-in reward server: transformers `generate` on one Qwen2-VL-family model.
 
 Prompts go through sophiavl's own processor (`models.processing.VLProcessor`), so the RM sees the
-same image tokens here as under training. One request at a time: the server serialises calls.
+same image tokens here as under training. The app batches concurrent requests (`generate_batch`:
+one left-padded `generate`, each row sampled from its own seeded generator).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,8 +16,8 @@ import torch
 from transformers import LogitsProcessorList
 
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.generation.hf import HFGenerator
-from sophiavl_cli.generation.sampling import SamplingParams
+from sophiavl_cli.generation.hf import HFGenerator, trim_at_stop
+from sophiavl_cli.generation.row_sampling import RowSampling
 from sophiavl_cli.generation.tokens import pad_token_id, stop_token_ids
 from sophiavl_cli.models.loading import load_vl_model
 from sophiavl_cli.models.processing import EncodedPrompt, VLProcessor
@@ -67,17 +69,59 @@ class HFRewardEngine:
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.max_positions = int(getattr(text_config, "max_position_embeddings", 0) or 0)
 
-    @torch.no_grad()
     def generate(self, request: ChatRequest) -> Generation:
         """One completion; with `request.choices`, exactly one of them (see choice_constraint)."""
+        (result,) = self.generate_batch([request])
+        if isinstance(result, RequestError):
+            raise result
+        return result
+
+    @torch.no_grad()
+    def generate_batch(self, requests: Sequence[ChatRequest]) -> list[Generation | RequestError]:
+        """Complete `requests` in one batched `generate`; a bad request fails alone.
+
+        Each row is sampled from its own generator seeded by the request's seed
+        (`generation.row_sampling`) and cut at its own token budget: a request gets the tokens it
+        would get on its own, whatever else shares the batch.
+        """
+        results: list[Generation | RequestError | None] = [None] * len(requests)
+        plans: list[tuple[int, _Plan]] = []
+        for i, request in enumerate(requests):
+            try:
+                plans.append((i, self._plan(request)))
+            except RequestError as exc:
+                results[i] = exc
+        if plans:
+            generator = self.generator
+            inputs = generator.inputs(
+                [(p.encoded.input_ids, p.encoded.pixel_values, p.encoded.image_grid_thw) for _, p in plans]
+            )
+            tries = [plan.trie for _, plan in plans]
+            processors = LogitsProcessorList()
+            if any(trie is not None for trie in tries):  # generated ids start after the padded width
+                processors.append(
+                    ChoiceLogitsProcessor(tries, inputs["input_ids"].shape[1], self.eos_token_ids)
+                )
+            result = generator.generate_rows(
+                inputs,
+                [plan.sampling for _, plan in plans],
+                max_tokens=max(plan.budget for _, plan in plans),
+                logits_processor=processors,
+            )
+            for row, (i, plan) in zip(generator.new_tokens(inputs, result), plans, strict=True):
+                results[i] = self._finish(plan, row[: plan.budget])
+        return [result for result in results if result is not None]
+
+    def _plan(self, request: ChatRequest) -> _Plan:
+        """Encode and check one request: its prompt, token budget, sampling and choice trie."""
         prompt = self.processor.apply_chat_template(request.messages)
         try:
             encoded = self.processor.encode(prompt, request.images)
         except UserError as exc:
             raise RequestError(400, str(exc)) from None
         budget = min(request.max_tokens or self.max_new_tokens, self.max_new_tokens)
-        processors = LogitsProcessorList()
         choice_ids: dict[str, list[int]] = {}
+        trie = None
         prompt_length = len(encoded.input_ids)
         if request.choices:
             choice_ids = {
@@ -85,31 +129,32 @@ class HFRewardEngine:
             }
             trie = ChoiceTrie(list(choice_ids.values()))
             budget = trie.max_length + 1  # room for the longest choice and its EOS
-            processors.append(ChoiceLogitsProcessor(trie, prompt_length, self.eos_token_ids))
         if self.max_positions and prompt_length + budget > self.max_positions:
             raise RequestError(
                 400,
                 f"the prompt has {prompt_length} tokens; with {budget} new tokens it exceeds the model's "
                 f"{self.max_positions} positions",
             )
-        new_tokens = self._generate(encoded, budget, request, processors)
-        finished = any(t in self.eos_token_ids for t in new_tokens)
-        if request.choices:
-            text = match_choice(new_tokens, choice_ids, self.eos_token_ids) or self.processor.decode(
-                new_tokens
-            )
-        else:
-            text = self.processor.decode(new_tokens)
-        completion = next(
-            (i + 1 for i, t in enumerate(new_tokens) if t in self.eos_token_ids), len(new_tokens)
+        sampling = RowSampling(
+            temperature=request.temperature, top_p=request.top_p, top_k=0, seed=request.seed
         )
-        return Generation(text, prompt_length, completion, "stop" if finished else "length")
+        return _Plan(encoded, budget, sampling, trie, choice_ids)
 
-    def _generate(
-        self, encoded: EncodedPrompt, budget: int, request: ChatRequest, processors: LogitsProcessorList
-    ) -> list[int]:
-        generator = self.generator
-        inputs = generator.inputs([(encoded.input_ids, encoded.pixel_values, encoded.image_grid_thw)])
-        sampling = SamplingParams(max_tokens=budget, temperature=request.temperature, top_p=request.top_p)
-        result = generator.generate(inputs, sampling, seed=request.seed, logits_processor=processors)
-        return generator.new_tokens(inputs, result)[0]
+    def _finish(self, plan: _Plan, new_tokens: list[int]) -> Generation:
+        new_tokens, finished = trim_at_stop(new_tokens, self.eos_token_ids)  # what follows is padding
+        text = (
+            match_choice(new_tokens, plan.choice_ids, self.eos_token_ids) if plan.trie is not None else None
+        )
+        if text is None:
+            text = self.processor.decode(new_tokens)
+        reason = "stop" if finished else "length"
+        return Generation(text, len(plan.encoded.input_ids), len(new_tokens), reason)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    encoded: EncodedPrompt
+    budget: int
+    sampling: RowSampling
+    trie: ChoiceTrie | None
+    choice_ids: dict[str, list[int]]

@@ -9,7 +9,8 @@ endpoint. It speaks the part of vLLM's API the thinking-reward client uses:
                                  structured_outputs={"choice": [...]} (answer is one of the strings)
 
 Guards (see `hf_app`): a bearer key when one is set (401), a request size limit (413), data-URL
-images only (http URLs are refused), one generation at a time. This module stays light (no
+images only (http URLs are refused). Concurrent requests are batched (`batcher`: up to
+--max-batch-size requests per `generate`, gathered within --batch-window-ms). This module stays light (no
 FastAPI or torch at import) so the CLI and the launcher can read its defaults cheaply.
 
 Usage (the launcher runs this; users run `sophiavl serve-reward MODEL --backend hf`):
@@ -23,6 +24,7 @@ import logging
 import os
 
 from sophiavl_cli.hub.names import RM_SERVED_NAME
+from sophiavl_cli.serving.batcher import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_S, RequestBatcher
 
 API_KEY_ENV = "SOPHIAVL_REWARD_API_KEY"
 DEFAULT_SERVED_NAME = RM_SERVED_NAME
@@ -40,6 +42,8 @@ def serve(
     dtype: str = "auto",
     device: str | None = None,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_batch_size: int = DEFAULT_MAX_BATCH,
+    batch_window_ms: float = DEFAULT_WINDOW_S * 1000,
 ) -> None:
     """Load the model, then serve until interrupted (blocking)."""
     import uvicorn
@@ -52,7 +56,11 @@ def serve(
         resolve_model(model_ref), dtype=dtype, device=device, max_new_tokens=max_new_tokens
     )
     app = build_app(
-        engine, served_model_name=served_model_name, api_key=api_key, max_request_bytes=max_request_bytes
+        engine,
+        served_model_name=served_model_name,
+        api_key=api_key,
+        max_request_bytes=max_request_bytes,
+        batcher=RequestBatcher(engine, max_batch=max_batch_size, window_s=batch_window_ms / 1000),
     )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
@@ -71,6 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--device", default=None)
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH, help="requests per generate")
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=DEFAULT_WINDOW_S * 1000,
+        help="wait for company (idle server)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -84,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
             dtype=args.dtype,
             device=args.device,
             max_request_bytes=args.max_request_bytes,
+            max_batch_size=args.max_batch_size,
+            batch_window_ms=args.batch_window_ms,
         )
     except UserError as exc:
         fail(str(exc))

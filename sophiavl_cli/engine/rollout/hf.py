@@ -2,10 +2,10 @@
 
 Each worker keeps one unsharded copy of the policy for generation (the FSDP-sharded policy
 cannot generate without a collective per token), refreshed from the FSDP full tensors after
-every optimizer step. Prompts are generated one at a time with their `n` samples as one batch
-(identical prompts: no padding), under a seed derived from (run seed, step, prompt index):
-the tokens a prompt gets do not depend on the rank or the batch it lands in. Slow on purpose:
-this backend is for CPU and debugging; throughput comes from vLLM on GPU.
+every optimizer step. All of a rank's prompts x n samples go through one left-padded `generate`,
+each row sampled from its own generator seeded with (run seed, step, prompt index, sample index)
+(`generation.row_sampling`): the tokens a prompt gets do not depend on the rank or on the other
+prompts of the batch. This backend is for CPU and debugging; throughput comes from vLLM on GPU.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from sophiavl_cli.engine.rollout.base import RolloutOutput, RolloutPrompt, SamplingParams, derive_seed
 from sophiavl_cli.generation.hf import HFGenerator, trim_at_stop
+from sophiavl_cli.generation.row_sampling import RowSampling
 
 
 class HFRollout:
@@ -56,36 +57,36 @@ class HFRollout:
     def generate(
         self, prompts: list[RolloutPrompt], n: int, sampling: SamplingParams, seed: int
     ) -> list[RolloutOutput]:
-        """`n` samples per prompt; `seed` is the step's seed, mixed with each prompt's index."""
-        outputs: list[RolloutOutput] = []
-        for prompt in prompts:
-            outputs.extend(self._generate_one(prompt, n, sampling, derive_seed(seed, prompt.index)))
-        return outputs
-
-    def _generate_one(
-        self, prompt: RolloutPrompt, n: int, sampling: SamplingParams, seed: int
-    ) -> list[RolloutOutput]:
-        row = (prompt.prompt_ids, prompt.pixel_values, prompt.image_grid_thw)
-        inputs = self.generator.inputs([row] * n)  # n identical rows: no padding
-        result = self.generator.generate(inputs, sampling, seed=seed)
-        new_tokens = result.sequences[:, inputs["input_ids"].shape[1] :]  # [n, R]
+        """`n` samples per prompt in one batched `generate`; sample k of prompt i draws from its own
+        generator seeded with (step seed, i, k)."""
+        if not prompts:
+            return []
+        rows = [(p.prompt_ids, p.pixel_values, p.image_grid_thw) for p in prompts for _ in range(n)]
+        row_sampling = [
+            RowSampling.of(sampling, derive_seed(seed, p.index, k)) for p in prompts for k in range(n)
+        ]
+        inputs = self.generator.inputs(rows)  # left-padded to the longest prompt
+        result = self.generator.generate_rows(
+            inputs, row_sampling, max_tokens=sampling.max_tokens, return_logprobs=sampling.return_logprobs
+        )
+        new_tokens = result.sequences[:, inputs["input_ids"].shape[1] :]  # [B, R]
         token_logprobs = None
         if sampling.return_logprobs and result.logits:
-            logits = torch.stack(result.logits, dim=1).float()  # [n, R, V]
+            logits = torch.stack(result.logits, dim=1).float()  # [B, R, V]
             scale = 1.0 if sampling.greedy else sampling.temperature
             logp = torch.log_softmax(logits / scale, dim=-1)
-            token_logprobs = logp.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1).cpu().numpy()  # [n, R]
+            token_logprobs = logp.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1).cpu().numpy()  # [B, R]
         outputs = []
-        for k in range(n):
-            response, stopped = trim_at_stop(new_tokens[k].tolist(), self.eos_token_ids)
+        for r, tokens in enumerate(new_tokens.tolist()):
+            response, stopped = trim_at_stop(tokens, self.eos_token_ids)
             outputs.append(
                 RolloutOutput(
-                    prompt_index=prompt.index,
-                    sample_index=k,
+                    prompt_index=prompts[r // n].index,
+                    sample_index=r % n,
                     response_ids=response,
                     logprobs=None
                     if token_logprobs is None
-                    else token_logprobs[k, : len(response)].astype(np.float32),
+                    else token_logprobs[r, : len(response)].astype(np.float32),
                     truncated=not stopped,
                 )
             )

@@ -135,6 +135,13 @@ TRUST_FALLBACK_GROUPS = _define(
     "Groups trained on outcome rewards only because their reward-model call failed.",
     "groups",
 )
+TRUST_THINKING_COVERAGE = _define(
+    "trust/thinking_coverage",
+    "mean",
+    "Share of groups that used the thinking reward (not fallen back to outcome-only after an RM failure); "
+    "below reward.thinking.min_coverage for failure_patience steps stops the run.",
+    "fraction",
+)
 
 # ----------------------------------------------------------------------------- reward model calls
 RM_CALLS = _define("rm/calls", "sum", "Thinking reward model requests finished (scored or failed).", "calls")
@@ -365,6 +372,7 @@ SUMMARY_KEYS: dict[str, str] = {
     REWARD_THINKING: "thinking",
     REWARD_FINAL: "final",
     TRUST_GAMMA: "gamma",
+    TRUST_THINKING_COVERAGE: "coverage",
     ACTOR_PG_LOSS: "pg_loss",
     ACTOR_KL: "kl",
     ACTOR_ENTROPY: "entropy",

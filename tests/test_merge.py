@@ -217,3 +217,39 @@ def test_shard_sizes_parse_decimal_and_binary_units() -> None:
     with pytest.raises(UserError, match="max-shard-size"):
         parse_size("lots")
     assert default_output(Path("/x/checkpoints/global_step_7")) == Path("/x/merged/global_step_7")
+
+
+def test_merge_names_a_corrupt_file_in_one_line_and_merges_an_unmarked_checkpoint_only_with_force(
+    trained_checkpoint: tuple[Path, dict], tmp_path: Path
+) -> None:
+    checkpoint, _ = trained_checkpoint
+    corrupt = tmp_path / "corrupt" / "global_step_1"
+    shutil.copytree(checkpoint, corrupt)
+    shard = sorted((corrupt / "dcp").glob("*.distcp"))[-1]
+    shard.write_bytes(b"")  # a disk that filled up during the save
+    with pytest.raises(UserError, match=rf"cannot merge {corrupt}: {shard}: 0 bytes") as info:
+        plan_merge(corrupt, output=tmp_path / "out1")
+    assert "\n" not in str(info.value)
+
+    unmarked = tmp_path / "unmarked" / "global_step_1"
+    shutil.copytree(checkpoint, unmarked)
+    (unmarked / "complete").unlink()
+    with pytest.raises(UserError, match=r"no complete marker.*pass --force"):
+        plan_merge(unmarked, output=tmp_path / "out2")
+    result = merge_checkpoint(unmarked, output=tmp_path / "out2", force=True)
+    assert (result.output / "model.safetensors").is_file()
+
+
+def test_merge_checks_the_output_folder_is_writable_before_reading_the_checkpoint(
+    trained_checkpoint: tuple[Path, dict], tmp_path: Path
+) -> None:
+    checkpoint, _ = trained_checkpoint
+    unmarked = tmp_path / "global_step_1"
+    shutil.copytree(checkpoint, unmarked)
+    (unmarked / "complete").unlink()  # reading it would fail: the output must be checked first
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output's parent should be")
+    with pytest.raises(
+        UserError, match=r"cannot write here .*not a writable folder\); pass another --output"
+    ):
+        plan_merge(unmarked, output=blocker / "merged")

@@ -134,7 +134,10 @@ def test_recipe_reference_doc_is_generated_from_the_code() -> None:
 
 
 def test_a_recipe_inherits_its_base_and_overrides_keys_section_by_section(tmp_path) -> None:
-    (tmp_path / "a.yaml").write_text("trainer:\n  max_steps: 3\n  seed: 7\nworker:\n  rollout:\n    n: 2\n")
+    (tmp_path / "a.yaml").write_text(
+        "data:\n  train_files: builtin:demo@train\ntrainer:\n  max_steps: 3\n  seed: 7\n"
+        "worker:\n  actor:\n    model_path: builtin:tiny-qwen2.5-vl\n  rollout:\n    n: 2\n"
+    )  # a recipe names its model and data (the base's count)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\ntrainer:\n  seed: 9\n")
     (tmp_path / "c.yaml").write_text("base: sub/b.yaml\nworker:\n  rollout:\n    temperature: 0.5\n")

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from sophiavl_cli import __version__
-from sophiavl_cli.cli import dataset, doctor, recipe
+from sophiavl_cli.cli import dataset, doctor, help_format, recipe  # noqa: F401  (help_format: flags show no <bool>)
 from sophiavl_cli.cli import download as download_cli
 from sophiavl_cli.cli import eval as eval_cli
 from sophiavl_cli.cli import eval_rm as eval_rm_cli
@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         fail(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        fail("interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # a `Stopped` (engine/signals.py) carries its message and exit code
+        fail(getattr(exc, "message", "interrupted"))
+        sys.exit(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """`sophiavl infer`: answer one question about images, or a JSON-lines file of them.
 
 Usage:
+    sophiavl infer --image problem.png --type numerical          # the question is the picture itself
     sophiavl infer --image chart.png --type numerical --prompt "What is the highest bar?"
     sophiavl infer --model builtin:tiny-qwen2.5-vl --image x.png --type "multiple choice" \
         --prompt "Which is larger?" --options "A. 3;B. 5" --json
@@ -31,7 +32,13 @@ from sophiavl_cli.infer.inferencer import (
     InferResult,
 )
 
+# The question when only a picture is given: a photo or screenshot of a problem is the most common
+# input. It takes the place of {Question} in the released prompt template (docs/method.md), so the
+# model still gets the system prompt, the thinking instruction and the per-type answer suffix.
+IMAGE_QUESTION = "Solve the problem shown in the image."
+
 EPILOG = (
+    "Without --prompt, the image is the question (the prompt asks to solve the problem it shows). "
     "Question types: numerical, 'multiple choice' (or multiple_choice), free-form, OCR, text. "
     "Without --model, SophiaVL-R1-7B is taken from the local HF cache (`sophiavl download` fetches it). "
     'Batch rows: {"id": ..., "images": [...], "prompt": ..., "type": ..., "options": [...]}.'
@@ -41,7 +48,11 @@ EPILOG = (
 def infer(
     model: ModelRef = DEFAULT_MODEL,
     image: list[str] = typer.Option(None, "--image", help="Local image file (repeatable, in prompt order)."),
-    prompt: str = typer.Option(None, "--prompt", help="The question."),
+    prompt: str = typer.Option(
+        None,
+        "--prompt",
+        help=f"The question. Without it (with --image) the question is the image itself: {IMAGE_QUESTION!r}.",
+    ),
     type_: str = typer.Option(None, "--type", help="numerical | 'multiple choice' | free-form | OCR | text."),
     options: str = typer.Option(None, "--options", help='Multiple-choice options: "A. ..;B. ..".'),
     backend: Backend = "hf",
@@ -68,8 +79,11 @@ def infer(
                 "--input takes the questions from the file: drop --image/--prompt/--type/--options"
             )
     else:
-        if not prompt or not type_:
-            raise UserError("give --prompt and --type (and --image for image questions), or --input/--output")
+        if not type_ or not (prompt or image):
+            raise UserError(
+                "give --type and --image (the question is the image) or --prompt (or both); or --input/--output"
+            )
+        prompt = prompt or IMAGE_QUESTION
         request = InferRequest.create(prompt=prompt, problem_type=type_, images=image or [], options=options)
     with console.status("loading the model", spinner="dots") if not json_out else nullcontext():
         inferencer = Inferencer(

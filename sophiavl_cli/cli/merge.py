@@ -42,6 +42,9 @@ def merge(
         "5GB", "--max-shard-size", help="Largest safetensors file; bigger models get an index."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    force: bool = typer.Option(
+        False, "--force", help="Merge a checkpoint without its complete marker (an interrupted save)."
+    ),
     runs_dir: Path = typer.Option(
         Path("runs"), "--runs-dir", help="Where to look for runs when CHECKPOINT is omitted."
     ),
@@ -67,7 +70,7 @@ def merge(
             f"adapter written to [bold]{escape(str(written))}[/] (load with peft's PeftModel.from_pretrained)"
         )
         return
-    plan = plan_merge(checkpoint, output, _dtype(dtype), max_shard_size, overwrite)
+    plan = plan_merge(checkpoint, output, _dtype(dtype), max_shard_size, overwrite, force)
     with Progress(
         TextColumn("[bold]merging"),
         BarColumn(),

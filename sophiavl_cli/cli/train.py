@@ -9,6 +9,7 @@ Usage:
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def train(
     """Train a vision-language policy with Trust-GRPO on Ray + FSDP2."""
     from sophiavl_cli.config import load_recipe
     from sophiavl_cli.engine.cluster import WorkerFailure
-    from sophiavl_cli.engine.driver import run_dir_of
+    from sophiavl_cli.engine.driver import AlreadyFinished, run_dir_of
     from sophiavl_cli.engine.driver import train as run_training
 
     loaded = load_recipe(recipe, overrides or [])  # batch sizes that do not divide fail here, before Ray
@@ -61,13 +62,16 @@ def train(
     except WorkerFailure as exc:
         fail(str(exc))
         sys.exit(1)
+    except AlreadyFinished as exc:  # nothing to do is not an error: said plainly, exit 0
+        console.print(str(exc), soft_wrap=True, markup=False)
+        return
     finished = result.last_step >= result.total_steps and not result.interrupted
     table = Table(
         title=f"{'done' if finished else 'stopped'}: steps {result.first_step}-{result.last_step} "
         f"of {result.total_steps} in {result.seconds:.0f} s"
     )
     table.add_column("metric (last step)")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")  # a checkpoint path shown whole
     for key in SUMMARY_KEYS:
         if key in result.last_metrics:
             table.add_row(key, f"{result.last_metrics[key]:.4g}")
@@ -76,5 +80,5 @@ def train(
     console.print(f"run dir: [bold]{result.run_dir}[/]", soft_wrap=True)  # one line: copy-pasteable
     if not finished:
         console.print("continue: the same command again (--resume auto is the default)", soft_wrap=True)
-    if result.interrupted:
-        sys.exit(130)  # like any command stopped by Ctrl-C, after the checkpoint is safe
+    if result.interrupted:  # like any command stopped by a signal (130 Ctrl-C, 143 SIGTERM), checkpoint safe
+        sys.exit(128 + (result.stop_signal or signal.SIGINT))

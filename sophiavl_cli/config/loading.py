@@ -17,16 +17,30 @@ from pydantic import BaseModel, ValidationError
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.errors import UserError
 
+# What a recipe may expand to. The longest shipped recipe has ~120 values 4 levels deep; these bounds
+# stop an alias bomb (`a: &a [x, x]`, `b: &b [*a, *a]`, ...) or thousands of nested maps in one
+# line, before PyYAML builds them or pydantic walks them.
+MAX_RECIPE_BYTES = 1_000_000
+MAX_DEPTH = 32
+MAX_NODES = 20_000
+# What every recipe file must set itself (the defaults are for trying things out, not a run).
+REQUIRED_KEYS = (("worker", "actor", "model_path"), ("data", "train_files"))
+# Fields whose rejected value is never shown: a key pasted where its variable's name belongs.
+SECRET_LIKE_FIELDS = ("api_key_env",)
 M = TypeVar("M", bound=BaseModel)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a recipe file with safe loading only (no Python object tags)."""
+    """Read a recipe file with safe loading only (no Python object tags), within MAX_* bounds."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found; pass a YAML file such as recipes/quickstart.yaml")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise UserError(
+            f"{path}: {path.stat().st_size} bytes, more than a recipe may be ({MAX_RECIPE_BYTES}); is it a recipe?"
+        )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = bounded_yaml(path.read_text(encoding="utf-8"), str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -42,6 +56,63 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"{path}: a recipe must be a mapping of sections (data, algorithm, worker, reward, trainer)"
         )
     return data
+
+
+def bounded_yaml(text: str, source: str) -> Any:
+    """`yaml.safe_load` that first checks the composed node graph: depth, expanded size, no cycles."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_bounds(node, source)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise UserError(
+            f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few sections of keys"
+        ) from None
+    finally:
+        loader.dispose()
+
+
+def _check_bounds(root: yaml.Node, source: str) -> None:
+    """Walk the node graph once per distinct node (aliases share nodes) and bound what it expands to."""
+    seen: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, height)
+    open_nodes: set[int] = set()
+
+    def visit(node: yaml.Node, depth: int) -> tuple[int, int]:
+        if depth > MAX_DEPTH:
+            raise UserError(
+                f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few sections of keys"
+            )
+        key = id(node)
+        if key in seen:
+            size, height = seen[key]
+            if depth + height > MAX_DEPTH:
+                raise UserError(f"{source}: nested deeper than {MAX_DEPTH} levels (through YAML aliases)")
+            return size, height
+        if key in open_nodes:
+            raise UserError(f"{source}: a YAML alias refers to the value that contains it; remove the cycle")
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        open_nodes.add(key)
+        size, height = 1, 0
+        for child in children:
+            child_size, child_height = visit(child, depth + 1)
+            size, height = size + child_size, max(height, child_height + 1)
+            if size > MAX_NODES:
+                raise UserError(
+                    f"{source}: expands to more than {MAX_NODES} values (YAML aliases repeated?); "
+                    "a recipe is a few sections of keys"
+                )
+        open_nodes.discard(key)
+        seen[key] = (size, height)
+        return size, height
+
+    visit(root, 0)
 
 
 BASE_KEY = "base"
@@ -87,7 +158,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"override {text!r}: write it as section.key=value, e.g. trainer.max_steps=2")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = bounded_yaml(raw, f"override {key}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -135,7 +206,8 @@ def describe_errors(exc: ValidationError, source: str, model: type[BaseModel] = 
             lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
         else:
             got = err.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            hidden = isinstance(got, dict) or (loc and str(loc[-1]) in SECRET_LIKE_FIELDS)
+            shown = "" if hidden else f" (got {got!r})"
             lines.append(f"{source}: {dotted}: {err['msg']}{shown}")
     return "\n".join(lines)
 
@@ -153,13 +225,34 @@ def load_recipe(
     overrides: list[str] | None = None,
     model: type[M] = Recipe,  # type: ignore[assignment]
 ) -> M:
-    """Defaults < YAML file (its `base:` chain resolved) < overrides, validated as one tree of `model`."""
+    """Defaults < YAML file (its `base:` chain resolved) < overrides, validated as one tree of `model`.
+
+    A training recipe file (with its overrides) must name its model and data: an empty file would
+    otherwise train the built-in defaults on 8 workers without a word.
+    """
     data = load_recipe_data(path) if path is not None else {}
     source = str(path) if path is not None else "defaults"
     if overrides:
         data = apply_overrides(data, overrides)
         source += " + overrides"
-    return validate_recipe(data, source, model)
+    recipe = validate_recipe(data, source, model)
+    if path is not None and model is Recipe:
+        missing = [".".join(keys) for keys in REQUIRED_KEYS if not _has(data, keys)]
+        if missing:
+            raise UserError(
+                f"{source}: a recipe must name its model and data; set {' and '.join(missing)} "
+                "(see recipes/quickstart.yaml)"
+            )
+    return recipe
+
+
+def _has(data: dict[str, Any], keys: tuple[str, ...]) -> bool:
+    node: Any = data
+    for key in keys:
+        if not isinstance(node, dict) or node.get(key) in (None, ""):
+            return False
+        node = node[key]
+    return True
 
 
 def recipe_schema() -> dict[str, Any]:

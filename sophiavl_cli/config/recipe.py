@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sophiavl_cli.config.fields import EnvVarName, Name
+
 
 class Section(BaseModel):
     """Base of every recipe section: frozen, strict about unknown keys."""
@@ -380,7 +382,7 @@ class ThinkingRewardConfig(Section):
         "with neither, serve (a Ray actor) or serve_model (a built-in server) serves one for the run.",
     )
     model: str | None = Field(None, description="Served reward-model name; default $REWARD_MODEL.")
-    api_key_env: str = Field(
+    api_key_env: EnvVarName = Field(
         "OPENAI_API_KEY", description="Environment variable holding the API key (never saved)."
     )
     serve_model: str | None = Field(
@@ -401,6 +403,13 @@ class ThinkingRewardConfig(Section):
     )
     max_failure_fraction: float = Field(
         0.5, ge=0, le=1, description="Stop training when more than this share of RM calls fail ..."
+    )
+    min_coverage: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="... or when fewer than this share of groups used the thinking reward (the rest fell back "
+        "to outcome-only after an RM failure); 0 turns this floor off.",
     )
     failure_patience: int = Field(3, gt=0, description="... for this many consecutive steps.")
 
@@ -475,8 +484,8 @@ class TrainerConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto picks cuda when GPUs are visible."
     )
-    project_name: str = Field("sophiavl", description="Groups runs in loggers and the output folder.")
-    experiment_name: str = Field(
+    project_name: Name = Field("sophiavl", description="Groups runs in loggers and the output folder.")
+    experiment_name: Name = Field(
         "trust_grpo", description="Run name; the run dir is output_dir/project/experiment."
     )
     output_dir: str = Field("runs", description="Root folder of run directories.")
@@ -493,6 +502,12 @@ class TrainerConfig(Section):
     save_freq: int = Field(300, description="Checkpoint every this many steps; -1 only at the end.")
     save_limit: int = Field(-1, description="Keep at most this many checkpoints; -1 keeps all.")
     seed: int = Field(1, description="Seed of model init, sampling and every RNG the run owns.")
+    stop_grace_s: float = Field(
+        300.0,
+        gt=0,
+        description="On Ctrl-C or SIGTERM: seconds the step in flight may take to finish (a checkpoint follows); "
+        "past that, stop without it. Keep it under the scheduler's grace period minus the save time.",
+    )
     collective_timeout: float = Field(
         600.0,
         gt=0,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sophiavl_cli.data.images import describe, open_image
+from sophiavl_cli.data.length import char_ceiling
 from sophiavl_cli.data.loader import Rows, check_mapping, problem_type_faults
 from sophiavl_cli.data.problem_types import valid_types
 from sophiavl_cli.data.prompts import build_messages
@@ -35,6 +36,7 @@ from sophiavl_cli.fileio import atomic_write_text
 
 _ANSWER_TAGS = re.compile(r"</?answer>")
 _TOKEN_CHUNK = 512
+_CHUNK_CHARS = 4_000_000  # texts tokenized per call: bounds the tokenizer's memory, not just the row count
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,8 @@ def _check_prompt_lengths(
         resolve_model(options.model), min_pixels=options.min_pixels, max_pixels=options.max_pixels
     )
     pending: list[tuple[int, str, int]] = []  # (row index, prompt text, image tokens beyond the pads)
+    pending_chars = 0
+    ceiling = char_ceiling(processor.tokenizer, options.max_prompt_length)
     longest = 0
     allowed = set(valid_types(options.extra_types))
     for index, keys in enumerate(row_images):
@@ -268,10 +272,19 @@ def _check_prompt_lengths(
             _add_row(report, rows, index, "prompt", str(exc))
             continue
         image_tokens = sum(processor.num_image_tokens(h, w) for w, h in sizes)  # type: ignore[misc]
+        if len(text) > ceiling:  # over the limit for sure: never tokenized (data/length.py)
+            longest = max(longest, options.max_prompt_length + 1)
+            message = (
+                f"prompt is over {options.max_prompt_length} tokens ({len(text):,} characters) > max_prompt_length; "
+                "shorten it or drop the row"
+            )
+            _add_row(report, rows, index, "prompt", message)
+            continue
         pending.append((index, text, image_tokens - len(sizes)))  # each pad is one token of the text
-        if len(pending) >= _TOKEN_CHUNK:
+        pending_chars += len(text)
+        if len(pending) >= _TOKEN_CHUNK or pending_chars >= _CHUNK_CHARS:
             longest = max(longest, _count_chunk(report, rows, processor, pending, options.max_prompt_length))
-            pending = []
+            pending, pending_chars = [], 0
     if pending:
         longest = max(longest, _count_chunk(report, rows, processor, pending, options.max_prompt_length))
     report.max_prompt_tokens = longest

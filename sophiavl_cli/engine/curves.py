@@ -118,6 +118,8 @@ def plot_curves(metrics_jsonl: Path, out_dir: Path) -> list[Path]:
 
 
 def _draw(ax: Any, panel: Panel, series: dict[str, tuple[list[int], list[float]]]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     units = []
     for index, key in enumerate(k for k in panel.keys if k in series):
         steps, values = series[key]
@@ -132,6 +134,7 @@ def _draw(ax: Any, panel: Panel, series: dict[str, tuple[list[int], list[float]]
         units.append(metric(key).unit)
     ax.set_title(panel.title)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers: no 1.5 tick on 2 steps
     if units and len(set(units)) == 1 and units[0]:
         ax.set_ylabel(units[0])
     ax.grid(True, alpha=0.3)

@@ -4,8 +4,11 @@ The driver owns order and state: the data position, the step counter, the reward
 the anneal schedule, logging and the checkpoint schedule. The workers (Ray actors, one per rank)
 own the tensors. `train` is `build_run` (everything before the first step) then `fit` (the loop:
 `engine.step.run_step`, then validation and checkpoint saving as the timed phases `val` and `save`;
-checkpoints every `save_freq` steps, at the end, and after the step in flight when Ctrl-C is
-pressed; a second Ctrl-C stops at once); an `ExitStack` tears everything down, also on errors.
+checkpoints every `save_freq` steps, at the end, and after the step in flight on Ctrl-C or SIGTERM,
+see engine/signals.py); an `ExitStack` tears everything down, also on errors. Before any of it:
+every pre-flight check at once (engine/preflight.py), the run folder's lock (engine/runlock.py),
+the verified checkpoint to resume, whether the run is already finished, and a watchdog that ends
+everything the trainer started if it dies uncleanly (engine/reaper.py).
 
 Usage:
     sophiavl train recipes/quickstart.yaml
@@ -15,8 +18,6 @@ Usage:
 from __future__ import annotations
 
 import os
-import signal
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -28,18 +29,22 @@ import yaml
 
 from sophiavl_cli.config.loading import dump_recipe
 from sophiavl_cli.config.recipe import DataConfig, Recipe, TrainerConfig
-from sophiavl_cli.engine import cluster
+from sophiavl_cli.engine import cluster, quiet
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
 from sophiavl_cli.engine.objective import uses_reference
+from sophiavl_cli.engine.preflight import finished_run, preflight
 from sophiavl_cli.engine.prompting import PromptBuilder
+from sophiavl_cli.engine.reaper import start_reaper
 from sophiavl_cli.engine.rm_served import thinking_service
-from sophiavl_cli.engine.rollout import check_backend
+from sophiavl_cli.engine.runlock import RunLock
+from sophiavl_cli.engine.signals import StopFlag
 from sophiavl_cli.engine.step import StepContext, run_step
 from sophiavl_cli.engine.throughput import FlopsModel, peak_flops, throughput_metrics
 from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.validation import validate
 from sophiavl_cli.engine.worker import WorkerSpec
 from sophiavl_cli.engine.workers import Workers
+from sophiavl_cli.errors import UserError
 from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 from sophiavl_cli.metrics import TRAIN_EPOCH
 
@@ -55,6 +60,7 @@ class RunResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
     interrupted: bool = False
+    stop_signal: int | None = None  # SIGINT or SIGTERM when `interrupted`
     seconds: float = 0.0
 
 
@@ -81,20 +87,37 @@ class Run:
     say: Any
 
 
+class AlreadyFinished(UserError):
+    """The run folder's last checkpoint already ends the run the recipe asks for (exit 0: nothing to do)."""
+
+    exit_code = 0
+
+
 def train(
     recipe: Recipe, *, ray_address: str | None = None, resume: str = "auto", status: Any = None
 ) -> RunResult:
     """Run training as the recipe says; returns where everything went. `status(text)` reports progress."""
     say = status or (lambda text: None)
     started_at = time.perf_counter()
-    with ExitStack() as stack:
-        run = build_run(recipe, stack, ray_address=ray_address, resume=resume, say=say)
-        result = fit(run, stack)
+    preflight(recipe, ray_address=ray_address)
+    run_dir = run_dir_of(recipe.trainer)
+    with RunLock(run_dir), ExitStack() as stack:
+        checkpoint = resolve_resume(resume, run_dir, say)
+        finished = finished_run(recipe, run_dir, checkpoint)
+        if finished is not None:
+            raise AlreadyFinished(finished)
+        stack.callback(start_reaper().stop)  # first in, last out: after Ray and the RM are stopped
+        stop = stack.enter_context(StopFlag(recipe.trainer.stop_grace_s))
+        run = build_run(recipe, stack, ray_address=ray_address, checkpoint=checkpoint, say=say)
+        stop.install()  # again: ray.init took SIGTERM for itself
+        result = fit(run, stack, stop)
     result.seconds = time.perf_counter() - started_at
     return result
 
 
-def build_run(recipe: Recipe, stack: ExitStack, *, ray_address: str | None, resume: str, say: Any) -> Run:
+def build_run(
+    recipe: Recipe, stack: ExitStack, *, ray_address: str | None, checkpoint: Path | None, say: Any
+) -> Run:
     """Everything before the first step; what must be torn down is registered on `stack`.
 
     Data, model files and rewards load before Ray starts, so mistakes fail fast.
@@ -105,11 +128,7 @@ def build_run(recipe: Recipe, stack: ExitStack, *, ray_address: str | None, resu
     from sophiavl_cli.rewards.failure_policy import FailureMonitor
     from sophiavl_cli.rewards.outcome import OutcomeScorer
 
-    check_backend(recipe.worker.rollout)
-    run_dir = run_dir_of(recipe.trainer)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
-    checkpoint = resolve_resume(resume, run_dir)
+    run_dir = run_dir_of(recipe.trainer)  # created by its lock; recipe.yaml is written once workers run
 
     say("loading data and model files")
     model_dir = resolve_model(recipe.worker.actor.model_path)
@@ -205,6 +224,7 @@ def start_workers(
     say: Any,
 ) -> tuple[Workers, str]:
     """Ray, one worker per rank, each set up with the policy (and reference, rollout engine)."""
+    quiet.install(ray_logs=True)
     started = cluster.connect(ray_address)
     stack.callback(cluster.disconnect, started)
     device = _resolve_device(recipe.trainer.device)
@@ -216,13 +236,17 @@ def start_workers(
     return workers, device
 
 
-def fit(run: Run, stack: ExitStack) -> RunResult:
-    """The training loop: steps, validation and checkpoints as timed phases, then the curves."""
+def fit(run: Run, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
+    """The training loop: steps, validation and checkpoints as timed phases, then the curves.
+
+    `stop` (Ctrl-C / SIGTERM, engine/signals.py) ends the loop after the step in flight, with a
+    checkpoint of it; without one, a fresh flag is entered on `stack`.
+    """
     from sophiavl_cli.engine.curves import plot_curves
 
     recipe, trainer, loggers = run.recipe, run.recipe.trainer, run.loggers
-    stop = _StopFlag()
-    stack.enter_context(stop)
+    if stop is None:
+        stop = stack.enter_context(StopFlag(trainer.stop_grace_s))
     result = RunResult(
         run_dir=run.run_dir,
         first_step=run.start_step + 1,
@@ -238,13 +262,18 @@ def fit(run: Run, stack: ExitStack) -> RunResult:
     last_step = last_step_of_this_run(trainer, run.start_step, run.total_steps)
     stack.enter_context(loggers.progress(run.total_steps, run.start_step))
     for step in range(run.start_step + 1, last_step + 1):
+        if stop.requested:  # asked to stop during setup or validation: no new step
+            result.interrupted, result.stop_signal = True, stop.signum
+            break
         timer.reset()
         metrics = run_step(run.ctx, run.loader.next_batch(), step, timer)
+        stop.step_done()
         metrics |= timer.metrics()
         metrics |= throughput_metrics(metrics, recipe.world_size, run.peak_flops)
         metrics[TRAIN_EPOCH] = float(run.loader.epoch)
         after.reset()
-        if run.val_rows and trainer.val_freq > 0 and _due(step, trainer.val_freq, run.total_steps):
+        validating = run.val_rows and trainer.val_freq > 0 and _due(step, trainer.val_freq, run.total_steps)
+        if validating and not stop.requested:  # stopping: straight to the save, no validation
             with after("val"):
                 val_metrics, samples = validate(run.ctx, run.val_rows, step)
             metrics |= val_metrics
@@ -256,7 +285,7 @@ def fit(run: Run, stack: ExitStack) -> RunResult:
         loggers.log(step, metrics)
         result.last_step, result.last_metrics = step, metrics
         if stop.requested:
-            result.interrupted = True
+            result.interrupted, result.stop_signal = True, stop.signum
             break
     loggers.stop()
     loggers.close()
@@ -390,30 +419,3 @@ def _worker_spec(
         pad_token_id=int(pad),
         collective_timeout_s=recipe.trainer.collective_timeout,
     )
-
-
-class _StopFlag:
-    """First Ctrl-C: finish the step in flight, checkpoint, stop. Second: stop now (KeyboardInterrupt)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        from sophiavl_cli.console import err_console
-
-        err_console.print(
-            "[yellow]Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop now)[/]"
-        )
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)

@@ -40,11 +40,20 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.console import console as default_console
 from sophiavl_cli.fileio import JsonlAppender, atomic_write_jsonl, atomic_write_text, read_jsonl
-from sophiavl_cli.metrics import SUMMARY_KEYS
+from sophiavl_cli.metrics import (
+    ACTOR_ENTROPY,
+    ACTOR_GRAD_NORM,
+    ACTOR_PG_LOSS,
+    REWARD_THINKING,
+    SUMMARY_KEYS,
+    TRUST_GAMMA,
+    TRUST_THINKING_COVERAGE,
+)
 from sophiavl_cli.optional import require
 
 METRICS_FILE = "metrics.jsonl"
@@ -151,7 +160,7 @@ class ConsoleBackend:
         if self._progress is not None:
             self._progress.update(self._task, completed=step)
         if step % self.log_freq == 0 or step == self._total:
-            table = metrics_table(step, self._total, metrics)
+            table = metrics_table(step, self._total, metrics, width=self.console.width)
             if table is not None:
                 self.console.print(table)
 
@@ -162,16 +171,47 @@ class ConsoleBackend:
         self.stop()
 
 
-def metrics_table(step: int, total: int, metrics: dict[str, float]) -> Table | None:
-    """The compact table: one row, a column per key metric present (header = the key's last part)."""
+# When the terminal is too narrow for every column, these are left out, in this order; they stay in
+# metrics.jsonl and the trackers.
+CONSOLE_DROP_ORDER = (
+    ACTOR_GRAD_NORM,
+    ACTOR_ENTROPY,
+    ACTOR_PG_LOSS,
+    TRUST_GAMMA,
+    REWARD_THINKING,
+    TRUST_THINKING_COVERAGE,
+)
+
+
+def metrics_table(step: int, total: int, metrics: dict[str, float], width: int | None = None) -> Table | None:
+    """The compact table: one row, a column per key metric present (header = the key's last part).
+
+    With `width` (the terminal's), columns are dropped in `CONSOLE_DROP_ORDER` until the row fits,
+    so an 80-column terminal gets one readable header line and one value line per step, not wrapped
+    cells.
+    """
     keys = [k for k in SUMMARY_KEYS if k in metrics]
     if not keys:
         return None
+    first = f"{step}/{total}" if total else str(step)
+    cells = {k: _format(metrics[k]) for k in keys}
+    droppable = [k for k in CONSOLE_DROP_ORDER if k in keys]
+    droppable += [
+        k for k in reversed(keys[1:-1]) if k not in droppable
+    ]  # then right to left, first and last kept
+
+    def row_width() -> int:
+        widths = [max(len("step"), len(first))]
+        widths += [max(len(SUMMARY_KEYS[k]), len(Text.from_markup(cells[k]).plain)) for k in keys]
+        return sum(widths) + 2 * len(widths)  # one space of padding either side
+
+    while width is not None and droppable and row_width() > width:
+        keys.remove(droppable.pop(0))
     table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold cyan")
-    table.add_column("step", justify="right")
+    table.add_column("step", justify="right", no_wrap=True)
     for key in keys:
-        table.add_column(SUMMARY_KEYS[key], justify="right")
-    table.add_row(f"{step}/{total}" if total else str(step), *(_format(metrics[k]) for k in keys))
+        table.add_column(SUMMARY_KEYS[key], justify="right", no_wrap=True)
+    table.add_row(first, *(cells[k] for k in keys))
     return table
 
 

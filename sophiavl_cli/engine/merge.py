@@ -31,14 +31,16 @@ from typing import Any, Literal
 import torch
 
 from sophiavl_cli.engine.checkpoint import (
+    COMPLETE_MARKER,
     DCP_DIRNAME,
     HF_DIRNAME,
     CheckpointManager,
     copy_hf_files,
-    is_complete,
     step_of,
+    verify_checkpoint,
 )
 from sophiavl_cli.engine.merge_sources import DcpSource, ReleasedSource, TensorSource, released_actor_dir
+from sophiavl_cli.engine.preflight import check_writable
 from sophiavl_cli.errors import UserError
 
 DtypeChoice = Literal["auto", "bf16", "fp32"]
@@ -125,16 +127,28 @@ def default_output(checkpoint: Path) -> Path:
     return checkpoint / "merged"
 
 
-def open_checkpoint(checkpoint: Path) -> tuple[Literal["sophiavl", "released"], TensorSource, Path]:
-    """(layout, tensor source, huggingface folder) for a sophiavl or released checkpoint folder."""
+def open_checkpoint(
+    checkpoint: Path, force: bool = False
+) -> tuple[Literal["sophiavl", "released"], TensorSource, Path]:
+    """(layout, tensor source, huggingface folder) for a sophiavl or released checkpoint folder.
+
+    A sophiavl checkpoint must carry its `complete` marker (else the save may have been cut short;
+    `force` merges it anyway) and every file it lists must match its size and checksum.
+    """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise UserError(f"{checkpoint}: no such folder; pass a global_step_N checkpoint folder")
     if (checkpoint / DCP_DIRNAME / ".metadata").is_file():
-        if step_of(checkpoint) is not None and not is_complete(checkpoint):
-            raise UserError(
-                f"{checkpoint}: incomplete checkpoint (interrupted save); merge an older global_step_N"
-            )
+        if not (checkpoint / COMPLETE_MARKER).is_file():
+            if not force:
+                raise UserError(
+                    f"{checkpoint}: incomplete checkpoint (no {COMPLETE_MARKER} marker: the save was interrupted); "
+                    "merge an older global_step_N, or pass --force to merge it anyway"
+                )
+        else:
+            problem = verify_checkpoint(checkpoint)
+            if problem is not None:
+                raise UserError(f"cannot merge {checkpoint}: {problem}; merge an older global_step_N")
         return "sophiavl", DcpSource(checkpoint / DCP_DIRNAME), checkpoint / HF_DIRNAME
     actor = released_actor_dir(checkpoint)
     if actor is not None:
@@ -154,17 +168,20 @@ def plan_merge(
     dtype: DtypeChoice = "auto",
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
+    force: bool = False,
 ) -> MergePlan:
-    """Open the checkpoint, check its names against the config's model, choose dtype and shards."""
-    layout, source, hf_dir = open_checkpoint(checkpoint)
+    """Check the output folder can be written, open and verify the checkpoint, check its names
+    against the config's model, choose dtype and shards."""
+    output = Path(output) if output is not None else default_output(Path(checkpoint))
+    if output.exists() and not overwrite:
+        raise UserError(f"{output} already exists; pass --overwrite or another --output")
+    check_writable(output)
+    layout, source, hf_dir = open_checkpoint(checkpoint, force=force)
     source = _lora_merged_view(Path(checkpoint), source)
     if not (hf_dir / "config.json").is_file():
         raise UserError(
             f"{hf_dir}/config.json is missing; the checkpoint needs its huggingface/ folder to merge"
         )
-    output = Path(output) if output is not None else default_output(Path(checkpoint))
-    if output.exists() and not overwrite:
-        raise UserError(f"{output} already exists; pass --overwrite or another --output")
     infos = source.tensors()
     renames, tied = match_names(list(infos), hf_dir)
     dropped = _drop_true_copies(source, renames, tied)
@@ -412,9 +429,10 @@ def merge_checkpoint(
     dtype: DtypeChoice = "auto",
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
+    force: bool = False,
 ) -> MergeResult:
     """`plan_merge` + `run_merge` without progress reporting."""
-    return run_merge(plan_merge(checkpoint, output, dtype, max_shard_size, overwrite))
+    return run_merge(plan_merge(checkpoint, output, dtype, max_shard_size, overwrite, force))
 
 
 def _set_config_dtype(config_path: Path, dtype: torch.dtype) -> None:

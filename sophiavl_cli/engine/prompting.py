@@ -15,6 +15,7 @@ from PIL import Image
 
 from sophiavl_cli.config.recipe import DataConfig
 from sophiavl_cli.data.images import load_image
+from sophiavl_cli.data.length import capped_token_count
 from sophiavl_cli.data.prompts import build_messages, load_template
 from sophiavl_cli.engine.rollout import RolloutPrompt
 from sophiavl_cli.errors import UserError
@@ -71,15 +72,22 @@ class PromptBuilder:
         return built
 
     def prompt_length(self, row: dict[str, Any]) -> int:
-        """Token count of a row's prompt without decoding its pixels (image sizes come from headers)."""
+        """Token count of a row's prompt without decoding its pixels (image sizes come from headers).
+
+        Counted up to `data.max_prompt_length` (beyond it: that + 1 or more), so a huge row costs
+        no more memory than a row at the limit (data/length.py).
+        """
         messages = build_messages(row, preset=self.data.prompt_preset, template=self.template)
         text = self.processor.apply_chat_template(messages)
-        ids = self.processor.tokenizer.encode(text, add_special_tokens=False)
+        text_tokens = capped_token_count(self.processor.tokenizer, text, self.data.max_prompt_length)
+        del messages, text
+        if text_tokens > self.data.max_prompt_length:
+            return text_tokens
         extra = 0
         for ref in _image_refs(row.get(self.data.image_key)):
             with _open_header(ref) as image:
                 extra += self.processor.num_image_tokens(image.height, image.width) - 1
-        return len(ids) + extra
+        return text_tokens + extra
 
     def keep_fitting(self, rows: Sequence[dict[str, Any]]) -> tuple[list[int], int]:
         """Indices of rows whose prompt fits `data.max_prompt_length`, and how many were dropped."""

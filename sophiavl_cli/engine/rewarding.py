@@ -37,6 +37,7 @@ from sophiavl_cli.metrics import (
     REWARD_OUTCOME,
     REWARD_OVERLONG_PENALTY,
     REWARD_OVERLONG_SHARE,
+    TRUST_THINKING_COVERAGE,
 )
 from sophiavl_cli.rewards.outcome import OutcomeScorer
 from sophiavl_cli.rewards.thinking import ThinkingResult, ThinkingSample
@@ -242,8 +243,14 @@ def reward_metrics(outcome: OutcomeBatch, rewards: StepRewards, trust_enabled: b
     if trust_enabled:
         fallback = sum(g.fallback for g in rewards.groups)
         metrics |= step_trust_metrics(rewards.groups, fallback)
+        metrics[TRUST_THINKING_COVERAGE] = thinking_coverage(len(rewards.groups), fallback)
         metrics[REWARD_FINAL] = float(rewards.final.mean())  # with the overlong penalty, if any
     if rewards.overlong is not None:
         metrics[REWARD_OVERLONG_PENALTY] = float(rewards.overlong.mean())
         metrics[REWARD_OVERLONG_SHARE] = float(np.mean(rewards.overlong < 0))
     return metrics
+
+
+def thinking_coverage(groups: int, fallback_groups: int) -> float:
+    """Share of a step's groups that used the thinking reward (1.0 for a step without groups)."""
+    return 1.0 - fallback_groups / groups if groups else 1.0

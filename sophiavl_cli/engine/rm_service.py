@@ -63,7 +63,11 @@ class ThinkingService:
                 )
             else:
                 client = ThinkingRewardClient.from_config(self.cfg, self.env)
-            client.health_check()
+            try:
+                client.health_check()
+            except BaseException:
+                client.close()  # its HTTP session too: no "Unclosed client session" at exit
+                raise
             self._client = client
         return self._client
 

@@ -62,6 +62,7 @@ from sophiavl_cli.metrics import (
     SAMPLING_DROPPED_GROUPS,
     SAMPLING_ROUNDS,
     SAMPLING_TOPPED_UP_GROUPS,
+    TRUST_THINKING_COVERAGE,
     reduce_records,
 )
 from sophiavl_cli.models.processing import VLProcessor
@@ -333,7 +334,11 @@ def step_metrics(
         stats = ctx.rm.stats(reset=True)
         metrics |= stats
         if ctx.monitor is not None:
-            ctx.monitor.update(int(stats.get(RM_CALLS, 0)), int(stats.get(RM_FAILURES, 0)))
+            ctx.monitor.update(
+                int(stats.get(RM_CALLS, 0)),
+                int(stats.get(RM_FAILURES, 0)),
+                coverage=metrics.get(TRUST_THINKING_COVERAGE),
+            )
     metrics[PERF_TOKENS] = float(sum(s.num_tokens for s in sequences))
     metrics[PERF_RESPONSE_TOKENS] = float(sum(len(o.response_ids) for o in rollouts.outputs))
     epochs = ctx.recipe.worker.actor.ppo_epochs

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from sophiavl_cli.algo.losses import AggScale, kl_penalty, token_logprobs
 from sophiavl_cli.config.recipe import Recipe
-from sophiavl_cli.engine import fsdp, lora
+from sophiavl_cli.engine import fsdp, lora, quiet
 from sophiavl_cli.engine.batching import (
     MicroBatch,
     TrainSequence,
@@ -65,6 +65,7 @@ class TrainWorker:
 
     def __init__(self, rank: int, world_size: int, env: dict[str, str], num_threads: int) -> None:
         os.environ.update(env)
+        quiet.install()
         torch.set_num_threads(max(1, num_threads))
         self.rank = rank
         self.world_size = world_size

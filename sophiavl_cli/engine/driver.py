@@ -139,9 +139,7 @@ def build_run(
     scorer = OutcomeScorer(recipe.reward.custom, format_weight=recipe.reward.format_weight)
     want_val = recipe.trainer.val_freq > 0 or recipe.trainer.val_before_train
     loader, val_rows = load_data(recipe.data, recipe.reward.custom, builder, say, validation=want_val)
-    total_steps = len(loader) * recipe.trainer.total_epochs
-    if recipe.trainer.max_steps is not None:
-        total_steps = min(total_steps, recipe.trainer.max_steps)
+    total_steps = planned_steps(recipe.trainer, len(loader))
     start_step, optimizer_step = restore_driver_state(checkpoint, loader, recipe.optimizer_steps_per_step)
 
     rm_service = None
@@ -200,6 +198,12 @@ def build_run(
         recipe_yaml=recipe_yaml,
         say=say,
     )
+
+
+def planned_steps(trainer: TrainerConfig, batches_per_epoch: int) -> int:
+    """Steps of the whole run: every epoch's batches, cut at `trainer.max_steps`."""
+    total = batches_per_epoch * trainer.total_epochs
+    return total if trainer.max_steps is None else min(total, trainer.max_steps)
 
 
 def restore_driver_state(

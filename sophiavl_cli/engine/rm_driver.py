@@ -34,6 +34,7 @@ from sophiavl_cli.engine.driver import (
     RunResult,
     due,
     last_step_of_this_run,
+    planned_steps,
     resolve_device,
     restore_driver_state,
     run_dir_of,
@@ -118,9 +119,7 @@ def build_rm_run(
     loader = PromptDataLoader(
         kept, batch_size=recipe.data.batch_size, shuffle=recipe.data.shuffle, seed=recipe.data.seed
     )
-    total_steps = len(loader) * recipe.trainer.total_epochs
-    if recipe.trainer.max_steps is not None:
-        total_steps = min(total_steps, recipe.trainer.max_steps)
+    total_steps = planned_steps(recipe.trainer, len(loader))
     start_step, optimizer_step = restore_driver_state(checkpoint, loader, recipe.optimizer_steps_per_step)
 
     say("starting Ray workers")

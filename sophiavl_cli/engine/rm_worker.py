@@ -13,21 +13,19 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from sophiavl_cli.algo.losses import token_logprobs
 from sophiavl_cli.config.rm_recipe import RMRecipe
-from sophiavl_cli.engine import fsdp
+from sophiavl_cli.engine import fsdp, lora
 from sophiavl_cli.engine.batching import TrainSequence, micro_batches
-from sophiavl_cli.engine.cluster import WorkerGroup
 from sophiavl_cli.engine.forward import ResponseForward, response_tokens
 from sophiavl_cli.engine.offload import Offload
-from sophiavl_cli.engine.rollout.base import derive_seed
 from sophiavl_cli.engine.schedule import lr_multiplier
 from sophiavl_cli.engine.worker import TrainWorker
+from sophiavl_cli.engine.workers import CommonWorkers
 from sophiavl_cli.metrics import (
     SFT_GRAD_NORM,
     SFT_LOSS,
@@ -58,38 +56,16 @@ class RMWorker(TrainWorker):
 
     def setup(self, spec: RMWorkerSpec) -> dict[str, float]:  # type: ignore[override]
         """Join the process group, load and shard the model, build AdamW."""
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         start = time.perf_counter()
-        self.spec = spec  # type: ignore[assignment]
-        self.recipe = spec.recipe  # type: ignore[assignment]
+        self._join(spec)
         model = spec.recipe.model
-        self.device = (
-            torch.device("cuda", torch.cuda.current_device())
-            if spec.device == "cuda"
-            else torch.device("cpu")
-        )
-        fsdp.init_process_group(
-            self.rank,
-            self.world_size,
-            spec.master_addr,
-            spec.master_port,
-            spec.device,
-            spec.collective_timeout_s,
-            store=getattr(self, "_store", None),
-        )
-        torch.manual_seed(derive_seed(spec.recipe.trainer.seed, self.rank))
         compute_dtype = torch.bfloat16 if spec.device == "cuda" and model.dtype in ("auto", "bf16") else None
 
         def prepare(module: torch.nn.Module) -> None:
             if model.gradient_checkpointing:
                 module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if model.freeze_vision_tower:
-                visual = getattr(getattr(module, "model", module), "visual", None)
-                for param in visual.parameters() if visual is not None else []:
-                    param.requires_grad_(False)
+                lora.freeze_vision_tower(module)
 
         # fp32 master weights, computed in bf16 on GPU; loaded once (rank 0) and sharded, as `train` does
         self.policy = fsdp.load_sharded(
@@ -187,25 +163,11 @@ class RMWorker(TrainWorker):
         return out
 
 
-class RMWorkers:
+class RMWorkers(CommonWorkers):
     """The driver's typed view of the RM workers (methods named through the class, as `Workers`)."""
-
-    def __init__(self, group: WorkerGroup) -> None:
-        self.group = group
-
-    @property
-    def world_size(self) -> int:
-        return self.group.world_size
-
-    def rendezvous_address(self) -> tuple[str, int]:
-        method = RMWorker.rendezvous_address.__name__
-        return tuple(self.group.wait([getattr(self.group.actors[0], method).remote()], method)[0])  # type: ignore[return-value]
 
     def setup(self, spec: RMWorkerSpec) -> list[dict[str, float]]:
         return self.group.run(RMWorker.setup.__name__, spec)
-
-    def describe(self) -> list[dict[str, object]]:
-        return self.group.run(RMWorker.describe.__name__)
 
     def sft_step(
         self, per_rank: Sequence[list[TrainSequence]], total_target_tokens: int
@@ -216,15 +178,6 @@ class RMWorkers:
     def response_logprobs(self, per_rank: Sequence[list[TrainSequence]]) -> dict[int, list[float]]:
         results = self.group.run_each(RMWorker.response_logprobs.__name__, [(s,) for s in per_rank])
         return {index: value for result in results for index, value in result.items()}
-
-    def save_checkpoint(self, step_dir: Path) -> None:
-        self.group.run(RMWorker.save_checkpoint.__name__, str(step_dir))
-
-    def load_checkpoint(self, step_dir: Path, step: int, optimizer_step: int) -> None:
-        self.group.run(RMWorker.load_checkpoint.__name__, str(step_dir), step, optimizer_step)
-
-    def shutdown(self) -> None:
-        self.group.shutdown()
 
 
 def split_evenly(

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,16 +90,15 @@ class TrainWorker:
         device_name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
         return {"rank": self.rank, "host": _node_ip(), "pid": os.getpid(), "device_name": device_name}
 
-    def setup(self, spec: WorkerSpec) -> dict[str, float]:
-        """Join the process group, load and shard the policy (and reference), build the rollout copy."""
+    def _join(self, spec: Any) -> None:
+        """What every kind of worker does first: quiet transformers, pick the device, join the
+        process group (through the store rank 0 holds, if any), seed this rank."""
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-        start = time.perf_counter()
         self.spec = spec
         self.recipe = spec.recipe
-        actor = spec.recipe.worker.actor
         self.device = (
             torch.device("cuda", torch.cuda.current_device())
             if spec.device == "cuda"
@@ -114,6 +114,12 @@ class TrainWorker:
             store=getattr(self, "_store", None),
         )
         torch.manual_seed(derive_seed(spec.recipe.trainer.seed, self.rank))
+
+    def setup(self, spec: WorkerSpec) -> dict[str, float]:
+        """Join the process group, load and shard the policy (and reference), build the rollout copy."""
+        start = time.perf_counter()
+        self._join(spec)
+        actor = spec.recipe.worker.actor
         compute_dtype = torch.bfloat16 if spec.device == "cuda" and actor.dtype in ("auto", "bf16") else None
 
         def prepare_policy(model: torch.nn.Module) -> None:

@@ -25,8 +25,10 @@ def _rpc(method: Callable[..., Any]) -> str:
     return method.__name__
 
 
-class Workers:
-    """All ranks of one run. Per-rank arguments are lists in rank order; results come back in rank order."""
+class CommonWorkers:
+    """The RPCs every kind of worker (`TrainWorker` and its subclasses) answers: rendezvous,
+    description, checkpoints, shutdown. Per-rank arguments are lists in rank order; results come
+    back in rank order."""
 
     def __init__(self, group: WorkerGroup) -> None:
         self.group = group
@@ -41,11 +43,25 @@ class Workers:
         future = getattr(self.group.actors[0], method).remote()
         return tuple(self.group.wait([future], method)[0])  # type: ignore[return-value]
 
-    def setup(self, spec: WorkerSpec) -> list[dict[str, float]]:
-        return self.group.run(_rpc(TrainWorker.setup), spec)
-
     def describe(self) -> list[dict[str, object]]:
         return self.group.run(_rpc(TrainWorker.describe))
+
+    def save_checkpoint(self, step_dir: Path) -> None:
+        self.group.run(_rpc(TrainWorker.save_checkpoint), str(step_dir))
+
+    def load_checkpoint(self, step_dir: Path, step: int, optimizer_step: int) -> None:
+        self.group.run(_rpc(TrainWorker.load_checkpoint), str(step_dir), step, optimizer_step)
+
+    def shutdown(self) -> None:
+        """Close every rank's process group, then release the actors (`WorkerGroup.shutdown`)."""
+        self.group.shutdown()
+
+
+class Workers(CommonWorkers):
+    """All ranks of one `train` run."""
+
+    def setup(self, spec: WorkerSpec) -> list[dict[str, float]]:
+        return self.group.run(_rpc(TrainWorker.setup), spec)
 
     def generate(
         self, prompts: Sequence[list[RolloutPrompt]], n: int, sampling: SamplingParams, seed: int
@@ -83,13 +99,3 @@ class Workers:
 
     def sync_weights(self) -> list[float]:
         return self.group.run(_rpc(TrainWorker.sync_weights))
-
-    def save_checkpoint(self, step_dir: Path) -> None:
-        self.group.run(_rpc(TrainWorker.save_checkpoint), str(step_dir))
-
-    def load_checkpoint(self, step_dir: Path, step: int, optimizer_step: int) -> None:
-        self.group.run(_rpc(TrainWorker.load_checkpoint), str(step_dir), step, optimizer_step)
-
-    def shutdown(self) -> None:
-        """Close every rank's process group, then release the actors (`WorkerGroup.shutdown`)."""
-        self.group.shutdown()

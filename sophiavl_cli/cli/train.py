@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -19,6 +20,9 @@ from rich.table import Table
 from sophiavl_cli.console import console, fail
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.metrics import SUMMARY_KEYS
+
+if TYPE_CHECKING:
+    from sophiavl_cli.engine.driver import RunResult
 
 EPILOG = (
     "Examples: sophiavl train recipes/quickstart.yaml | sophiavl train recipes/fullsets.yaml "
@@ -65,6 +69,11 @@ def train(
     except AlreadyFinished as exc:  # nothing to do is not an error: said plainly, exit 0
         console.print(str(exc), soft_wrap=True, markup=False)
         return
+    show_result(result)
+
+
+def show_result(result: RunResult, notes: tuple[str, ...] = ()) -> None:
+    """The closing table of a training run (`train` and `train-rm`), then exit 128 + signal if stopped."""
     finished = result.last_step >= result.total_steps and not result.interrupted
     table = Table(
         title=f"{'done' if finished else 'stopped'}: steps {result.first_step}-{result.last_step} "
@@ -78,7 +87,10 @@ def train(
     table.add_row("checkpoint", str(result.checkpoint) if result.checkpoint else "-")
     console.print(table)
     console.print(f"run dir: [bold]{result.run_dir}[/]", soft_wrap=True)  # one line: copy-pasteable
-    if not finished:
+    if finished:
+        for note in notes:
+            console.print(note, soft_wrap=True)
+    else:
         console.print("continue: the same command again (--resume auto is the default)", soft_wrap=True)
     if result.interrupted:  # like any command stopped by a signal (130 Ctrl-C, 143 SIGTERM), checkpoint safe
         sys.exit(128 + (result.stop_signal or signal.SIGINT))

@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
+from sophiavl_cli.cli.train import show_result
 from sophiavl_cli.console import console, fail
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.metrics import SUMMARY_KEYS
 
 EPILOG = (
     "Examples: sophiavl train-rm recipes/thinking-rm-quickstart.yaml | sophiavl train-rm "
@@ -63,22 +62,6 @@ def train_rm(
     except WorkerFailure as exc:
         fail(str(exc))
         sys.exit(1)
-    finished = result.last_step >= result.total_steps and not result.interrupted
-    table = Table(
-        title=f"{'done' if finished else 'stopped'}: steps {result.first_step}-{result.last_step} "
-        f"of {result.total_steps} in {result.seconds:.0f} s"
-    )
-    table.add_column("metric (last step)")
-    table.add_column("value", justify="right")
-    for key in SUMMARY_KEYS:
-        if key in result.last_metrics:
-            table.add_row(key, f"{result.last_metrics[key]:.4g}")
-    table.add_row("checkpoint", str(result.checkpoint) if result.checkpoint else "-")
-    console.print(table)
-    console.print(f"run dir: [bold]{result.run_dir}[/]", soft_wrap=True)
-    if (result.run_dir / EVAL_DIRNAME / "report.json").is_file() and finished:
-        console.print(f"held-out report: {result.run_dir / EVAL_DIRNAME}", soft_wrap=True)
-    if not finished:
-        console.print("continue: the same command again (--resume auto is the default)", soft_wrap=True)
-    if result.interrupted:
-        sys.exit(130)
+    report = result.run_dir / EVAL_DIRNAME
+    notes = (f"held-out report: {report}",) if (report / "report.json").is_file() else ()
+    show_result(result, notes)

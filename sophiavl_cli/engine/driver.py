@@ -227,7 +227,7 @@ def start_workers(
     quiet.install(ray_logs=True)
     started = cluster.connect(ray_address)
     stack.callback(cluster.disconnect, started)
-    device = _resolve_device(recipe.trainer.device)
+    device = resolve_device(recipe.trainer.device)
     for note in ignored_options(recipe, device):
         say(note)
     workers = Workers(cluster.WorkerGroup(recipe.world_size, device))
@@ -272,13 +272,13 @@ def fit(run: Run, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
         metrics |= throughput_metrics(metrics, recipe.world_size, run.peak_flops)
         metrics[TRAIN_EPOCH] = float(run.loader.epoch)
         after.reset()
-        validating = run.val_rows and trainer.val_freq > 0 and _due(step, trainer.val_freq, run.total_steps)
+        validating = run.val_rows and trainer.val_freq > 0 and due(step, trainer.val_freq, run.total_steps)
         if validating and not stop.requested:  # stopping: straight to the save, no validation
             with after("val"):
                 val_metrics, samples = validate(run.ctx, run.val_rows, step)
             metrics |= val_metrics
             loggers.log_generations(step, samples)
-        if stop.requested or step == last_step or _due(step, trainer.save_freq, run.total_steps):
+        if stop.requested or step == last_step or due(step, trainer.save_freq, run.total_steps):
             with after("save"):
                 result.checkpoint = save_checkpoint(run, step)
         metrics |= after.phases()
@@ -379,7 +379,7 @@ def ignored_options(recipe: Recipe, device: str) -> list[str]:
     return unhonoured_keys(recipe, RunFacts.detect(device))
 
 
-def _due(step: int, every: int, total: int) -> bool:
+def due(step: int, every: int, total: int) -> bool:
     """Whether a periodic action runs after `step`: every `every` steps, and always at the end."""
     return step == total or (every > 0 and step % every == 0)
 
@@ -391,7 +391,7 @@ def _model_config(model_dir: Path) -> object:
     return AutoConfig.from_pretrained(str(model_dir))
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
     if device != "auto":
         return device
     import ray

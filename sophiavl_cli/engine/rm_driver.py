@@ -32,15 +32,15 @@ from sophiavl_cli.engine.batching import balance_across_ranks
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
 from sophiavl_cli.engine.driver import (
     RunResult,
-    _due,
-    _resolve_device,
-    _StopFlag,
+    due,
     last_step_of_this_run,
+    resolve_device,
     restore_driver_state,
     run_dir_of,
 )
 from sophiavl_cli.engine.rm_prompting import RMEncoder, greedy_choice
 from sophiavl_cli.engine.rm_worker import RMWorker, RMWorkers, RMWorkerSpec, split_evenly
+from sophiavl_cli.engine.signals import StopFlag
 from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
@@ -126,7 +126,7 @@ def build_rm_run(
     say("starting Ray workers")
     started = cluster.connect(ray_address)
     stack.callback(cluster.disconnect, started)
-    device = _resolve_device(recipe.trainer.device)
+    device = resolve_device(recipe.trainer.device)
     workers = RMWorkers(cluster.WorkerGroup(recipe.world_size, device, worker_cls=RMWorker))
     stack.callback(workers.shutdown)
     host, port = workers.rendezvous_address()
@@ -174,8 +174,7 @@ def fit_rm(run: RMRun, stack: ExitStack) -> RunResult:
     from sophiavl_cli.engine.curves import plot_curves
 
     trainer, loggers = run.recipe.trainer, run.loggers
-    stop = _StopFlag()
-    stack.enter_context(stop)
+    stop = stack.enter_context(StopFlag(trainer.stop_grace_s))
     result = RunResult(
         run_dir=run.run_dir,
         first_step=run.start_step + 1,
@@ -189,23 +188,27 @@ def fit_rm(run: RMRun, stack: ExitStack) -> RunResult:
     quality: RMQuality | None = None
     stack.enter_context(loggers.progress(run.total_steps, run.start_step))
     for step in range(run.start_step + 1, last_step + 1):
+        if stop.requested:  # asked to stop during setup or evaluation: no new step
+            result.interrupted, result.stop_signal = True, stop.signum
+            break
         timer.reset()
         metrics = sft_step(run, run.loader.next_batch(), timer)
+        stop.step_done()
         metrics |= timer.metrics()
         metrics[TRAIN_EPOCH] = float(run.loader.epoch)
         after.reset()
-        if run.val_rows and trainer.val_freq > 0 and _due(step, trainer.val_freq, run.total_steps):
+        if run.val_rows and trainer.val_freq > 0 and due(step, trainer.val_freq, run.total_steps):
             with after("val"):
                 quality = evaluate(run)
             metrics |= quality_metrics(quality)
-        if stop.requested or step == last_step or _due(step, trainer.save_freq, run.total_steps):
+        if stop.requested or step == last_step or due(step, trainer.save_freq, run.total_steps):
             with after("save"):
                 result.checkpoint = save_rm_checkpoint(run, step)
         metrics |= after.phases()
         loggers.log(step, metrics)
         result.last_step, result.last_metrics = step, metrics
         if stop.requested:
-            result.interrupted = True
+            result.interrupted, result.stop_signal = True, stop.signum
             break
     loggers.stop()
     loggers.close()

@@ -1,5 +1,6 @@
 """LoRA through peft under FSDP2: adapters are all that trains, the rollout copy and `sophiavl
-merge` get the merged weights, `--adapter-only` gives peft's folder, resume is bit-identical.
+merge` get the merged weights, `--adapter-only` gives peft's folder, checkpoints hold the adapter
+alone and resume from them is bit-identical.
 
 Real TrainWorker in this process (a world of one, gloo), the built-in tiny Qwen2.5-VL.
 """
@@ -16,7 +17,7 @@ from sophiavl_cli.config import load_recipe
 from sophiavl_cli.config.loading import dump_recipe
 from sophiavl_cli.engine import lora
 from sophiavl_cli.engine.batching import TrainSequence
-from sophiavl_cli.engine.checkpoint import CheckpointManager
+from sophiavl_cli.engine.checkpoint import CheckpointManager, save_sharded, verify_checkpoint
 from sophiavl_cli.engine.fsdp import full_tensors
 from sophiavl_cli.engine.merge import export_adapter, plan_merge, run_merge
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
@@ -70,6 +71,12 @@ def _train(worker: TrainWorker, seed: int) -> None:
     worker.set_sequences(_sequences(seed))
     worker.compute_old_logprobs()
     assert worker.update([1.0, -1.0, 0.5, -0.5], num_updates=1)["actor/skipped"] == 0.0
+
+
+def _saved_tensor_names(checkpoint) -> list[str]:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return list(FileSystemReader(str(checkpoint / "dcp")).read_metadata().state_dict_metadata)
 
 
 def _logits(model: nn.Module) -> torch.Tensor:
@@ -135,10 +142,23 @@ def test_merge_round_trip_and_adapter_only_give_the_policys_logits(lora_worker, 
     expected = _logits(worker.policy)
 
     plan = plan_merge(checkpoint, tmp_path / "merged")
+    assert isinstance(plan.source, lora.LoraBaseSource)  # base from model_path + the saved adapter
     assert not any(lora.is_lora_name(n) or ".base_layer." in n for n in plan.renames.values())
     run_merge(plan)
     merged = load_vl_model(tmp_path / "merged", dtype=torch.float32, device=torch.device("cpu"))
     torch.testing.assert_close(_logits(merged), expected, rtol=1e-5, atol=1e-5)
+
+    assert all(lora.is_lora_name(k) for k in _saved_tensor_names(checkpoint) if k.startswith("model."))
+    # an older LoRA checkpoint, base weights included, merges to the same model and resumes too
+    full = manager.begin(2)
+    save_sharded(full, worker.policy, worker.optimizer)
+    full = manager.commit(full, 2, {"step": 2}, tiny_model_dir, dump_recipe(worker.recipe))
+    assert any(".base_layer." in k for k in _saved_tensor_names(full))
+    run_merge(plan_merge(full, tmp_path / "merged-full"))
+    merged_full = load_vl_model(tmp_path / "merged-full", dtype=torch.float32, device=torch.device("cpu"))
+    assert all(torch.equal(t, merged.state_dict()[n]) for n, t in merged_full.state_dict().items())
+    worker.load_checkpoint(str(full), 2, 1)
+    torch.testing.assert_close(_logits(worker.policy), expected, rtol=0, atol=0)
 
     adapter = export_adapter(checkpoint, tmp_path / "adapter")
     assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
@@ -171,6 +191,18 @@ def test_resume_from_a_lora_checkpoint_is_bit_identical(tiny_model_dir, tmp_path
     assert straight.keys() == again.keys()
     assert all(torch.equal(straight[n], again[n]) for n in straight)
 
+    # the checkpoint holds the adapter and its AdamW state only: the base came from model_path
+    saved = _saved_tensor_names(checkpoint)
+    model_keys = [k for k in saved if k.startswith("model.")]
+    adapter_keys = {f"model.{n}" for n in straight if lora.is_lora_name(n)}
+    assert set(model_keys) == adapter_keys
+    assert all(lora.is_lora_name(k) for k in saved if k.startswith("optimizer.state."))
+    shard_bytes = sum(f.stat().st_size for f in (checkpoint / "dcp").glob("*.distcp"))
+    adapter_bytes = sum(t.numel() * t.element_size() for n, t in straight.items() if lora.is_lora_name(n))
+    full_bytes = sum(t.numel() * t.element_size() for t in straight.values())
+    assert 3 * adapter_bytes <= shard_bytes < full_bytes / 4  # adapter + AdamW moments, no base
+    assert verify_checkpoint(checkpoint) is None  # the marker covers the adapter-only files
+
 
 def test_merge_refuses_adapter_only_for_a_full_fine_tuning_checkpoint(tiny_model_dir, tmp_path):
     from sophiavl_cli.errors import UserError
@@ -186,3 +218,28 @@ def test_merge_refuses_adapter_only_for_a_full_fine_tuning_checkpoint(tiny_model
         worker.shutdown()
     with pytest.raises(UserError, match="not a LoRA checkpoint"):
         export_adapter(checkpoint, tmp_path / "adapter")
+
+
+def test_an_adapter_checkpoint_needs_its_base_and_its_lora_setting(tiny_model_dir, tmp_path):
+    from sophiavl_cli.errors import UserError
+
+    worker = _worker(tiny_model_dir, _recipe())
+    try:
+        manager = CheckpointManager(tmp_path / "checkpoints")
+        tmp = manager.begin(1)
+        worker.save_checkpoint(str(tmp))
+    finally:
+        worker.shutdown()
+    recipe = dump_recipe(_recipe(f"worker.actor.model_path={tmp_path / 'moved-base'}"))
+    checkpoint = manager.commit(tmp, 1, {"step": 1}, tiny_model_dir, recipe)
+    with pytest.raises(UserError, match=r"holds only the LoRA adapter.*pass --adapter-only"):
+        plan_merge(checkpoint, tmp_path / "merged")
+    adapter = export_adapter(checkpoint, tmp_path / "adapter")  # the adapter alone needs no base
+    assert (adapter / "adapter_model.safetensors").is_file()
+
+    plain = _worker(tiny_model_dir, _recipe("worker.actor.lora.rank=0"))
+    try:
+        with pytest.raises(UserError, match=r"lacks .* another worker\.actor\.lora setting"):
+            plain.load_checkpoint(str(checkpoint), 1, 1)
+    finally:
+        plain.shutdown()

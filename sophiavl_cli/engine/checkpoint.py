@@ -3,6 +3,7 @@
 Layout of one checkpoint (`<run_dir>/checkpoints/global_step_N/`, see docs/checkpoints.md):
 
     dcp/                      model + optimizer, sharded, torch.distributed.checkpoint (DCP) format
+                              (LoRA runs: the trainable adapter and its optimizer state only)
     extra_state_rank_R.pt     per-rank RNG states (and whatever else a rank adds)
     driver_state.json         step, data-loader / trainer / scheduler state (plain JSON)
     huggingface/              config, tokenizer, processor, chat template, generation config
@@ -42,7 +43,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import xxhash
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.fileio import atomic_path, atomic_write_text, fsync_dir, fsync_tree
@@ -67,14 +69,19 @@ _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json
 # --------------------------------------------------------------------------- worker side (collective)
 
 
-def save_sharded(step_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def save_sharded(
+    step_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, trainable_only: bool = False
+) -> None:
     """Write this rank's shards of the model and optimizer into `step_dir/dcp` (collective: all ranks call it).
 
     `get_state_dict` gives FSDP2 DTensor shards keyed by the module's parameter names (no FSDP
     wrapper prefixes); DCP stores them under `model.<name>` and `optimizer.state.<name>.<slot>`,
     the names `sophiavl merge` reads back. Works without a process group too (one process).
+    `trainable_only` (LoRA runs) leaves the frozen parameters out: the frozen base is rebuilt from
+    `worker.actor.model_path` on resume, so a checkpoint holds the adapter and its AdamW state.
     """
-    model_state, optim_state = get_state_dict(model, optimizer)
+    options = StateDictOptions(ignore_frozen_params=trainable_only)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
     with single_process_ok():
         dcp.save(
             {"model": model_state, "optimizer": optim_state},
@@ -83,23 +90,42 @@ def save_sharded(step_dir: Path, model: nn.Module, optimizer: torch.optim.Optimi
         )
 
 
-def load_sharded(step_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def load_sharded(
+    step_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, trainable_only: bool = False
+) -> None:
     """Load model and optimizer from `step_dir/dcp` into this rank's shards, in place (collective).
 
     The model must already be wrapped the way it was at save time (same parameter names), at any
     world size: DCP reads each rank's slice from whatever shards were written. A fresh optimizer
     (no state yet) is fine: `get_state_dict` initialises its state before it is overwritten.
+    `trainable_only` loads the trainable parameters alone and keeps the frozen ones as built
+    (from an adapter-only LoRA checkpoint, or from the adapters of an older full one).
     """
     dcp_dir = Path(step_dir) / DCP_DIRNAME
     if not (dcp_dir / ".metadata").is_file():
         raise UserError(
             f"{dcp_dir}: no DCP checkpoint here (.metadata missing); pick a complete global_step_N folder"
         )
-    model_state, optim_state = get_state_dict(model, optimizer)
+    options = StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
+    saved = FileSystemReader(str(dcp_dir)).read_metadata().state_dict_metadata
+    missing = [name for name in model_state if f"model.{name}" not in saved]
+    if missing:
+        raise UserError(
+            f"{dcp_dir}: the checkpoint lacks {len(missing)} of this model's tensors (e.g. {', '.join(missing[:3])}); "
+            "it was saved with another worker.actor.lora setting (a LoRA checkpoint holds only the adapter) "
+            "or another model: resume with the recipe it was saved with"
+        )
     state = {"model": model_state, "optimizer": optim_state}
     with single_process_ok():
         dcp.load(state, checkpoint_id=dcp_dir, no_dist=not _distributed())
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+        options=options,
+    )
 
 
 @contextmanager

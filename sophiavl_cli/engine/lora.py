@@ -9,7 +9,9 @@ carries AdamW state.
 
 Everything that leaves the worker sees plain transformers names: `merged_tensors` turns a stream
 of (name, full tensor) into the merged weights `W + (alpha / r) * B @ A` (the weight sync to the
-rollout engine), and `LoraMergedSource` does the same for `sophiavl merge` over a checkpoint.
+rollout engine), and `LoraBaseSource` does the same for `sophiavl merge`: a LoRA checkpoint holds
+the adapter alone (its AdamW state too), and the frozen base comes from `worker.actor.model_path`.
+`LoraMergedSource` reads the older LoRA checkpoints that held the base as well.
 `adapter_tensors` / `write_adapter` give peft's own adapter folder (`--adapter-only`).
 """
 
@@ -158,6 +160,57 @@ class LoraMergedSource:
                 raw_names += [module + LORA_A, module + LORA_B]
         loaded = self.source.load(raw_names)
         return dict(merged_tensors(((n, loaded[n]) for n in raw_names), self.scale))
+
+
+class LoraBaseSource:
+    """A base model's weights (saved names) with a LoRA checkpoint's adapters merged in (for `sophiavl merge`).
+
+    `saved_name` maps a module's parameter name (`model.language_model.layers.0.self_attn.q_proj.weight`,
+    as the adapter's names are) to the name the base folder stores it under.
+    """
+
+    def __init__(self, base: Any, adapter: Any, scale: float, saved_name: dict[str, str]) -> None:
+        from sophiavl_cli.errors import UserError
+
+        self.base = base
+        self.adapter = adapter
+        self.scale = scale
+        self.label = f"{adapter.label} (LoRA adapter) + {base.label} (base)"
+        infos = base.tensors()
+        self._adapted: dict[str, str] = {}  # base name -> adapted module (adapter name prefix)
+        for name, info in adapter.tensors().items():
+            if not name.endswith(LORA_A):
+                continue
+            module = name[: -len(LORA_A)]
+            target = saved_name.get(f"{module}.weight")
+            b_info = adapter.tensors().get(module + LORA_B)
+            if target not in infos or b_info is None:
+                raise UserError(
+                    f"{adapter.label}: adapter {module} has no base weight in {base.label} (or no lora_B); "
+                    "worker.actor.model_path must name the model the run was trained from"
+                )
+            if (b_info.shape[0], info.shape[1]) != infos[target].shape:
+                raise UserError(
+                    f"adapter {module} ({b_info.shape[0]} x {info.shape[1]}) does not fit {target} "
+                    f"{infos[target].shape} of {base.label}; worker.actor.model_path must name the model "
+                    "the run was trained from"
+                )
+            self._adapted[target] = module
+
+    def tensors(self) -> dict[str, Any]:
+        return self.base.tensors()
+
+    def load(self, names: list[str]) -> dict[str, torch.Tensor]:
+        out = self.base.load(names)
+        modules = [self._adapted[n] for n in names if n in self._adapted]
+        pairs = self.adapter.load([m + part for m in modules for part in (LORA_A, LORA_B)])
+        for name in names:
+            module = self._adapted.get(name)
+            if module is not None:
+                out[name] = merge_weight(
+                    out[name], pairs[module + LORA_A], pairs[module + LORA_B], self.scale
+                )
+        return out
 
 
 def write_adapter(

@@ -39,9 +39,16 @@ from sophiavl_cli.engine.checkpoint import (
     step_of,
     verify_checkpoint,
 )
-from sophiavl_cli.engine.merge_sources import DcpSource, ReleasedSource, TensorSource, released_actor_dir
+from sophiavl_cli.engine.merge_sources import (
+    DcpSource,
+    HfFolderSource,
+    ReleasedSource,
+    TensorSource,
+    released_actor_dir,
+)
 from sophiavl_cli.engine.preflight import check_writable
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.models.resolve import resolve_model
 
 DtypeChoice = Literal["auto", "bf16", "fp32"]
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -177,11 +184,11 @@ def plan_merge(
         raise UserError(f"{output} already exists; pass --overwrite or another --output")
     check_writable(output)
     layout, source, hf_dir = open_checkpoint(checkpoint, force=force)
-    source = _lora_merged_view(Path(checkpoint), source)
     if not (hf_dir / "config.json").is_file():
         raise UserError(
             f"{hf_dir}/config.json is missing; the checkpoint needs its huggingface/ folder to merge"
         )
+    source = _lora_merged_view(Path(checkpoint), source, hf_dir)
     infos = source.tensors()
     renames, tied = match_names(list(infos), hf_dir)
     dropped = _drop_true_copies(source, renames, tied)
@@ -203,11 +210,19 @@ def plan_merge(
     )
 
 
-def _lora_merged_view(checkpoint: Path, source: TensorSource) -> TensorSource:
-    """A LoRA run's checkpoint seen as the merged plain model; any other source unchanged."""
+def _lora_merged_view(checkpoint: Path, source: TensorSource, hf_dir: Path) -> TensorSource:
+    """A LoRA run's checkpoint seen as the merged plain model; any other source unchanged.
+
+    A LoRA checkpoint holds the adapter alone: the base comes from the `worker.actor.model_path`
+    its recipe.yaml records. Older LoRA checkpoints also held the base (`...base_layer.weight`)
+    and are merged from their own tensors.
+    """
+    import yaml
+
     from sophiavl_cli.engine import lora
 
-    if not any(lora.is_lora_name(name) for name in source.tensors()):
+    names = source.tensors()
+    if not any(lora.is_lora_name(name) for name in names):
         return source
     settings = lora.lora_settings(checkpoint / "recipe.yaml")
     if settings is None:
@@ -215,7 +230,19 @@ def _lora_merged_view(checkpoint: Path, source: TensorSource) -> TensorSource:
             f"{checkpoint}: the checkpoint holds LoRA adapters but its recipe.yaml names no worker.actor.lora "
             "rank; restore the checkpoint's recipe.yaml"
         )
-    return lora.LoraMergedSource(source, float(settings["alpha"]) / int(settings["rank"]))
+    scale = float(settings["alpha"]) / int(settings["rank"])
+    if any(lora.BASE_SEGMENT + "." in name for name in names):
+        return lora.LoraMergedSource(source, scale)
+    recipe = yaml.safe_load((checkpoint / "recipe.yaml").read_text(encoding="utf-8"))
+    model_path = str(recipe["worker"]["actor"]["model_path"])
+    try:
+        base_dir = resolve_model(model_path)
+    except UserError as exc:
+        raise UserError(
+            f"{checkpoint} holds only the LoRA adapter and its base, worker.actor.model_path {model_path!r}, "
+            f"is not here ({exc}); make it available, or pass --adapter-only"
+        ) from None
+    return lora.LoraBaseSource(HfFolderSource(base_dir), source, scale, saved_name_map(_meta_model(hf_dir)))
 
 
 def export_adapter(checkpoint: Path, output: Path | None = None, overwrite: bool = False) -> Path:
@@ -249,15 +276,10 @@ def match_names(names: list[str], hf_dir: Path) -> tuple[dict[str, str], dict[st
     Returns (renames of every tensor, {tied target: its source} among the checkpoint's names, e.g.
     lm_head -> embed_tokens when the config ties embeddings); raises `UserError` on mismatches.
     """
-    from transformers.core_model_loading import revert_weight_conversion
-
     model = _meta_model(hf_dir)
     module_names = list(model.state_dict().keys())
     tied = set(model.all_tied_weights_keys)  # {target: source}, empty unless the config ties weights
-    to_saved = {
-        n: next(iter(revert_weight_conversion(model, {n: torch.empty(0, device="meta")})))
-        for n in module_names
-    }
+    to_saved = saved_name_map(model)
     from_saved = {saved: module for module, saved in to_saved.items()}
 
     renames: dict[str, str] = {}
@@ -289,6 +311,16 @@ def match_names(names: list[str], hf_dir: Path) -> tuple[dict[str, str], dict[st
         if target in modules and source in modules
     }
     return renames, tied_pairs
+
+
+def saved_name_map(model: Any) -> dict[str, str]:
+    """{module parameter name: the name save_pretrained stores it under} for a (meta) model."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    return {
+        n: next(iter(revert_weight_conversion(model, {n: torch.empty(0, device="meta")})))
+        for n in model.state_dict()
+    }
 
 
 def _drop_true_copies(source: TensorSource, renames: dict[str, str], tied: dict[str, str]) -> list[str]:

@@ -7,6 +7,8 @@ shard of memory rather than the whole model.
 - `DcpSource`: the `model.*` entries of `global_step_N/dcp/` (written by `save_sharded`). DCP keeps
   every shard's global offsets in `.metadata`, so loading into a full-size empty tensor with
   `no_dist=True` reassembles it.
+- `HfFolderSource`: the safetensors of a Hugging Face model folder, upcast to float32 as the
+  trainer loads them: the frozen base a LoRA checkpoint (adapter only) is merged into.
 - `ReleasedSource`: the released SophiaVL-R1 / EasyR1 `actor/model_world_size_W_rank_R.pt` files,
   one FSDP state dict of DTensors per rank. A `Shard(d)` tensor is the concatenation of the ranks'
   local pieces along d, in mesh order; a `Replicate` one is any rank's copy; a plain tensor is
@@ -15,6 +17,7 @@ shard of memory rather than the whole model.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -87,6 +90,76 @@ class DcpSource:
         with single_process_ok():
             dcp.load(state, storage_reader=FileSystemReader(str(self.dcp_dir)), no_dist=True)
         return {name[len(MODEL_SECTION) :]: tensor for name, tensor in state.items()}
+
+
+class HfFolderSource:
+    """The weights of a Hugging Face folder (`model.safetensors` or shards + index), under their saved names.
+
+    Floating-point tensors come out in float32, the dtype the trainer's policy holds its weights
+    in, so a base merged with its adapter here equals the training policy's merged weights.
+    """
+
+    label = "Hugging Face model folder"
+
+    def __init__(self, folder: Path) -> None:
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = [self.folder / name for name in sorted(set(weight_map.values()))]
+        else:
+            files = [self.folder / "model.safetensors"]
+        if not all(file.is_file() for file in files):
+            raise UserError(
+                f"{self.folder}: no model.safetensors (or a shard its index names is missing); "
+                "the base model folder must hold its safetensors weights"
+            )
+        self._file: dict[str, Path] = {}
+        self._infos: dict[str, TensorInfo] = {}
+        for file in files:
+            with safe_open(str(file), "pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    piece = handle.get_slice(name)
+                    dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype())
+                    if dtype is None:
+                        raise UserError(
+                            f"{file}: {name} has dtype {piece.get_dtype()}, which merge cannot read"
+                        )
+                    self._file[name] = file
+                    self._infos[name] = TensorInfo(
+                        tuple(piece.get_shape()), torch.float32 if dtype.is_floating_point else dtype
+                    )
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        return dict(self._infos)
+
+    def load(self, names: list[str]) -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+
+        out = {}
+        for file in sorted({self._file[n] for n in names}):
+            with safe_open(str(file), "pt") as handle:
+                for name in names:
+                    if self._file[name] == file:
+                        tensor = handle.get_tensor(name)
+                        out[name] = tensor.float() if tensor.is_floating_point() else tensor
+        return {name: out[name] for name in names}
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 class ReleasedSource:

@@ -413,7 +413,7 @@ class TrainWorker:
         from sophiavl_cli.engine.rng import capture_rng
 
         with self.offload.on_device(self.policy, self.optimizer):
-            save_sharded(Path(step_dir), self.policy, self.optimizer)
+            save_sharded(Path(step_dir), self.policy, self.optimizer, trainable_only=self._adapter_only)
         save_rank_extras(
             Path(step_dir),
             self.rank,
@@ -422,13 +422,18 @@ class TrainWorker:
         )
         dist.barrier()
 
+    @property
+    def _adapter_only(self) -> bool:
+        """LoRA checkpoints hold the adapter alone: the frozen base comes from worker.actor.model_path."""
+        return self.recipe.worker.actor.lora.rank > 0
+
     def load_checkpoint(self, step_dir: str, step: int, optimizer_step: int) -> None:
         """Load shards (any saved world size), restore RNG when the layout matches, refresh the rollout copy."""
         from sophiavl_cli.engine.checkpoint import load_rank_extras, load_sharded
         from sophiavl_cli.engine.rng import restore_rng
 
         with self.offload.on_device(self.policy, self.optimizer):
-            load_sharded(Path(step_dir), self.policy, self.optimizer)
+            load_sharded(Path(step_dir), self.policy, self.optimizer, trainable_only=self._adapter_only)
         extras = load_rank_extras(Path(step_dir), self.rank, self.world_size)
         if extras is not None:
             restore_rng(extras["rng"])

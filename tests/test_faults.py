@@ -224,10 +224,31 @@ def test_every_start_up_problem_is_reported_together_before_ray_starts(tmp_path,
     assert not (tmp_path / "sophiavl").exists()
 
 
+def test_a_served_reward_model_is_checked_by_its_own_key_and_one_problem_is_one_line(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv("OPENAI_API_URL", raising=False)
+    code, out = _cli(
+        capsys,
+        "train",
+        str(QUICKSTART),
+        f"trainer.output_dir={tmp_path}",
+        "reward.thinking.serve_model=null",
+        f"reward.thinking.serve.model={tmp_path / 'no-rm'}",
+        "reward.thinking.serve.backend=hf",
+        "reward.thinking.serve.gpus=0",
+    )
+    assert code == 2, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot start training: reward.thinking.serve.model:" in lines[0], out
+    assert not _ray_started()
+
+
 # --------------------------------------------------------------------------- 2. SIGTERM's grace period
 
 
 def test_sigterm_asks_to_stop_and_a_step_past_the_grace_is_abandoned_with_exit_143():
+    before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or Ray's if an earlier test ran ray.init here
     with StopFlag(grace_s=0.2) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and stop.signum == signal.SIGTERM
@@ -235,7 +256,7 @@ def test_sigterm_asks_to_stop_and_a_step_past_the_grace_is_abandoned_with_exit_1
             for _ in range(200):  # a step that never ends
                 time.sleep(0.05)
     assert info.value.exit_code == 143 and "trainer.stop_grace_s=0.2" in info.value.message
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
 
 
 def test_a_step_that_ends_within_the_grace_disarms_the_timer():
@@ -324,7 +345,7 @@ def test_the_final_summary_table_shows_thinking_coverage():
 # --------------------------------------------------------------------------- 8. data checked and filtered in bounded memory
 
 _BIG_ROW = """
-import json, resource, sys
+import gc, json, sys
 from pathlib import Path
 
 import psutil
@@ -350,10 +371,14 @@ processor = VLProcessor.from_pretrained(resolve_model(options.model), min_pixels
 builder = PromptBuilder(processor, DataConfig(max_prompt_length=1024))
 check_tables(load_tables(str(small)), options)  # warm: the processor and tokenizer are loaded
 builder.keep_fitting(load_rows(str(small)))
+gc.collect()
 before = psutil.Process().memory_info().rss
+# Reset the kernel's high-water mark (VmHWM) so earlier peaks (loading, warm-up) do not count.
+Path("/proc/self/clear_refs").write_text("5")
 report = check_tables(load_tables(str(big)), options)
 kept, dropped = builder.keep_fitting(load_rows(str(big)))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+status = Path("/proc/self/status").read_text()
+peak = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
 print(json.dumps({"extra": peak - before, "faults": [(f.row, f.field) for f in report.faults], "kept": kept}))
 """
 

@@ -33,15 +33,21 @@ def preflight(recipe: Recipe, *, ray_address: str | None, env: dict[str, str] | 
     check(lambda: _model(recipe.worker.actor.model_path, "worker.actor.model_path"))
     thinking = recipe.reward.thinking
     if recipe.algorithm.trust.enable and not (thinking.url or env.get("OPENAI_API_URL")):
-        check(lambda: _reward_model(thinking.serve_model))
+        if thinking.serve is not None:  # a Ray actor of the run serves it (engine/rm_served.py)
+            check(lambda: _model(thinking.serve.model, "reward.thinking.serve.model"))
+        else:
+            check(lambda: _reward_model(thinking.serve_model))
     check(lambda: _data(recipe.data.train_files, recipe, "data.train_files"))
     if recipe.data.val_files and (recipe.trainer.val_freq > 0 or recipe.trainer.val_before_train):
         check(lambda: _data(recipe.data.val_files, recipe, "data.val_files"))
     check(lambda: _devices(recipe, ray_address))
     check(lambda: _output_writable(Path(recipe.trainer.output_dir)))
+    if len(problems) == 1:  # one problem, one line
+        raise UserError(f"cannot start training: {problems[0]}")
     if problems:
-        count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
-        raise UserError(f"cannot start training ({count}):\n" + "\n".join(f"- {p}" for p in problems))
+        raise UserError(
+            f"cannot start training ({len(problems)} problems):\n" + "\n".join(f"- {p}" for p in problems)
+        )
 
 
 def _rollout_backend(recipe: Recipe) -> None:

@@ -398,8 +398,11 @@ class TrainWorker:
         return actor_objective(self.objective, logits, tokens, mask, old, ref, advantages, scale)
 
     def _on_policy(self) -> bool:
-        """One PPO epoch of one optimizer step: the update sees exactly the policy that scored the batch."""
-        return self.recipe.optimizer_steps_per_step == 1
+        """One PPO epoch of one optimizer step: the update sees exactly the policy that scored the batch.
+
+        Not when the KL goes into the reward: `token_kl` needs the old log-probs before the update.
+        """
+        return self.recipe.optimizer_steps_per_step == 1 and not self.recipe.algorithm.kl_in_reward
 
     def _temperature(self) -> float:
         temperature = self.recipe.worker.rollout.temperature

@@ -91,6 +91,11 @@ class RMWorker(TrainWorker):
         dist.barrier()
         return {"setup_s": time.perf_counter() - start}
 
+    @property
+    def _adapter_only(self) -> bool:
+        """The reward model is fully fine-tuned: its checkpoints hold every parameter."""
+        return False
+
     def sync_weights(self) -> float:
         """No rollout copy to refresh (called by the parent's `load_checkpoint`)."""
         return 0.0

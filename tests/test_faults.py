@@ -20,6 +20,8 @@ import pytest
 from sophiavl_cli.cli.app import main
 from sophiavl_cli.config import load_recipe
 from sophiavl_cli.config.loading import dump_recipe
+from sophiavl_cli.config.recipe import Recipe
+from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.engine.checkpoint import CheckpointManager, resolve_resume, save_sharded, verify_checkpoint
 from sophiavl_cli.engine.runlock import RunLock
 from sophiavl_cli.engine.signals import StopFlag, Stopped
@@ -57,10 +59,22 @@ def _checkpoint(
 # --------------------------------------------------------------------------- 3. one trainer per run folder
 
 
-def test_a_second_trainer_on_a_locked_run_folder_says_who_holds_it_and_exits_2(tmp_path, capsys):
-    run_dir = tmp_path / "sophiavl" / "quickstart"
+RM_QUICKSTART = ROOT / "recipes" / "thinking-rm-quickstart.yaml"
+# (command, recipe, its run folder under trainer.output_dir, its recipe model): both trainers share
+# the run-folder lock, the finished-run check and the pre-flight checks.
+TRAINERS = [
+    pytest.param("train", QUICKSTART, "sophiavl/quickstart", Recipe, id="train"),
+    pytest.param("train-rm", RM_QUICKSTART, "sophiavl/thinking_rm_quickstart", RMRecipe, id="train-rm"),
+]
+
+
+@pytest.mark.parametrize(("command", "recipe_file", "run_name", "model"), TRAINERS)
+def test_a_second_trainer_on_a_locked_run_folder_says_who_holds_it_and_exits_2(
+    command, recipe_file, run_name, model, tmp_path, capsys
+):
+    run_dir = tmp_path / run_name
     with RunLock(run_dir):
-        code, out = _cli(capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}")
+        code, out = _cli(capsys, command, str(recipe_file), f"trainer.output_dir={tmp_path}")
     assert code == 2, out
     assert f"another trainer is using this run folder (pid {os.getpid()} on {socket.gethostname()}" in out
     assert not _ray_started() and not (run_dir / "recipe.yaml").exists()
@@ -71,12 +85,15 @@ def test_a_second_trainer_on_a_locked_run_folder_says_who_holds_it_and_exits_2(t
 # --------------------------------------------------------------------------- 4. a finished run is not restarted
 
 
-def test_a_finished_run_says_so_before_anything_starts_and_keeps_its_recipe(tmp_path, capsys):
-    run_dir = tmp_path / "sophiavl" / "quickstart"
-    recipe = load_recipe(QUICKSTART, [f"trainer.output_dir={tmp_path}"])
+@pytest.mark.parametrize(("command", "recipe_file", "run_name", "model"), TRAINERS)
+def test_a_finished_run_says_so_before_anything_starts_and_keeps_its_recipe(
+    command, recipe_file, run_name, model, tmp_path, capsys
+):
+    run_dir = tmp_path / run_name
+    recipe = load_recipe(recipe_file, [f"trainer.output_dir={tmp_path}"], model=model)
     _checkpoint(CheckpointManager(run_dir / "checkpoints"), 4, {"total_steps": 4}, dump_recipe(recipe))
     (run_dir / "recipe.yaml").write_text("the finished run's recipe\n")
-    code, out = _cli(capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}", "data.seed=7")
+    code, out = _cli(capsys, command, str(recipe_file), f"trainer.output_dir={tmp_path}", "data.seed=7")
     assert code == 0, out
     assert f"already finished (step 4 of 4): run dir {run_dir}; pass trainer.max_steps=" in out
     assert not _ray_started()
@@ -92,6 +109,10 @@ def test_a_finished_run_says_so_before_anything_starts_and_keeps_its_recipe(tmp_
         )
         is None
     )
+    more_epochs = recipe.trainer.model_copy(
+        update={"total_epochs": recipe.trainer.total_epochs + 1, "max_steps": None}
+    )
+    assert finished_run(recipe.model_copy(update={"trainer": more_epochs}), run_dir, latest) is None
 
 
 # --------------------------------------------------------------------------- 5. checkpoint integrity
@@ -220,6 +241,27 @@ def test_every_start_up_problem_is_reported_together_before_ray_starts(tmp_path,
     assert "pip install 'sophiavl[gpu]'" in out
     assert "worker.actor.model_path:" in out and "data.train_files:" in out
     assert "this machine has no GPU: trainer.device=cuda needs 2; set trainer.device=cpu" in out
+    assert not _ray_started()
+    assert not (tmp_path / "sophiavl").exists()
+
+
+def test_every_start_up_problem_of_train_rm_is_reported_together_before_ray_starts(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    code, out = _cli(
+        capsys,
+        "train-rm",
+        str(RM_QUICKSTART),
+        f"trainer.output_dir={tmp_path}",
+        f"model.model_path={tmp_path / 'no-model'}",
+        "data.val_files=not_registered_either",
+        "trainer.device=cuda",
+    )
+    assert code == 2, out
+    assert "cannot start training (3 problems)" in out
+    assert "model.model_path:" in out and "data.val_files:" in out and "data.train_files" not in out
+    assert "this machine has no GPU: trainer.device=cuda needs" in out
     assert not _ray_started()
     assert not (tmp_path / "sophiavl").exists()
 

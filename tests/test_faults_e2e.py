@@ -53,7 +53,7 @@ def _wait_for_step(proc: subprocess.Popen[str], run_dir: Path, step: int, timeou
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"training did not reach step {step}:\n" + proc.communicate()[0][-3000:])
-        time.sleep(0.5)
+        time.sleep(0.1)  # a quickstart step takes ~0.4 s: poll well inside one
 
 
 def _gone(proc: psutil.Process) -> bool:
@@ -94,9 +94,12 @@ def test_kill_9_of_the_trainer_ends_every_process_it_started_and_closes_the_rewa
 
 def test_sigterm_saves_the_finished_step_exits_143_and_the_same_command_resumes(tmp_path):
     run_dir = tmp_path / RUN
+    # Steps take ~0.4 s, so the signal may land a few steps after the one the test saw: max_steps
+    # leaves room for that, and the interrupted run must still end before it (else nothing resumes).
+    max_steps = 10
     command = _command(
         tmp_path,
-        "trainer.max_steps=3",
+        f"trainer.max_steps={max_steps}",
         "trainer.val_freq=-1",
         "trainer.save_freq=-1",
         "algorithm.trust.enable=false",
@@ -116,12 +119,64 @@ def test_sigterm_saves_the_finished_step_exits_143_and_the_same_command_resumes(
     logged = _steps(run_dir)
     checkpoint = CheckpointManager(run_dir / "checkpoints").find_latest()
     assert checkpoint is not None and checkpoint.name == f"global_step_{logged[-1]}", (logged, output[-2000:])
+    assert logged == list(range(1, logged[-1] + 1)) and logged[-1] < max_steps, logged
     assert verify_checkpoint(checkpoint) is None
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resuming from" in again.stdout
-    assert _steps(run_dir) == [1, 2, 3]
+    said = "".join(again.stdout.split())  # rich wraps long paths
+    assert f"resumingfrom{checkpoint}" in said, again.stdout[-2000:]
+    assert _steps(run_dir) == list(range(1, max_steps + 1))
+
+
+# The trainer with one fault injected: SIGTERM to itself right after the JSONL line of step 1 is
+# written, i.e. after the loop decided that step needs no checkpoint.
+SIGTERM_WHILE_LOGGING = """
+import os, signal, sys
+from sophiavl_cli.engine.loggers import JsonlBackend
+write = JsonlBackend.log
+def log(self, step, metrics):
+    write(self, step, metrics)
+    if step == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+JsonlBackend.log = log
+from sophiavl_cli.cli.app import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "recipe", "run_name"),
+    [
+        ("train", QUICKSTART, RUN),
+        (
+            "train-rm",
+            ROOT / "recipes" / "thinking-rm-quickstart.yaml",
+            Path("sophiavl") / "thinking_rm_quickstart",
+        ),
+    ],
+    ids=["train", "train-rm"],
+)
+def test_a_sigterm_while_a_step_is_logged_still_saves_that_step(command, recipe, run_name, tmp_path):
+    args = [
+        command,
+        str(recipe),
+        f"trainer.output_dir={tmp_path}",
+        "trainer.max_steps=3",
+        "trainer.save_freq=-1",
+    ]
+    args += ["trainer.val_freq=-1", "trainer.val_before_train=false"]
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_WHILE_LOGGING, *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 143, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = tmp_path / run_name
+    assert _steps(run_dir) == [1]
+    checkpoint = CheckpointManager(run_dir / "checkpoints").find_latest()
+    assert checkpoint is not None and checkpoint.name == "global_step_1", done.stdout[-2000:]
+    assert verify_checkpoint(checkpoint) is None
 
 
 def test_a_step_past_stop_grace_is_abandoned_even_inside_a_blocking_ray_wait():

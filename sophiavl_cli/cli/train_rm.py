@@ -39,7 +39,7 @@ def train_rm(
     from sophiavl_cli.config import load_recipe
     from sophiavl_cli.config.rm_recipe import RMRecipe
     from sophiavl_cli.engine.cluster import WorkerFailure
-    from sophiavl_cli.engine.driver import run_dir_of
+    from sophiavl_cli.engine.driver import AlreadyFinished, run_dir_of
     from sophiavl_cli.engine.rm_driver import EVAL_DIRNAME
     from sophiavl_cli.engine.rm_driver import train_rm as run_training
 
@@ -62,6 +62,9 @@ def train_rm(
     except WorkerFailure as exc:
         fail(str(exc))
         sys.exit(1)
+    except AlreadyFinished as exc:  # nothing to do is not an error: said plainly, exit 0
+        console.print(str(exc), soft_wrap=True, markup=False)
+        return
     report = result.run_dir / EVAL_DIRNAME
     notes = (f"held-out report: {report}",) if (report / "report.json").is_file() else ()
     show_result(result, notes)

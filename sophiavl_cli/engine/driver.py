@@ -265,9 +265,9 @@ def fit(run: Run, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
     timer, after = StepTimer(), StepTimer()  # the step's phases; validation and saving after it
     last_step = last_step_of_this_run(trainer, run.start_step, run.total_steps)
     stack.enter_context(loggers.progress(run.total_steps, run.start_step))
+    saved_step = run.start_step
     for step in range(run.start_step + 1, last_step + 1):
-        if stop.requested:  # asked to stop during setup or validation: no new step
-            result.interrupted, result.stop_signal = True, stop.signum
+        if stop.requested:  # asked to stop during setup, validation or logging: no new step
             break
         timer.reset()
         metrics = run_step(run.ctx, run.loader.next_batch(), step, timer)
@@ -276,21 +276,27 @@ def fit(run: Run, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
         metrics |= throughput_metrics(metrics, recipe.world_size, run.peak_flops)
         metrics[TRAIN_EPOCH] = float(run.loader.epoch)
         after.reset()
+        stopping = stop.requested  # read once; a signal from here on is seen after the loop
         validating = run.val_rows and trainer.val_freq > 0 and due(step, trainer.val_freq, run.total_steps)
-        if validating and not stop.requested:  # stopping: straight to the save, no validation
+        if validating and not stopping:  # stopping: straight to the save, no validation
             with after("val"):
                 val_metrics, samples = validate(run.ctx, run.val_rows, step)
             metrics |= val_metrics
             loggers.log_generations(step, samples)
-        if stop.requested or step == last_step or due(step, trainer.save_freq, run.total_steps):
+        if stopping or step == last_step or due(step, trainer.save_freq, run.total_steps):
             with after("save"):
                 result.checkpoint = save_checkpoint(run, step)
+            saved_step = step
         metrics |= after.phases()
         loggers.log(step, metrics)
         result.last_step, result.last_metrics = step, metrics
-        if stop.requested:
-            result.interrupted, result.stop_signal = True, stop.signum
+        if stopping:
             break
+    if stop.requested:  # whenever the signal came, the last finished step is on disk before we exit
+        result.interrupted, result.stop_signal = True, stop.signum
+        if saved_step < result.last_step:
+            stop.step_done()
+            result.checkpoint = save_checkpoint(run, result.last_step)
     loggers.stop()
     loggers.close()
     metrics_file = run.run_dir / "metrics.jsonl"

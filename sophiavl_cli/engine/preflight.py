@@ -14,35 +14,57 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sophiavl_cli.config.recipe import Recipe
+from sophiavl_cli.config.recipe import Recipe, TrainerConfig
+from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.errors import UserError
+
+Check = Callable[[], None]
 
 
 def preflight(recipe: Recipe, *, ray_address: str | None, env: dict[str, str] | None = None) -> None:
     """Raise one `UserError` naming every start-up problem of `recipe` on this machine (none: return)."""
     env = dict(os.environ) if env is None else env
-    problems: list[str] = []
-
-    def check(run: Callable[[], None]) -> None:
-        try:
-            run()
-        except UserError as exc:
-            problems.append(str(exc))
-
-    check(lambda: _rollout_backend(recipe))
-    check(lambda: _model(recipe.worker.actor.model_path, "worker.actor.model_path"))
+    checks: list[Check] = [
+        lambda: _rollout_backend(recipe),
+        lambda: _model(recipe.worker.actor.model_path, "worker.actor.model_path"),
+    ]
     thinking = recipe.reward.thinking
     if recipe.algorithm.trust.enable and not (thinking.url or env.get("OPENAI_API_URL")):
         if thinking.serve is not None:  # a Ray actor of the run serves it (engine/rm_served.py)
-            check(lambda: _model(thinking.serve.model, "reward.thinking.serve.model"))
+            checks.append(lambda: _model(thinking.serve.model, "reward.thinking.serve.model"))  # type: ignore[union-attr]
         else:
-            check(lambda: _reward_model(thinking.serve_model))
-    check(lambda: _data(recipe.data.train_files, recipe, "data.train_files"))
-    if recipe.data.val_files and (recipe.trainer.val_freq > 0 or recipe.trainer.val_before_train):
-        check(lambda: _data(recipe.data.val_files, recipe, "data.val_files"))
-    check(lambda: _devices(recipe, ray_address))
-    check(lambda: _output_writable(Path(recipe.trainer.output_dir)))
-    if len(problems) == 1:  # one problem, one line
+            checks.append(lambda: _reward_model(thinking.serve_model))
+    _run_all(checks + _shared_checks(recipe, ray_address))
+
+
+def preflight_rm(recipe: RMRecipe, *, ray_address: str | None) -> None:
+    """`preflight` for `sophiavl train-rm`: the model to fine-tune, data, devices, output folder."""
+    model = recipe.model.model_path
+    _run_all([lambda: _model(model, "model.model_path"), *_shared_checks(recipe, ray_address)])
+
+
+def _shared_checks(recipe: Recipe | RMRecipe, ray_address: str | None) -> list[Check]:
+    """What both trainers need: data names that resolve, the devices asked for, a writable output."""
+    data, trainer = recipe.data, recipe.trainer
+    checks: list[Check] = [lambda: _data(data.train_files, data.registry, "data.train_files")]
+    if data.val_files and (trainer.val_freq > 0 or trainer.val_before_train):
+        checks.append(lambda: _data(data.val_files, data.registry, "data.val_files"))  # type: ignore[arg-type]
+    return [
+        *checks,
+        lambda: _devices(trainer, ray_address),
+        lambda: _output_writable(Path(trainer.output_dir)),
+    ]
+
+
+def _run_all(checks: list[Check]) -> None:
+    """Run every check, then raise one `UserError` with all their problems (one problem: one line)."""
+    problems: list[str] = []
+    for check in checks:
+        try:
+            check()
+        except UserError as exc:
+            problems.append(str(exc))
+    if len(problems) == 1:
         raise UserError(f"cannot start training: {problems[0]}")
     if problems:
         raise UserError(
@@ -74,11 +96,11 @@ def _reward_model(serve_model: str | None) -> None:
     _model(serve_model, "reward.thinking.serve_model")
 
 
-def _data(spec: str, recipe: Recipe, key: str) -> None:
+def _data(spec: str, registry_file: str | None, key: str) -> None:
     from sophiavl_cli.data.registry import registry_path
     from sophiavl_cli.data.sources import parse_spec, resolve_entry
 
-    registry = registry_path(Path(recipe.data.registry) if recipe.data.registry else None)
+    registry = registry_path(Path(registry_file) if registry_file else None)
     missing = []
     for name, _ in parse_spec(spec):
         try:
@@ -89,9 +111,8 @@ def _data(spec: str, recipe: Recipe, key: str) -> None:
         raise UserError(f"{key}: " + "; ".join(missing))
 
 
-def _devices(recipe: Recipe, ray_address: str | None) -> None:
+def _devices(t: TrainerConfig, ray_address: str | None) -> None:
     """GPU count and node count this machine can give, unless a cluster is joined (it may have more)."""
-    t = recipe.trainer
     if ray_address:
         return
     if t.nnodes > 1:
@@ -138,7 +159,7 @@ def check_writable(output: Path) -> None:
         ) from None
 
 
-def finished_run(recipe: Recipe, run_dir: Path, checkpoint: Path | None) -> str | None:
+def finished_run(recipe: Recipe | RMRecipe, run_dir: Path, checkpoint: Path | None) -> str | None:
     """The message to stop with when `checkpoint` already ends the run this recipe asks for, else None.
 
     The run is over when the checkpoint's step reached its total and the recipe asks for no more:
@@ -159,7 +180,7 @@ def finished_run(recipe: Recipe, run_dir: Path, checkpoint: Path | None) -> str 
     saved_recipe = checkpoint / RECIPE_FILE
     if saved_recipe.is_file():
         try:
-            saved_epochs = load_recipe(saved_recipe).trainer.total_epochs
+            saved_epochs = load_recipe(saved_recipe, model=type(recipe)).trainer.total_epochs
         except UserError:
             saved_epochs = None
         if saved_epochs is not None and recipe.trainer.total_epochs > saved_epochs and max_steps is None:

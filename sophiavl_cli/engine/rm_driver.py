@@ -31,6 +31,7 @@ from sophiavl_cli.engine import cluster
 from sophiavl_cli.engine.batching import balance_across_ranks
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
 from sophiavl_cli.engine.driver import (
+    AlreadyFinished,
     RunResult,
     due,
     last_step_of_this_run,
@@ -39,8 +40,11 @@ from sophiavl_cli.engine.driver import (
     restore_driver_state,
     run_dir_of,
 )
+from sophiavl_cli.engine.preflight import finished_run, preflight_rm
+from sophiavl_cli.engine.reaper import start_reaper
 from sophiavl_cli.engine.rm_prompting import RMEncoder, greedy_choice
 from sophiavl_cli.engine.rm_worker import RMWorker, RMWorkers, RMWorkerSpec, split_evenly
+from sophiavl_cli.engine.runlock import RunLock
 from sophiavl_cli.engine.signals import StopFlag
 from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.errors import UserError
@@ -77,17 +81,24 @@ def train_rm(
     """Fine-tune the reward model as the recipe says; returns where everything went."""
     say = status or (lambda text: None)
     started_at = time.perf_counter()
-    with ExitStack() as stack:
-        run = build_rm_run(recipe, stack, ray_address=ray_address, resume=resume, say=say)
+    preflight_rm(recipe, ray_address=ray_address)
+    run_dir = run_dir_of(recipe.trainer)
+    with RunLock(run_dir), ExitStack() as stack:
+        checkpoint = resolve_resume(resume, run_dir, say)
+        finished = finished_run(recipe, run_dir, checkpoint)
+        if finished is not None:
+            raise AlreadyFinished(finished)
+        stack.callback(start_reaper().stop)  # first in, last out: after Ray is stopped
+        run = build_rm_run(recipe, stack, ray_address=ray_address, checkpoint=checkpoint, say=say)
         result = fit_rm(run, stack)
     result.seconds = time.perf_counter() - started_at
     return result
 
 
 def build_rm_run(
-    recipe: RMRecipe, stack: ExitStack, *, ray_address: str | None, resume: str, say: Any
+    recipe: RMRecipe, stack: ExitStack, *, ray_address: str | None, checkpoint: Path | None, say: Any
 ) -> RMRun:
-    """Data, model files, Ray, workers, resume and loggers; teardown registered on `stack`."""
+    """Data, model files, Ray, workers, `checkpoint` restored (None: fresh) and loggers; teardown on `stack`."""
     from sophiavl_cli.data.loader import PromptDataLoader
     from sophiavl_cli.data.rm_check import check_rm_rows
     from sophiavl_cli.data.rm_rows import load_rm_rows
@@ -99,7 +110,6 @@ def build_rm_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_yaml = dump_recipe(recipe)
     atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
-    checkpoint = resolve_resume(resume, run_dir)
 
     say("loading data and model files")
     model_dir = resolve_model(recipe.model.model_path)
@@ -186,9 +196,9 @@ def fit_rm(run: RMRun, stack: ExitStack) -> RunResult:
     last_step = last_step_of_this_run(trainer, run.start_step, run.total_steps)
     quality: RMQuality | None = None
     stack.enter_context(loggers.progress(run.total_steps, run.start_step))
+    saved_step = run.start_step
     for step in range(run.start_step + 1, last_step + 1):
-        if stop.requested:  # asked to stop during setup or evaluation: no new step
-            result.interrupted, result.stop_signal = True, stop.signum
+        if stop.requested:  # asked to stop during setup, evaluation or logging: no new step
             break
         timer.reset()
         metrics = sft_step(run, run.loader.next_batch(), timer)
@@ -196,19 +206,26 @@ def fit_rm(run: RMRun, stack: ExitStack) -> RunResult:
         metrics |= timer.metrics()
         metrics[TRAIN_EPOCH] = float(run.loader.epoch)
         after.reset()
-        if run.val_rows and trainer.val_freq > 0 and due(step, trainer.val_freq, run.total_steps):
+        stopping = stop.requested  # read once; a signal from here on is seen after the loop
+        evaluating = run.val_rows and trainer.val_freq > 0 and due(step, trainer.val_freq, run.total_steps)
+        if evaluating and not stopping:  # stopping: straight to the save, no evaluation
             with after("val"):
                 quality = evaluate(run)
             metrics |= quality_metrics(quality)
-        if stop.requested or step == last_step or due(step, trainer.save_freq, run.total_steps):
+        if stopping or step == last_step or due(step, trainer.save_freq, run.total_steps):
             with after("save"):
                 result.checkpoint = save_rm_checkpoint(run, step)
+            saved_step = step
         metrics |= after.phases()
         loggers.log(step, metrics)
         result.last_step, result.last_metrics = step, metrics
-        if stop.requested:
-            result.interrupted, result.stop_signal = True, stop.signum
+        if stopping:
             break
+    if stop.requested:  # whenever the signal came, the last finished step is on disk before we exit
+        result.interrupted, result.stop_signal = True, stop.signum
+        if saved_step < result.last_step:
+            stop.step_done()
+            result.checkpoint = save_rm_checkpoint(run, result.last_step)
     loggers.stop()
     loggers.close()
     if quality is not None and result.last_step == run.total_steps:

@@ -9,7 +9,6 @@ log-probs, for the held-out evaluation). `RMWorkers` is the driver's typed facad
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from sophiavl_cli.engine import fsdp, lora
 from sophiavl_cli.engine.batching import TrainSequence, micro_batches
 from sophiavl_cli.engine.forward import ResponseForward, response_tokens
 from sophiavl_cli.engine.offload import Offload
-from sophiavl_cli.engine.schedule import lr_multiplier
 from sophiavl_cli.engine.worker import TrainWorker
 from sophiavl_cli.engine.workers import CommonWorkers
 from sophiavl_cli.metrics import (
@@ -122,24 +120,8 @@ class RMWorker(TrainWorker):
             loss.backward()
             correct = ((logits.detach().argmax(dim=-1) == tokens).float() * mask).sum()
             totals += torch.stack([nll.detach(), correct, mask.sum()]).double()
-        grad_norm = fsdp.clip_grad_norm(self.policy, model.max_grad_norm)
-        flag = torch.tensor([1.0 if nonfinite or not math.isfinite(grad_norm) else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        grad_norm, lr, skipped = self._apply_gradients(nonfinite, model.optim, model.max_grad_norm)
         dist.all_reduce(totals)
-        lr = model.optim.lr * lr_multiplier(
-            self.optimizer_step,
-            self.spec.optimizer_steps_total,
-            kind=model.optim.lr_scheduler,
-            warmup_ratio=model.optim.lr_warmup_ratio,
-        )
-        skipped = bool(flag.item())
-        if skipped:
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
-        self.optimizer_step += 1
         nll_sum, correct, count = (float(v) for v in totals.tolist())
         return {
             SFT_LOSS: nll_sum / max(count, 1.0),

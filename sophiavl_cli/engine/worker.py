@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from sophiavl_cli.algo.losses import AggScale, kl_penalty, token_logprobs
-from sophiavl_cli.config.recipe import Recipe
+from sophiavl_cli.config.recipe import OptimConfig, Recipe
 from sophiavl_cli.engine import fsdp, lora, quiet
 from sophiavl_cli.engine.batching import (
     MicroBatch,
@@ -337,14 +337,30 @@ class TrainWorker:
             (loss * self.world_size).backward()
             for key, value in metrics.items():  # shares add up to this rank's part of the mini-batch value
                 sums[key] = sums.get(key, 0.0) + value * self.world_size
-        grad_norm = fsdp.clip_grad_norm(self.policy, actor.max_grad_norm)
+        grad_norm, lr, skipped = self._apply_gradients(nonfinite, actor.optim, actor.max_grad_norm)
+        return reduce_records([namespaced("actor", sums)]) | {
+            ACTOR_GRAD_NORM: grad_norm,
+            ACTOR_LR: lr,
+            ACTOR_SKIPPED: float(skipped),
+        }
+
+    def _apply_gradients(
+        self, nonfinite: bool, optim: OptimConfig, max_grad_norm: float
+    ) -> tuple[float, float, bool]:
+        """Clip, then step at the scheduled LR, or skip the step on every rank when any saw a non-finite
+        loss or gradient (one bad batch must not poison the weights, nor ranks drift apart).
+
+        Returns the gradient norm before clipping, the LR and whether the step was skipped; the
+        optimizer-step counter moves either way so the schedule stays aligned with the data.
+        """
+        grad_norm = fsdp.clip_grad_norm(self.policy, max_grad_norm)
         flag = torch.tensor([1.0 if nonfinite or not math.isfinite(grad_norm) else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank skips together, or none does
-        lr = actor.optim.lr * lr_multiplier(
+        lr = optim.lr * lr_multiplier(
             self.optimizer_step,
             self.spec.optimizer_steps_total,
-            kind=actor.optim.lr_scheduler,
-            warmup_ratio=actor.optim.lr_warmup_ratio,
+            kind=optim.lr_scheduler,
+            warmup_ratio=optim.lr_warmup_ratio,
         )
         skipped = bool(flag.item())
         if skipped:
@@ -354,11 +370,7 @@ class TrainWorker:
                 group["lr"] = lr
             self.optimizer.step()
         self.optimizer_step += 1
-        return reduce_records([namespaced("actor", sums)]) | {
-            ACTOR_GRAD_NORM: grad_norm,
-            ACTOR_LR: lr,
-            ACTOR_SKIPPED: float(skipped),
-        }
+        return grad_norm, lr, skipped
 
     def _mini_batch_scale(self, sequences: list[TrainSequence]) -> AggScale:
         """Response tokens and sequences of this optimizer step on all ranks (one all-reduce)."""

@@ -8,7 +8,9 @@ We score N responses (16 prompts x 8 rollouts, one 448x448 image per prompt):
 - client: `ThinkingRewardClient.submit(...)` with bounded concurrency.
 
 The ideal for the client is delay x ceil(N / concurrency): latency-bound, zero overhead.
-Targets (issue 4): client >= 50x faster than sequential and within 1.5x of the ideal.
+Target (issue 11, which moved the client onto `openai.AsyncOpenAI`): within 1.5x of the ideal.
+Issue 4's ">= 50x faster than sequential" was set for the hand-written client; the speed-up is
+still printed (it is the same figure measured against the released loop), no longer judged.
 
 Run:
     python benchmarks/reward_client.py                 # N=128, delay 0.2 s, concurrency 64
@@ -183,9 +185,8 @@ def main() -> None:
     table.add_row("ideal (latency-bound)", f"{ideal_s:.3f}", f"{sequential_s / ideal_s:.1f}x", "1.00x", "")
     console = Console(width=max(100, Console().width))
     console.print(table)
-    ok = speedup >= 50 and vs_ideal <= 1.5
-    verdict = "[green]met[/]" if ok else "[red]missed[/]"
-    console.print(f"targets (>= 50x faster than sequential, <= 1.5x the ideal): {verdict}")
+    verdict = "[green]met[/]" if vs_ideal <= 1.5 else "[red]missed[/]"
+    console.print(f"target (<= 1.5x the ideal): {verdict}; {speedup:.0f}x faster than the released loop")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -113,6 +114,28 @@ def test_a_finished_run_says_so_before_anything_starts_and_keeps_its_recipe(
         update={"total_epochs": recipe.trainer.total_epochs + 1, "max_steps": None}
     )
     assert finished_run(recipe.model_copy(update={"trainer": more_epochs}), run_dir, latest) is None
+
+
+def test_resuming_on_another_model_is_refused_before_ray_starts(tmp_path, capsys, tiny_model_dir):
+    """A resume rebuilds the network (and a LoRA run its base weights) from worker.actor.model_path."""
+    run_dir = tmp_path / "sophiavl" / "quickstart"
+    manager = CheckpointManager(run_dir / "checkpoints")
+    model, optimizer = fx.tiny_net(seed=1, sharded=False)
+    tmp = manager.begin(2)
+    save_sharded(tmp, model, optimizer)
+    manager.commit(tmp, 2, {"step": 2, "total_steps": 4}, hf_source_dir=tiny_model_dir)
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    (other / "config.json").write_text(json.dumps(config))
+    code, out = _cli(
+        capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}", f"worker.actor.model_path={other}"
+    )
+    assert code == 2, out
+    assert f"worker.actor.model_path ({other}) is not the model" in out
+    assert f"num_hidden_layers {config['num_hidden_layers']} vs {config['num_hidden_layers'] - 1}" in out
+    assert "--resume none" in out and not _ray_started()
 
 
 # --------------------------------------------------------------------------- 5. checkpoint integrity

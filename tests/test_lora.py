@@ -7,6 +7,9 @@ Real TrainWorker in this process (a world of one, gloo), the built-in tiny Qwen2
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -218,6 +221,8 @@ def test_merge_refuses_adapter_only_for_a_full_fine_tuning_checkpoint(tiny_model
         worker.shutdown()
     with pytest.raises(UserError, match="not a LoRA checkpoint"):
         export_adapter(checkpoint, tmp_path / "adapter")
+    with pytest.raises(UserError, match=r"--base .*not a LoRA adapter checkpoint\); merge it without --base"):
+        plan_merge(checkpoint, tmp_path / "merged", base=tiny_model_dir)
 
 
 def test_an_adapter_checkpoint_needs_its_base_and_its_lora_setting(tiny_model_dir, tmp_path):
@@ -232,10 +237,38 @@ def test_an_adapter_checkpoint_needs_its_base_and_its_lora_setting(tiny_model_di
         worker.shutdown()
     recipe = dump_recipe(_recipe(f"worker.actor.model_path={tmp_path / 'moved-base'}"))
     checkpoint = manager.commit(tmp, 1, {"step": 1}, tiny_model_dir, recipe)
-    with pytest.raises(UserError, match=r"holds only the LoRA adapter.*pass --adapter-only"):
+    with pytest.raises(
+        UserError, match=r"holds only the LoRA adapter.*pass --base FOLDER .*or --adapter-only"
+    ):
         plan_merge(checkpoint, tmp_path / "merged")
     adapter = export_adapter(checkpoint, tmp_path / "adapter")  # the adapter alone needs no base
     assert (adapter / "adapter_model.safetensors").is_file()
+
+    # the base moved: --base names it; a base with another config is refused before any weight is read
+    from typer.testing import CliRunner
+
+    from sophiavl_cli.cli.app import app
+
+    merged = CliRunner().invoke(
+        app, ["merge", str(checkpoint), "-o", str(tmp_path / "merged"), "--base", str(tiny_model_dir)]
+    )
+    assert merged.exit_code == 0, merged.output
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["rope_theta"] = 123.0
+    config["_name_or_path"], config["transformers_version"] = "elsewhere", "0.0"  # provenance: not compared
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        UserError, match=r"--base .*not the model this adapter was trained on.*rope_theta 123\.0 vs"
+    ):
+        plan_merge(checkpoint, tmp_path / "merged-other", base=other)
+    assert not (tmp_path / "merged-other").exists()
+    peft_config = json.loads(
+        (export_adapter(checkpoint, tmp_path / "a2", base=other) / "adapter_config.json").read_text()
+    )
+    assert peft_config["base_model_name_or_path"] == str(other)
 
     plain = _worker(tiny_model_dir, _recipe("worker.actor.lora.rank=0"))
     try:

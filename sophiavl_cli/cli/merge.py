@@ -4,6 +4,7 @@ Usage:
     sophiavl merge                                  # latest checkpoint of the most recent run in runs/
     sophiavl merge runs/sophiavl/trust_grpo/checkpoints/global_step_40 --dtype bf16
     sophiavl merge ckpts/global_step_300 --output SophiaVL-R1-7B-hf   # released EasyR1 layout
+    sophiavl merge runs/sophiavl/lora/checkpoints/global_step_40 --base /models/Qwen2.5-VL-7B-Instruct
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def merge(
     runs_dir: Path = typer.Option(
         Path("runs"), "--runs-dir", help="Where to look for runs when CHECKPOINT is omitted."
     ),
+    base: Path = typer.Option(
+        None,
+        "--base",
+        help="LoRA runs: the base model folder, when it is no longer at the run's worker.actor.model_path.",
+        show_default=False,
+    ),
     adapter_only: bool = typer.Option(
         False,
         "--adapter-only",
@@ -65,12 +72,12 @@ def merge(
     if adapter_only:
         from sophiavl_cli.engine.merge import export_adapter
 
-        written = export_adapter(checkpoint, output, overwrite)
+        written = export_adapter(checkpoint, output, overwrite, base)
         console.print(
             f"adapter written to [bold]{escape(str(written))}[/] (load with peft's PeftModel.from_pretrained)"
         )
         return
-    plan = plan_merge(checkpoint, output, _dtype(dtype), max_shard_size, overwrite, force)
+    plan = plan_merge(checkpoint, output, _dtype(dtype), max_shard_size, overwrite, force, base)
     with Progress(
         TextColumn("[bold]merging"),
         BarColumn(),

@@ -132,6 +132,8 @@ def build_run(
 
     say("loading data and model files")
     model_dir = resolve_model(recipe.worker.actor.model_path)
+    if checkpoint is not None:
+        check_resumed_model(model_dir, checkpoint, "worker.actor.model_path")
     processor = VLProcessor.from_pretrained(
         model_dir, min_pixels=recipe.data.min_pixels, max_pixels=recipe.data.max_pixels
     )
@@ -303,6 +305,23 @@ def fit(run: Run, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
     if metrics_file.is_file():
         plot_curves(metrics_file, run.run_dir / "curves")
     return result
+
+
+def check_resumed_model(model_dir: Path, checkpoint: Path, key: str) -> None:
+    """A resume rebuilds the network from `key`'s folder (and, with LoRA, takes its base weights from
+    there): it must be the model the checkpoint was trained on."""
+    from sophiavl_cli.engine.checkpoint import HF_DIRNAME
+    from sophiavl_cli.models.config_diff import config_differences
+
+    trained = checkpoint / HF_DIRNAME
+    if not (trained / "config.json").is_file():  # nothing recorded to compare with
+        return
+    differ = config_differences(model_dir, trained)
+    if differ:
+        raise UserError(
+            f"{key} ({model_dir}) is not the model {checkpoint} was trained on: config.json differs in {differ}; "
+            f"set {key} to the run's model, or pass --resume none to start over"
+        )
 
 
 def save_checkpoint(run: Run, step: int) -> Path:

@@ -176,9 +176,11 @@ def plan_merge(
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
     force: bool = False,
+    base: Path | None = None,
 ) -> MergePlan:
     """Check the output folder can be written, open and verify the checkpoint, check its names
-    against the config's model, choose dtype and shards."""
+    against the config's model, choose dtype and shards. `base`: a LoRA checkpoint's base model
+    folder when it is no longer where the run's `worker.actor.model_path` said."""
     output = Path(output) if output is not None else default_output(Path(checkpoint))
     if output.exists() and not overwrite:
         raise UserError(f"{output} already exists; pass --overwrite or another --output")
@@ -188,7 +190,7 @@ def plan_merge(
         raise UserError(
             f"{hf_dir}/config.json is missing; the checkpoint needs its huggingface/ folder to merge"
         )
-    source = _lora_merged_view(Path(checkpoint), source, hf_dir)
+    source = _lora_merged_view(Path(checkpoint), source, hf_dir, base)
     infos = source.tensors()
     renames, tied = match_names(list(infos), hf_dir)
     dropped = _drop_true_copies(source, renames, tied)
@@ -210,18 +212,29 @@ def plan_merge(
     )
 
 
-def _lora_merged_view(checkpoint: Path, source: TensorSource, hf_dir: Path) -> TensorSource:
+def _lora_merged_view(
+    checkpoint: Path, source: TensorSource, hf_dir: Path, base: Path | None = None
+) -> TensorSource:
     """A LoRA run's checkpoint seen as the merged plain model; any other source unchanged.
 
-    A LoRA checkpoint holds the adapter alone: the base comes from the `worker.actor.model_path`
-    its recipe.yaml records. Older LoRA checkpoints also held the base (`...base_layer.weight`)
-    and are merged from their own tensors.
+    A LoRA checkpoint holds the adapter alone: the base comes from `base` (`merge --base`), else
+    from the `worker.actor.model_path` its recipe.yaml records, and must have the config the run
+    trained on (the checkpoint's `huggingface/config.json`). Older LoRA checkpoints also held the
+    base (`...base_layer.weight`) and are merged from their own tensors.
     """
     import yaml
 
     from sophiavl_cli.engine import lora
 
     names = source.tensors()
+    adapter_only = any(lora.is_lora_name(name) for name in names) and not any(
+        lora.BASE_SEGMENT + "." in name for name in names
+    )
+    if base is not None and not adapter_only:
+        raise UserError(
+            f"--base {base}: {checkpoint} holds every weight of its model (not a LoRA adapter checkpoint); "
+            "merge it without --base"
+        )
     if not any(lora.is_lora_name(name) for name in names):
         return source
     settings = lora.lora_settings(checkpoint / "recipe.yaml")
@@ -231,22 +244,46 @@ def _lora_merged_view(checkpoint: Path, source: TensorSource, hf_dir: Path) -> T
             "rank; restore the checkpoint's recipe.yaml"
         )
     scale = float(settings["alpha"]) / int(settings["rank"])
-    if any(lora.BASE_SEGMENT + "." in name for name in names):
+    if not adapter_only:
         return lora.LoraMergedSource(source, scale)
-    recipe = yaml.safe_load((checkpoint / "recipe.yaml").read_text(encoding="utf-8"))
-    model_path = str(recipe["worker"]["actor"]["model_path"])
-    try:
-        base_dir = resolve_model(model_path)
-    except UserError as exc:
-        raise UserError(
-            f"{checkpoint} holds only the LoRA adapter and its base, worker.actor.model_path {model_path!r}, "
-            f"is not here ({exc}); make it available, or pass --adapter-only"
-        ) from None
+    if base is not None:
+        named = f"--base {base}"
+        try:
+            base_dir = resolve_model(str(base))
+        except UserError as exc:
+            raise UserError(f"{named}: {exc}") from None
+    else:
+        recipe = yaml.safe_load((checkpoint / "recipe.yaml").read_text(encoding="utf-8"))
+        model_path = str(recipe["worker"]["actor"]["model_path"])
+        named = f"worker.actor.model_path {model_path!r}"
+        try:
+            base_dir = resolve_model(model_path)
+        except UserError as exc:
+            raise UserError(
+                f"{checkpoint} holds only the LoRA adapter and its base, {named}, is not here ({exc}); "
+                "pass --base FOLDER with that model, or --adapter-only"
+            ) from None
+    _check_same_config(base_dir, hf_dir, named)
     return lora.LoraBaseSource(HfFolderSource(base_dir), source, scale, saved_name_map(_meta_model(hf_dir)))
 
 
-def export_adapter(checkpoint: Path, output: Path | None = None, overwrite: bool = False) -> Path:
-    """Write a LoRA checkpoint's adapter alone as a peft folder (`sophiavl merge --adapter-only`)."""
+def _check_same_config(base_dir: Path, hf_dir: Path, named: str) -> None:
+    """The base must be the model the adapter was trained on, else the adapter lands on other weights."""
+    from sophiavl_cli.models.config_diff import config_differences
+
+    differ = config_differences(base_dir, hf_dir)
+    if differ:
+        raise UserError(
+            f"{named} ({base_dir}) is not the model this adapter was trained on: its config.json differs from "
+            f"the checkpoint's huggingface/config.json in {differ}; pass --base with the run's base model"
+        )
+
+
+def export_adapter(
+    checkpoint: Path, output: Path | None = None, overwrite: bool = False, base: Path | None = None
+) -> Path:
+    """Write a LoRA checkpoint's adapter alone as a peft folder (`sophiavl merge --adapter-only`);
+    its `base_model_name_or_path` is `base` when given, else the run's `worker.actor.model_path`."""
     import yaml
 
     from sophiavl_cli.engine import lora
@@ -259,7 +296,7 @@ def export_adapter(checkpoint: Path, output: Path | None = None, overwrite: bool
             f"{checkpoint}: not a LoRA checkpoint (worker.actor.lora.rank was 0); merge it without --adapter-only"
         )
     recipe = yaml.safe_load((checkpoint / "recipe.yaml").read_text(encoding="utf-8"))
-    base_model = str(recipe["worker"]["actor"]["model_path"])
+    base_model = str(base) if base is not None else str(recipe["worker"]["actor"]["model_path"])
     target = (
         Path(output)
         if output is not None

@@ -33,6 +33,7 @@ from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, r
 from sophiavl_cli.engine.driver import (
     AlreadyFinished,
     RunResult,
+    check_resumed_model,
     due,
     last_step_of_this_run,
     planned_steps,
@@ -113,6 +114,8 @@ def build_rm_run(
 
     say("loading data and model files")
     model_dir = resolve_model(recipe.model.model_path)
+    if checkpoint is not None:
+        check_resumed_model(model_dir, checkpoint, "model.model_path")
     encoder = RMEncoder(VLProcessor.from_pretrained(model_dir))
     registry = Path(recipe.data.registry) if recipe.data.registry else None
     rows = load_rm_rows(recipe.data.train_files, registry=registry)

@@ -25,7 +25,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from sophiavl_cli.eval.benchmarks import get_benchmark
-from sophiavl_cli.eval.runner import EvalSettings, run_eval
+from sophiavl_cli.eval.runner import run_eval
+from sophiavl_cli.eval.settings import EvalSettings
 
 
 def write_mmstar_tsv(folder: Path, n: int) -> Path:

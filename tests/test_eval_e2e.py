@@ -23,8 +23,10 @@ from eval_fixtures import RIGHT, write_jsonl, write_tsv
 
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks import get_benchmark
+from sophiavl_cli.eval.cache import read_cache
 from sophiavl_cli.eval.judge import JudgeSettings
-from sophiavl_cli.eval.runner import EvalSettings, read_cache, run_eval, score_predictions
+from sophiavl_cli.eval.runner import run_eval, score_predictions
+from sophiavl_cli.eval.settings import EvalSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "builtin:tiny-qwen2.5-vl"

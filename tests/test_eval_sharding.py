@@ -13,7 +13,9 @@ from typing import Any
 from eval_fixtures import write_tsv
 
 from sophiavl_cli.eval.benchmarks import get_benchmark
-from sophiavl_cli.eval.runner import PREDICTIONS_FILE, EvalSettings, run_eval
+from sophiavl_cli.eval.cache import PREDICTIONS_FILE
+from sophiavl_cli.eval.runner import run_eval
+from sophiavl_cli.eval.settings import EvalSettings
 from sophiavl_cli.eval.sharding import plan, shard_file
 
 TINY = "builtin:tiny-qwen2.5-vl"

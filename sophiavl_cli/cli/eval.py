@@ -23,7 +23,8 @@ from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks import parse_bench_list
 from sophiavl_cli.eval.judge import DEFAULT_URL, JudgeSettings
 from sophiavl_cli.eval.report import EvalResult, summary_table
-from sophiavl_cli.eval.runner import MAX_PIXELS, MIN_PIXELS, EvalSettings, run_eval, score_predictions
+from sophiavl_cli.eval.runner import run_eval, score_predictions
+from sophiavl_cli.eval.settings import MAX_PIXELS, MIN_PIXELS, EvalSettings
 from sophiavl_cli.hub.names import DEFAULT_MODEL
 from sophiavl_cli.models.resolve import BUILTIN_PREFIX
 

@@ -16,66 +16,29 @@ prompt (system prompt + thinking instruction + type suffix) around the same ques
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from sophiavl_cli.data.prompts import SYSTEM_PROMPT, sophiavl_user_text
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks.base import Benchmark, Sample
+from sophiavl_cli.eval.cache import PREDICTIONS_FILE, prediction_key, read_cache
 from sophiavl_cli.eval.data import load_samples, open_image, resolve_data
 from sophiavl_cli.eval.generation import BACKENDS, HFGenerator, Request, VLLMGenerator
 from sophiavl_cli.eval.judge import Judge, JudgeSettings
 from sophiavl_cli.eval.matching import answer_text
 from sophiavl_cli.eval.report import EvalResult, make_result, write_result
 from sophiavl_cli.eval.scoring import score_items, scoring_label
+from sophiavl_cli.eval.settings import PROMPTS, EvalSettings
 from sophiavl_cli.eval.sharding import SHARD_GLOB, ShardPool, default_shards, merge, plan
-from sophiavl_cli.fileio import JsonlAppender, read_jsonl
+from sophiavl_cli.fileio import JsonlAppender
 
-PROMPTS = ("default", "sophiavl-r1")
-MIN_PIXELS = 1280 * 28 * 28
-MAX_PIXELS = 16384 * 28 * 28
-PREDICTIONS_FILE = "predictions.jsonl"
 JUDGE_CACHE_FILE = "judge_cache.jsonl"
 _IMAGE_MARKER = re.compile(r"<image\s*(\d+)>")
 
 Progress = Callable[[str, int, int], None]  # (benchmark, done, total)
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """Everything one `sophiavl eval` run needs (the CLI builds it from flags)."""
-
-    model: str
-    benchmarks: tuple[Benchmark, ...]
-    output_dir: Path
-    data: Path | None = None
-    split: str | None = None
-    backend: str = "hf"
-    prompt: str = "default"
-    max_new_tokens: int = 2048
-    min_pixels: int = MIN_PIXELS
-    max_pixels: int = MAX_PIXELS
-    limit: int | None = None
-    judge: JudgeSettings | None = None
-    max_model_len: int | None = None
-    vllm_options: Mapping[str, Any] | None = None  # extra `vllm.LLM` arguments (tests, tuning)
-    lenient: bool = False  # score with our documented departures from the official rules
-    shards: int | None = None  # generation processes (None: one per GPU group with vllm, else 1)
-    tensor_parallel: int = 1  # GPUs per vLLM engine
-
-    def generation_settings(self) -> dict[str, Any]:
-        """The settings that change what the model generates (part of every cache key)."""
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "min_pixels": self.min_pixels,
-            "max_pixels": self.max_pixels,
-            "temperature": 0.0,
-        }
 
 
 # ---------------------------------------------------------------------- prompts
@@ -115,24 +78,6 @@ def build_messages(bench: Benchmark, sample: Sample, preset: str) -> tuple[list[
     raise UserError(f"--prompt: unknown preset {preset!r}; choose one of {', '.join(PROMPTS)}")
 
 
-# ---------------------------------------------------------------------- prediction cache
-
-
-def prediction_key(bench: str, index: str, model: str, prompt: str, settings: dict[str, Any]) -> str:
-    """The cache key of one prediction."""
-    payload = json.dumps([bench, index, model, prompt, settings], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def read_cache(path: Path) -> dict[str, dict[str, Any]]:
-    """key -> record of every complete line (a line cut by an interrupted run is skipped)."""
-    records: dict[str, dict[str, Any]] = {}
-    for record in read_jsonl(path, missing_ok=True):
-        if isinstance(record, dict) and "key" in record and "prediction" in record:
-            records[str(record["key"])] = record
-    return records
-
-
 # ---------------------------------------------------------------------- the run
 
 
@@ -160,7 +105,9 @@ def run_eval(settings: EvalSettings, progress: Progress | None = None) -> list[E
             responses = _cached_responses(bench, samples, settings, str(model_path), folder)
             missing = [s for s in samples if s.index not in responses]
             if missing and num_shards > 1:
-                pool = pool or ShardPool(settings, model_path, max_images, num_shards)
+                pool = pool or ShardPool(
+                    settings, model_path, max_images, num_shards, _generator, generate_file
+                )
                 _generate_sharded(bench, samples, missing, settings, pool, folder, responses, progress)
                 responses = _cached_responses(bench, samples, settings, str(model_path), folder)
             elif missing:
@@ -255,6 +202,31 @@ def _cached_responses(
         if record is not None:
             responses[sample.index] = str(record["prediction"])
     return responses
+
+
+def generate_file(
+    bench: Benchmark,
+    samples: list[Sample],
+    settings: EvalSettings,
+    model_id: str,
+    generator: Generator,
+    path: Path,
+) -> int:
+    """Answer `samples` into the cache file `path` (an eval shard's job); how many were answered."""
+    responses: dict[str, str] = {}
+    _generate(
+        bench,
+        samples,
+        settings,
+        model_id,
+        generator,
+        path.parent,
+        responses,
+        None,
+        len(samples),
+        file_name=path.name,
+    )
+    return len(responses)
 
 
 def _generate(

@@ -16,24 +16,22 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks.base import Benchmark, Sample
+from sophiavl_cli.eval.cache import read_cache
+from sophiavl_cli.eval.settings import EvalSettings
 
-if TYPE_CHECKING:
-    from sophiavl_cli.eval.runner import EvalSettings
+# (settings, model folder, max images per prompt) -> a generator; (bench, samples, settings,
+# model id, generator, shard file) -> answers written. The runner passes its own, so that a shard
+# generates exactly as a single process does.
+MakeGenerator = Callable[[EvalSettings, Path, int], Any]
+GenerateFile = Callable[[Benchmark, list[Sample], EvalSettings, str, Any, Path], int]
 
 SHARD_GLOB = "predictions.shard-*-of-*.jsonl"
 POLL_S = 2.0
-FORWARDED_ENV = (
-    "SOPHIAVL_HOME",
-    "HF_HOME",
-    "HF_HUB_CACHE",
-    "HF_HUB_OFFLINE",
-    "TRANSFORMERS_OFFLINE",
-    "LMUData",
-)
+EVAL_ENV = ("LMUData",)  # VLMEvalKit's data folder, on top of what every worker gets
 
 
 def shard_file(folder: Path, shard: int, num_shards: int) -> Path:
@@ -66,7 +64,6 @@ def merge(folder: Path, predictions_file: str, samples: Sequence[Sample], keys: 
     `keys` maps sample index -> prediction key of this run; lines of other runs already in the
     predictions file are kept ahead of the new ones.
     """
-    from sophiavl_cli.eval.runner import read_cache
     from sophiavl_cli.fileio import atomic_write_jsonl
 
     shard_paths = sorted(folder.glob(SHARD_GLOB))
@@ -95,36 +92,28 @@ def _actor_class() -> Any:
         """Loads the model once, then generates the shards of every benchmark it is given."""
 
         def __init__(
-            self, settings: EvalSettings, model_path: str, max_images: int, env: dict[str, str]
+            self,
+            settings: EvalSettings,
+            model_path: str,
+            max_images: int,
+            env: dict[str, str],
+            make_generator: MakeGenerator,
+            generate_file: GenerateFile,
         ) -> None:
             os.environ.update(env)
             import torch
 
             if not torch.cuda.is_available():
                 torch.set_num_threads(1)
-            from sophiavl_cli.eval.runner import _generator
-
             self.settings = settings
             self.model_id = model_path
-            self.generator = _generator(settings, Path(model_path), max_images)
+            self.generate_file = generate_file
+            self.generator = make_generator(settings, Path(model_path), max_images)
 
         def generate(self, bench: Benchmark, samples: list[Sample], path: str) -> int:
-            from sophiavl_cli.eval.runner import _generate
-
-            responses: dict[str, str] = {}
-            _generate(
-                bench,
-                samples,
-                self.settings,
-                self.model_id,
-                self.generator,
-                Path(path).parent,
-                responses,
-                None,
-                len(samples),
-                file_name=Path(path).name,
+            return self.generate_file(
+                bench, samples, self.settings, self.model_id, self.generator, Path(path)
             )
-            return len(responses)
 
     return ShardWorker
 
@@ -132,19 +121,30 @@ def _actor_class() -> Any:
 class ShardPool:
     """`num_shards` `ShardWorker` actors; the Ray it starts (if any) ends with `close`."""
 
-    def __init__(self, settings: EvalSettings, model_path: Path, max_images: int, num_shards: int) -> None:
+    def __init__(
+        self,
+        settings: EvalSettings,
+        model_path: Path,
+        max_images: int,
+        num_shards: int,
+        make_generator: MakeGenerator,
+        generate_file: GenerateFile,
+    ) -> None:
         import ray
 
-        from sophiavl_cli.engine.cluster import connect
+        from sophiavl_cli.engine.cluster import connect, forwarded_env
 
         self.num_shards = num_shards
         self._started = connect(None, num_cpus=None) if not ray.is_initialized() else False
         gpus = max(1, settings.tensor_parallel) if settings.backend == "vllm" and _has_cuda() else 0
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         per_cpu = 1.0 if cpus >= num_shards else round(cpus / num_shards, 3)
-        env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+        env = forwarded_env(os.environ) | {name: os.environ[name] for name in EVAL_ENV if name in os.environ}
         worker = _actor_class().options(num_cpus=per_cpu, num_gpus=gpus)
-        self.actors = [worker.remote(settings, str(model_path), max_images, env) for _ in range(num_shards)]
+        self.actors = [
+            worker.remote(settings, str(model_path), max_images, env, make_generator, generate_file)
+            for _ in range(num_shards)
+        ]
 
     def run(
         self,

@@ -43,8 +43,8 @@ def train(
     """Train a vision-language policy with Trust-GRPO on Ray + FSDP2."""
     from sophiavl_cli.config import load_recipe
     from sophiavl_cli.engine.cluster import WorkerFailure
-    from sophiavl_cli.engine.driver import AlreadyFinished, run_dir_of
     from sophiavl_cli.engine.driver import train as run_training
+    from sophiavl_cli.engine.run_folder import AlreadyFinished, run_dir_of
 
     loaded = load_recipe(recipe, overrides or [])  # batch sizes that do not divide fail here, before Ray
     if resume not in ("auto", "none") and not Path(resume).exists():

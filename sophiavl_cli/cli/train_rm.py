@@ -39,9 +39,9 @@ def train_rm(
     from sophiavl_cli.config import load_recipe
     from sophiavl_cli.config.rm_recipe import RMRecipe
     from sophiavl_cli.engine.cluster import WorkerFailure
-    from sophiavl_cli.engine.driver import AlreadyFinished, run_dir_of
     from sophiavl_cli.engine.rm_driver import EVAL_DIRNAME
     from sophiavl_cli.engine.rm_driver import train_rm as run_training
+    from sophiavl_cli.engine.run_folder import AlreadyFinished, run_dir_of
 
     loaded = load_recipe(recipe, overrides or [], model=RMRecipe)
     if resume not in ("auto", "none") and not Path(resume).exists():

@@ -30,13 +30,12 @@ import yaml
 from sophiavl_cli.config.loading import dump_recipe
 from sophiavl_cli.config.recipe import DataConfig, Recipe, TrainerConfig
 from sophiavl_cli.engine import cluster, quiet
-from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
+from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir
 from sophiavl_cli.engine.objective import uses_reference
-from sophiavl_cli.engine.preflight import finished_run, preflight
+from sophiavl_cli.engine.preflight import preflight
 from sophiavl_cli.engine.prompting import PromptBuilder
-from sophiavl_cli.engine.reaper import start_reaper
 from sophiavl_cli.engine.rm_served import thinking_service
-from sophiavl_cli.engine.runlock import RunLock
+from sophiavl_cli.engine.run_folder import check_resumed_model, opened_run, run_dir_of
 from sophiavl_cli.engine.signals import StopFlag
 from sophiavl_cli.engine.step import StepContext, run_step
 from sophiavl_cli.engine.throughput import FlopsModel, peak_flops, throughput_metrics
@@ -44,7 +43,6 @@ from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.validation import validate
 from sophiavl_cli.engine.worker import WorkerSpec
 from sophiavl_cli.engine.workers import Workers
-from sophiavl_cli.errors import UserError
 from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 from sophiavl_cli.metrics import TRAIN_EPOCH
 
@@ -62,10 +60,6 @@ class RunResult:
     interrupted: bool = False
     stop_signal: int | None = None  # SIGINT or SIGTERM when `interrupted`
     seconds: float = 0.0
-
-
-def run_dir_of(trainer: TrainerConfig) -> Path:
-    return Path(trainer.output_dir) / trainer.project_name / trainer.experiment_name
 
 
 @dataclass
@@ -87,12 +81,6 @@ class Run:
     say: Any
 
 
-class AlreadyFinished(UserError):
-    """The run folder's last checkpoint already ends the run the recipe asks for (exit 0: nothing to do)."""
-
-    exit_code = 0
-
-
 def train(
     recipe: Recipe, *, ray_address: str | None = None, resume: str = "auto", status: Any = None
 ) -> RunResult:
@@ -100,14 +88,7 @@ def train(
     say = status or (lambda text: None)
     started_at = time.perf_counter()
     preflight(recipe, ray_address=ray_address)
-    run_dir = run_dir_of(recipe.trainer)
-    with RunLock(run_dir), ExitStack() as stack:
-        checkpoint = resolve_resume(resume, run_dir, say)
-        finished = finished_run(recipe, run_dir, checkpoint)
-        if finished is not None:
-            raise AlreadyFinished(finished)
-        stack.callback(start_reaper().stop)  # first in, last out: after Ray and the RM are stopped
-        stop = stack.enter_context(StopFlag(recipe.trainer.stop_grace_s))
+    with opened_run(recipe, resume, say) as (stack, checkpoint, stop):
         run = build_run(recipe, stack, ray_address=ray_address, checkpoint=checkpoint, say=say)
         stop.install()  # again: ray.init took SIGTERM for itself
         result = fit(run, stack, stop)
@@ -305,23 +286,6 @@ def fit(run: Run, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
     if metrics_file.is_file():
         plot_curves(metrics_file, run.run_dir / "curves")
     return result
-
-
-def check_resumed_model(model_dir: Path, checkpoint: Path, key: str) -> None:
-    """A resume rebuilds the network from `key`'s folder (and, with LoRA, takes its base weights from
-    there): it must be the model the checkpoint was trained on."""
-    from sophiavl_cli.engine.checkpoint import HF_DIRNAME
-    from sophiavl_cli.models.config_diff import config_differences
-
-    trained = checkpoint / HF_DIRNAME
-    if not (trained / "config.json").is_file():  # nothing recorded to compare with
-        return
-    differ = config_differences(model_dir, trained)
-    if differ:
-        raise UserError(
-            f"{key} ({model_dir}) is not the model {checkpoint} was trained on: config.json differs in {differ}; "
-            f"set {key} to the run's model, or pass --resume none to start over"
-        )
 
 
 def save_checkpoint(run: Run, step: int) -> Path:

@@ -29,23 +29,19 @@ from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.data.rm_rows import RMRow
 from sophiavl_cli.engine import cluster
 from sophiavl_cli.engine.batching import balance_across_ranks
-from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir, resolve_resume
+from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir
 from sophiavl_cli.engine.driver import (
-    AlreadyFinished,
     RunResult,
-    check_resumed_model,
     due,
     last_step_of_this_run,
     planned_steps,
     resolve_device,
     restore_driver_state,
-    run_dir_of,
 )
-from sophiavl_cli.engine.preflight import finished_run, preflight_rm
-from sophiavl_cli.engine.reaper import start_reaper
+from sophiavl_cli.engine.preflight import preflight_rm
 from sophiavl_cli.engine.rm_prompting import RMEncoder, greedy_choice
 from sophiavl_cli.engine.rm_worker import RMWorker, RMWorkers, RMWorkerSpec, split_evenly
-from sophiavl_cli.engine.runlock import RunLock
+from sophiavl_cli.engine.run_folder import check_resumed_model, opened_run, run_dir_of
 from sophiavl_cli.engine.signals import StopFlag
 from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.errors import UserError
@@ -83,15 +79,10 @@ def train_rm(
     say = status or (lambda text: None)
     started_at = time.perf_counter()
     preflight_rm(recipe, ray_address=ray_address)
-    run_dir = run_dir_of(recipe.trainer)
-    with RunLock(run_dir), ExitStack() as stack:
-        checkpoint = resolve_resume(resume, run_dir, say)
-        finished = finished_run(recipe, run_dir, checkpoint)
-        if finished is not None:
-            raise AlreadyFinished(finished)
-        stack.callback(start_reaper().stop)  # first in, last out: after Ray is stopped
+    with opened_run(recipe, resume, say) as (stack, checkpoint, stop):
         run = build_rm_run(recipe, stack, ray_address=ray_address, checkpoint=checkpoint, say=say)
-        result = fit_rm(run, stack)
+        stop.install()  # again: ray.init took SIGTERM for itself
+        result = fit_rm(run, stack, stop)
     result.seconds = time.perf_counter() - started_at
     return result
 
@@ -181,12 +172,16 @@ def build_rm_run(
     )
 
 
-def fit_rm(run: RMRun, stack: ExitStack) -> RunResult:
-    """The SFT loop: steps, held-out evaluation and checkpoints as timed phases, then curves and report."""
+def fit_rm(run: RMRun, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
+    """The SFT loop: steps, held-out evaluation and checkpoints as timed phases, then curves and report.
+
+    `stop` as in `driver.fit`: without one, a fresh flag is entered on `stack`.
+    """
     from sophiavl_cli.engine.curves import plot_curves
 
     trainer, loggers = run.recipe.trainer, run.loggers
-    stop = stack.enter_context(StopFlag(trainer.stop_grace_s))
+    if stop is None:
+        stop = stack.enter_context(StopFlag(trainer.stop_grace_s))
     result = RunResult(
         run_dir=run.run_dir,
         first_step=run.start_step + 1,

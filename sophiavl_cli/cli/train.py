@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -42,13 +43,11 @@ def train(
 ) -> None:
     """Train a vision-language policy with Trust-GRPO on Ray + FSDP2."""
     from sophiavl_cli.config import load_recipe
-    from sophiavl_cli.engine.cluster import WorkerFailure
     from sophiavl_cli.engine.driver import train as run_training
-    from sophiavl_cli.engine.run_folder import AlreadyFinished, run_dir_of
+    from sophiavl_cli.engine.run_folder import run_dir_of
 
     loaded = load_recipe(recipe, overrides or [])  # batch sizes that do not divide fail here, before Ray
-    if resume not in ("auto", "none") and not Path(resume).exists():
-        raise UserError(f"--resume {resume}: no such path; pass auto, none or a checkpoint folder")
+    check_resume_arg(resume)
     t = loaded.trainer
     console.print(
         f"[bold]sophiavl train[/] {recipe}: {loaded.worker.actor.model_path}, {t.nnodes} x "
@@ -56,9 +55,27 @@ def train(
         f"rollouts per step -> {run_dir_of(loaded.trainer)}",
         soft_wrap=True,
     )
+    result = launch(run_training, loaded, ray_address, resume)
+    if result is not None:
+        show_result(result)
+
+
+def check_resume_arg(resume: str) -> None:
+    if resume not in ("auto", "none") and not Path(resume).exists():
+        raise UserError(f"--resume {resume}: no such path; pass auto, none or a checkpoint folder")
+
+
+def launch(
+    trainer: Callable[..., RunResult], recipe: Any, ray_address: str | None, resume: str
+) -> RunResult | None:
+    """Run `trainer` (`train` or `train-rm`) with status lines on the console. A failed worker is one
+    line and exit 1; a run that is already over is said plainly and gives None (exit 0)."""
+    from sophiavl_cli.engine.cluster import WorkerFailure
+    from sophiavl_cli.engine.run_folder import AlreadyFinished
+
     try:
-        result = run_training(
-            loaded,
+        return trainer(
+            recipe,
             ray_address=ray_address,
             resume=resume,
             status=lambda text: console.print(f"[dim]{text}[/]"),
@@ -66,10 +83,9 @@ def train(
     except WorkerFailure as exc:
         fail(str(exc))
         sys.exit(1)
-    except AlreadyFinished as exc:  # nothing to do is not an error: said plainly, exit 0
+    except AlreadyFinished as exc:  # nothing to do is not an error
         console.print(str(exc), soft_wrap=True, markup=False)
-        return
-    show_result(result)
+        return None
 
 
 def show_result(result: RunResult, notes: tuple[str, ...] = ()) -> None:

@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks.base import (
-    Benchmark,
     BenchScore,
     ImageSource,
     ItemScore,
@@ -27,8 +26,7 @@ from sophiavl_cli.eval.benchmarks.base import (
     option_columns,
     text,
 )
-from sophiavl_cli.eval.benchmarks.mcq import match_option, mcq_prompt
-from sophiavl_cli.eval.matching import answer_text
+from sophiavl_cli.eval.benchmarks.mcq import CategorisedMCQ
 
 ROTATION = 1_000_000  # VLMEvalKit: g_index = int(index % 1e6)
 
@@ -44,7 +42,7 @@ def group_of(index: str, origin: str = "") -> int:
         ) from None
 
 
-class MMBench(Benchmark):
+class MMBench(CategorisedMCQ):
     """MMBench_DEV_EN (1164 questions in 4329 rows): CircularEval accuracy."""
 
     name: ClassVar[str] = "MMBench"
@@ -59,38 +57,14 @@ class MMBench(Benchmark):
     }
     metric: ClassVar[str] = "circular accuracy"
 
+    group_keys: ClassVar[tuple[str, ...]] = ("l2-category", "category")
+
     def from_record(
         self, record: Mapping[str, Any], layout: str, origin: str, images: tuple[ImageSource, ...]
     ) -> Sample:
         index = text(record, "index")
-        choices = option_columns(record)
-        question = text(record, "question")
-        return Sample(
-            index=index,
-            question=question,
-            answer=text(record, "answer").upper(),
-            choices=choices,
-            images=images,
-            meta={
-                "group": group_of(index, origin),
-                "category": text(record, "category"),
-                "l2-category": text(record, "l2-category") or text(record, "l2_category"),
-            },
-            prompt=mcq_prompt(question, choices, text(record, "hint")),
-            origin=origin,
-        )
-
-    def sample_problem_type(self, sample: Sample) -> str:
-        return "multiple choice"
-
-    def groups(self, sample: Sample) -> dict[str, tuple[str, ...]]:
-        return {key: (str(sample.meta[key]),) for key in ("l2-category", "category") if sample.meta.get(key)}
-
-    def score(self, sample: Sample, response: str) -> ItemScore:
-        letter = match_option(answer_text(response), sample.choices, lenient=self.lenient)
-        if letter is None:
-            return self.item(sample, False, "", "unmatched")
-        return self.item(sample, letter == sample.answer, letter, "rule")
+        question, choices = text(record, "question"), option_columns(record)
+        return self.mcq_sample(record, origin, images, question, choices, group=group_of(index, origin))
 
     def circular(self, samples: Sequence[Sample], items: Sequence[ItemScore]) -> dict[int, ItemScore]:
         """Question (index % 1e6) -> its unrotated row's score, 1 only when every rotation is right."""

@@ -10,17 +10,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from sophiavl_cli.eval.benchmarks.base import (
-    HF,
-    Benchmark,
-    ImageSource,
-    ItemScore,
-    Sample,
-    option_columns,
-    text,
-)
-from sophiavl_cli.eval.benchmarks.mcq import match_option, mcq_prompt
-from sophiavl_cli.eval.matching import answer_text
+from sophiavl_cli.eval.benchmarks.base import HF, ImageSource, Sample, option_columns, text
+from sophiavl_cli.eval.benchmarks.mcq import CategorisedMCQ
 
 _INLINE_OPTIONS = re.compile(r"^(.*?)\s*Options:\s*(A[:.].*)$", re.DOTALL)
 _OPTION_SPLIT = re.compile(r"(?:^|,\s*|\n)([A-F])[:.]\s*")
@@ -39,7 +30,7 @@ def split_inline_options(question: str) -> tuple[str, tuple[str, ...]]:
     return found.group(1).strip(), tuple(values)
 
 
-class MMStar(Benchmark):
+class MMStar(CategorisedMCQ):
     """MMStar: accuracy overall, per category and per l2-category."""
 
     name: ClassVar[str] = "MMStar"
@@ -59,31 +50,7 @@ class MMStar(Benchmark):
         choices = option_columns(record)
         if layout == HF and not choices:
             question, choices = split_inline_options(question)
-        return Sample(
-            index=text(record, "index"),
-            question=question,
-            answer=text(record, "answer").upper(),
-            choices=choices,
-            images=images,
-            meta={
-                "category": text(record, "category"),
-                "l2-category": text(record, "l2-category") or text(record, "l2_category"),
-            },
-            prompt=mcq_prompt(question, choices, text(record, "hint")),
-            origin=origin,
-        )
-
-    def sample_problem_type(self, sample: Sample) -> str:
-        return "multiple choice"
-
-    def groups(self, sample: Sample) -> dict[str, tuple[str, ...]]:
-        return {key: (str(sample.meta[key]),) for key in ("category", "l2-category") if sample.meta.get(key)}
-
-    def score(self, sample: Sample, response: str) -> ItemScore:
-        letter = match_option(answer_text(response), sample.choices, lenient=self.lenient)
-        if letter is None:
-            return self.item(sample, False, "", "unmatched")
-        return self.item(sample, letter == sample.answer, letter, "rule")
+        return self.mcq_sample(record, origin, images, question, choices)
 
 
 BENCHMARK = MMStar()

@@ -39,16 +39,15 @@ from sophiavl_cli.engine.checkpoint import (
     step_of,
     verify_checkpoint,
 )
+from sophiavl_cli.engine.merge_lora import lora_merged_view
 from sophiavl_cli.engine.merge_sources import (
     DcpSource,
-    HfFolderSource,
     ReleasedSource,
     TensorSource,
     released_actor_dir,
 )
 from sophiavl_cli.engine.preflight import check_writable
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.models.resolve import resolve_model
 
 DtypeChoice = Literal["auto", "bf16", "fp32"]
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -190,7 +189,9 @@ def plan_merge(
         raise UserError(
             f"{hf_dir}/config.json is missing; the checkpoint needs its huggingface/ folder to merge"
         )
-    source = _lora_merged_view(Path(checkpoint), source, hf_dir, base)
+    source = lora_merged_view(
+        Path(checkpoint), source, hf_dir, base, lambda: saved_name_map(_meta_model(hf_dir))
+    )
     infos = source.tensors()
     renames, tied = match_names(list(infos), hf_dir)
     dropped = _drop_true_copies(source, renames, tied)
@@ -210,73 +211,6 @@ def plan_merge(
         overwrite=overwrite,
         dropped=dropped,
     )
-
-
-def _lora_merged_view(
-    checkpoint: Path, source: TensorSource, hf_dir: Path, base: Path | None = None
-) -> TensorSource:
-    """A LoRA run's checkpoint seen as the merged plain model; any other source unchanged.
-
-    A LoRA checkpoint holds the adapter alone: the base comes from `base` (`merge --base`), else
-    from the `worker.actor.model_path` its recipe.yaml records, and must have the config the run
-    trained on (the checkpoint's `huggingface/config.json`). Older LoRA checkpoints also held the
-    base (`...base_layer.weight`) and are merged from their own tensors.
-    """
-    import yaml
-
-    from sophiavl_cli.engine import lora
-
-    names = source.tensors()
-    adapter_only = any(lora.is_lora_name(name) for name in names) and not any(
-        lora.BASE_SEGMENT + "." in name for name in names
-    )
-    if base is not None and not adapter_only:
-        raise UserError(
-            f"--base {base}: {checkpoint} holds every weight of its model (not a LoRA adapter checkpoint); "
-            "merge it without --base"
-        )
-    if not any(lora.is_lora_name(name) for name in names):
-        return source
-    settings = lora.lora_settings(checkpoint / "recipe.yaml")
-    if settings is None:
-        raise UserError(
-            f"{checkpoint}: the checkpoint holds LoRA adapters but its recipe.yaml names no worker.actor.lora "
-            "rank; restore the checkpoint's recipe.yaml"
-        )
-    scale = float(settings["alpha"]) / int(settings["rank"])
-    if not adapter_only:
-        return lora.LoraMergedSource(source, scale)
-    if base is not None:
-        named = f"--base {base}"
-        try:
-            base_dir = resolve_model(str(base))
-        except UserError as exc:
-            raise UserError(f"{named}: {exc}") from None
-    else:
-        recipe = yaml.safe_load((checkpoint / "recipe.yaml").read_text(encoding="utf-8"))
-        model_path = str(recipe["worker"]["actor"]["model_path"])
-        named = f"worker.actor.model_path {model_path!r}"
-        try:
-            base_dir = resolve_model(model_path)
-        except UserError as exc:
-            raise UserError(
-                f"{checkpoint} holds only the LoRA adapter and its base, {named}, is not here ({exc}); "
-                "pass --base FOLDER with that model, or --adapter-only"
-            ) from None
-    _check_same_config(base_dir, hf_dir, named)
-    return lora.LoraBaseSource(HfFolderSource(base_dir), source, scale, saved_name_map(_meta_model(hf_dir)))
-
-
-def _check_same_config(base_dir: Path, hf_dir: Path, named: str) -> None:
-    """The base must be the model the adapter was trained on, else the adapter lands on other weights."""
-    from sophiavl_cli.models.config_diff import config_differences
-
-    differ = config_differences(base_dir, hf_dir)
-    if differ:
-        raise UserError(
-            f"{named} ({base_dir}) is not the model this adapter was trained on: its config.json differs from "
-            f"the checkpoint's huggingface/config.json in {differ}; pass --base with the run's base model"
-        )
 
 
 def export_adapter(

@@ -23,7 +23,7 @@ from sophiavl_cli.errors import UserError
 from sophiavl_cli.metrics import SUMMARY_KEYS
 
 if TYPE_CHECKING:
-    from sophiavl_cli.engine.driver import RunResult
+    from sophiavl_cli.engine.loop import RunResult
 
 EPILOG = (
     "Examples: sophiavl train recipes/quickstart.yaml | sophiavl train recipes/fullsets.yaml "

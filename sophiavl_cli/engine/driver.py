@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,6 +31,7 @@ from sophiavl_cli.config.loading import dump_recipe
 from sophiavl_cli.config.recipe import DataConfig, Recipe, TrainerConfig
 from sophiavl_cli.engine import cluster, quiet
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir
+from sophiavl_cli.engine.loop import Loop, RunResult, run_steps
 from sophiavl_cli.engine.objective import uses_reference
 from sophiavl_cli.engine.preflight import preflight
 from sophiavl_cli.engine.prompting import PromptBuilder
@@ -45,21 +46,6 @@ from sophiavl_cli.engine.worker import WorkerSpec
 from sophiavl_cli.engine.workers import Workers
 from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 from sophiavl_cli.metrics import TRAIN_EPOCH
-
-
-@dataclass
-class RunResult:
-    """What `sophiavl train` prints at the end."""
-
-    run_dir: Path
-    first_step: int
-    last_step: int
-    total_steps: int
-    last_metrics: dict[str, float] = field(default_factory=dict)
-    checkpoint: Path | None = None
-    interrupted: bool = False
-    stop_signal: int | None = None  # SIGINT or SIGTERM when `interrupted`
-    seconds: float = 0.0
 
 
 @dataclass
@@ -224,64 +210,39 @@ def start_workers(
 
 
 def fit(run: Run, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
-    """The training loop: steps, validation and checkpoints as timed phases, then the curves.
-
-    `stop` (Ctrl-C / SIGTERM, engine/signals.py) ends the loop after the step in flight, with a
-    checkpoint of it; without one, a fresh flag is entered on `stack`.
-    """
+    """The training loop (`engine/loop.py`) over `run_step`, validation and `save_checkpoint`, then
+    the curves. `stop`: the Ctrl-C / SIGTERM flag; without one, a fresh flag is entered on `stack`."""
     from sophiavl_cli.engine.curves import plot_curves
 
-    recipe, trainer, loggers = run.recipe, run.recipe.trainer, run.loggers
+    recipe = run.recipe
     if stop is None:
-        stop = stack.enter_context(StopFlag(trainer.stop_grace_s))
-    result = RunResult(
-        run_dir=run.run_dir,
-        first_step=run.start_step + 1,
-        last_step=run.start_step,
-        total_steps=run.total_steps,
-    )
-    if trainer.val_before_train and run.val_rows and run.start_step == 0:
-        metrics, samples = validate(run.ctx, run.val_rows, 0)
-        loggers.log(0, metrics)
-        loggers.log_generations(0, samples)
+        stop = stack.enter_context(StopFlag(recipe.trainer.stop_grace_s))
+    timer = StepTimer()  # the step's phases
 
-    timer, after = StepTimer(), StepTimer()  # the step's phases; validation and saving after it
-    last_step = last_step_of_this_run(trainer, run.start_step, run.total_steps)
-    stack.enter_context(loggers.progress(run.total_steps, run.start_step))
-    saved_step = run.start_step
-    for step in range(run.start_step + 1, last_step + 1):
-        if stop.requested:  # asked to stop during setup, validation or logging: no new step
-            break
+    def one_step(step: int) -> dict[str, float]:
         timer.reset()
         metrics = run_step(run.ctx, run.loader.next_batch(), step, timer)
-        stop.step_done()
         metrics |= timer.metrics()
         metrics |= throughput_metrics(metrics, recipe.world_size, run.peak_flops)
         metrics[TRAIN_EPOCH] = float(run.loader.epoch)
-        after.reset()
-        stopping = stop.requested  # read once; a signal from here on is seen after the loop
-        validating = run.val_rows and trainer.val_freq > 0 and due(step, trainer.val_freq, run.total_steps)
-        if validating and not stopping:  # stopping: straight to the save, no validation
-            with after("val"):
-                val_metrics, samples = validate(run.ctx, run.val_rows, step)
-            metrics |= val_metrics
-            loggers.log_generations(step, samples)
-        if stopping or step == last_step or due(step, trainer.save_freq, run.total_steps):
-            with after("save"):
-                result.checkpoint = save_checkpoint(run, step)
-            saved_step = step
-        metrics |= after.phases()
-        loggers.log(step, metrics)
-        result.last_step, result.last_metrics = step, metrics
-        if stopping:
-            break
-    if stop.requested:  # whenever the signal came, the last finished step is on disk before we exit
-        result.interrupted, result.stop_signal = True, stop.signum
-        if saved_step < result.last_step:
-            stop.step_done()
-            result.checkpoint = save_checkpoint(run, result.last_step)
-    loggers.stop()
-    loggers.close()
+        return metrics
+
+    def validation(step: int) -> dict[str, float]:
+        metrics, samples = validate(run.ctx, run.val_rows, step)
+        run.loggers.log_generations(step, samples)
+        return metrics
+
+    loop = Loop(
+        trainer=recipe.trainer,
+        loggers=run.loggers,
+        run_dir=run.run_dir,
+        start_step=run.start_step,
+        total_steps=run.total_steps,
+        step=one_step,
+        save=lambda step: save_checkpoint(run, step),
+        validate=validation if run.val_rows else None,
+    )
+    result = run_steps(loop, stop, stack)
     metrics_file = run.run_dir / "metrics.jsonl"
     if metrics_file.is_file():
         plot_curves(metrics_file, run.run_dir / "curves")
@@ -333,17 +294,6 @@ def _without_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def last_step_of_this_run(trainer: TrainerConfig, start_step: int, total_steps: int) -> int:
-    """The step this invocation ends after: the run's last, or earlier with `trainer.stop_after_steps`.
-
-    Stopping early changes nothing but where the loop ends (the end-of-loop save writes the
-    checkpoint): the LR and annealing schedules still span `total_steps`, so a run cut into
-    pieces and resumed is the same run.
-    """
-    stop_after = trainer.stop_after_steps
-    return total_steps if stop_after is None else min(total_steps, start_step + stop_after)
-
-
 def load_data(
     data: DataConfig, custom: dict[str, str], builder: PromptBuilder, say: Any, *, validation: bool
 ) -> tuple[Any, list[dict[str, Any]]]:
@@ -370,11 +320,6 @@ def ignored_options(recipe: Recipe, device: str) -> list[str]:
     from sophiavl_cli.engine.honoured import RunFacts, unhonoured_keys
 
     return unhonoured_keys(recipe, RunFacts.detect(device))
-
-
-def due(step: int, every: int, total: int) -> bool:
-    """Whether a periodic action runs after `step`: every `every` steps, and always at the end."""
-    return step == total or (every > 0 and step % every == 0)
 
 
 def _model_config(model_dir: Path) -> object:

@@ -31,13 +31,11 @@ from sophiavl_cli.engine import cluster
 from sophiavl_cli.engine.batching import balance_across_ranks
 from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir
 from sophiavl_cli.engine.driver import (
-    RunResult,
-    due,
-    last_step_of_this_run,
     planned_steps,
     resolve_device,
     restore_driver_state,
 )
+from sophiavl_cli.engine.loop import Loop, RunResult, run_steps
 from sophiavl_cli.engine.preflight import preflight_rm
 from sophiavl_cli.engine.rm_prompting import RMEncoder, greedy_choice
 from sophiavl_cli.engine.rm_worker import RMWorker, RMWorkers, RMWorkerSpec, split_evenly
@@ -98,10 +96,8 @@ def build_rm_run(
     from sophiavl_cli.models.processing import VLProcessor
     from sophiavl_cli.models.resolve import resolve_model
 
-    run_dir = run_dir_of(recipe.trainer)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = run_dir_of(recipe.trainer)  # created by its lock; recipe.yaml is written once workers run
     recipe_yaml = dump_recipe(recipe)
-    atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
 
     say("loading data and model files")
     model_dir = resolve_model(recipe.model.model_path)
@@ -149,6 +145,7 @@ def build_rm_run(
             collective_timeout_s=recipe.trainer.collective_timeout,
         )
     )
+    atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
     atomic_write_json(run_dir / "workers.json", workers.describe(), indent=1)
     if checkpoint is not None:
         say(f"resuming from {checkpoint}")
@@ -173,62 +170,42 @@ def build_rm_run(
 
 
 def fit_rm(run: RMRun, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
-    """The SFT loop: steps, held-out evaluation and checkpoints as timed phases, then curves and report.
-
-    `stop` as in `driver.fit`: without one, a fresh flag is entered on `stack`.
-    """
+    """The SFT loop (`engine/loop.py`) over `sft_step`, held-out evaluation and `save_rm_checkpoint`,
+    then curves and the final report. `stop` as in `driver.fit`."""
     from sophiavl_cli.engine.curves import plot_curves
 
-    trainer, loggers = run.recipe.trainer, run.loggers
+    trainer = run.recipe.trainer
     if stop is None:
         stop = stack.enter_context(StopFlag(trainer.stop_grace_s))
-    result = RunResult(
-        run_dir=run.run_dir,
-        first_step=run.start_step + 1,
-        last_step=run.start_step,
-        total_steps=run.total_steps,
-    )
-    if trainer.val_before_train and run.val_rows and run.start_step == 0:
-        loggers.log(0, quality_metrics(evaluate(run)))
-    timer, after = StepTimer(), StepTimer()
-    last_step = last_step_of_this_run(trainer, run.start_step, run.total_steps)
-    quality: RMQuality | None = None
-    stack.enter_context(loggers.progress(run.total_steps, run.start_step))
-    saved_step = run.start_step
-    for step in range(run.start_step + 1, last_step + 1):
-        if stop.requested:  # asked to stop during setup, evaluation or logging: no new step
-            break
+    timer = StepTimer()
+    latest: list[RMQuality] = []  # the last evaluation, for the final report
+
+    def one_step(step: int) -> dict[str, float]:
         timer.reset()
-        metrics = sft_step(run, run.loader.next_batch(), timer)
-        stop.step_done()
-        metrics |= timer.metrics()
+        metrics = sft_step(run, run.loader.next_batch(), timer) | timer.metrics()
         metrics[TRAIN_EPOCH] = float(run.loader.epoch)
-        after.reset()
-        stopping = stop.requested  # read once; a signal from here on is seen after the loop
-        evaluating = run.val_rows and trainer.val_freq > 0 and due(step, trainer.val_freq, run.total_steps)
-        if evaluating and not stopping:  # stopping: straight to the save, no evaluation
-            with after("val"):
-                quality = evaluate(run)
-            metrics |= quality_metrics(quality)
-        if stopping or step == last_step or due(step, trainer.save_freq, run.total_steps):
-            with after("save"):
-                result.checkpoint = save_rm_checkpoint(run, step)
-            saved_step = step
-        metrics |= after.phases()
-        loggers.log(step, metrics)
-        result.last_step, result.last_metrics = step, metrics
-        if stopping:
-            break
-    if stop.requested:  # whenever the signal came, the last finished step is on disk before we exit
-        result.interrupted, result.stop_signal = True, stop.signum
-        if saved_step < result.last_step:
-            stop.step_done()
-            result.checkpoint = save_rm_checkpoint(run, result.last_step)
-    loggers.stop()
-    loggers.close()
-    if quality is not None and result.last_step == run.total_steps:
+        return metrics
+
+    def validation(step: int) -> dict[str, float]:
+        quality = evaluate(run)
+        if step > 0:
+            latest[:] = [quality]
+        return quality_metrics(quality)
+
+    loop = Loop(
+        trainer=trainer,
+        loggers=run.loggers,
+        run_dir=run.run_dir,
+        start_step=run.start_step,
+        total_steps=run.total_steps,
+        step=one_step,
+        save=lambda step: save_rm_checkpoint(run, step),
+        validate=validation if run.val_rows else None,
+    )
+    result = run_steps(loop, stop, stack)
+    if latest and result.last_step == run.total_steps:
         write_report(
-            quality, run.run_dir / EVAL_DIRNAME, title=f"{trainer.experiment_name}, step {result.last_step}"
+            latest[0], run.run_dir / EVAL_DIRNAME, title=f"{trainer.experiment_name}, step {result.last_step}"
         )
     metrics_file = run.run_dir / "metrics.jsonl"
     if metrics_file.is_file():

@@ -35,15 +35,14 @@ def lora_merged_view(
     model's name -> saved-name map (built only when a base folder is read).
     """
     names = source.tensors()
-    adapter_only = any(lora.is_lora_name(name) for name in names) and not any(
-        lora.BASE_SEGMENT + "." in name for name in names
-    )
+    has_lora = any(lora.is_lora_name(name) for name in names)
+    adapter_only = has_lora and not any(lora.BASE_SEGMENT + "." in name for name in names)
     if base is not None and not adapter_only:
         raise UserError(
             f"--base {base}: {checkpoint} holds every weight of its model (not a LoRA adapter checkpoint); "
             "merge it without --base"
         )
-    if not any(lora.is_lora_name(name) for name in names):
+    if not has_lora:
         return source
     settings = lora.lora_settings(checkpoint / "recipe.yaml")
     if settings is None:

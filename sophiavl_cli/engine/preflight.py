@@ -31,7 +31,8 @@ def preflight(recipe: Recipe, *, ray_address: str | None, env: dict[str, str] | 
     thinking = recipe.reward.thinking
     if recipe.algorithm.trust.enable and not (thinking.url or env.get("OPENAI_API_URL")):
         if thinking.serve is not None:  # a Ray actor of the run serves it (engine/rm_served.py)
-            checks.append(lambda: _model(thinking.serve.model, "reward.thinking.serve.model"))  # type: ignore[union-attr]
+            served = thinking.serve.model
+            checks.append(lambda: _model(served, "reward.thinking.serve.model"))
         else:
             checks.append(lambda: _reward_model(thinking.serve_model))
     _run_all(checks + _shared_checks(recipe, ray_address))
@@ -47,8 +48,9 @@ def _shared_checks(recipe: Recipe | RMRecipe, ray_address: str | None) -> list[C
     """What both trainers need: data names that resolve, the devices asked for, a writable output."""
     data, trainer = recipe.data, recipe.trainer
     checks: list[Check] = [lambda: _data(data.train_files, data.registry, "data.train_files")]
-    if data.val_files and (trainer.val_freq > 0 or trainer.val_before_train):
-        checks.append(lambda: _data(data.val_files, data.registry, "data.val_files"))  # type: ignore[arg-type]
+    val_files = data.val_files
+    if val_files and (trainer.val_freq > 0 or trainer.val_before_train):
+        checks.append(lambda: _data(val_files, data.registry, "data.val_files"))
     return [
         *checks,
         lambda: _devices(trainer, ray_address),

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sophiavl_cli.engine.batching import (
+from sophiavl_cli.engine.observe.timing import StepTimer
+from sophiavl_cli.engine.rollout.base import derive_seed
+from sophiavl_cli.engine.schedule import lr_multiplier
+from sophiavl_cli.engine.workers.batching import (
     TrainSequence,
     balance_across_ranks,
     build_micro_batch,
@@ -17,9 +20,6 @@ from sophiavl_cli.engine.batching import (
     pad_right,
     spread_across_ranks,
 )
-from sophiavl_cli.engine.rollout.base import derive_seed
-from sophiavl_cli.engine.schedule import lr_multiplier
-from sophiavl_cli.engine.timing import StepTimer
 
 
 def _seq(index: int, prompt: int, response: int, *, image: bool = False) -> TrainSequence:

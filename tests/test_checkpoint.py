@@ -14,7 +14,7 @@ import fsdp_fixtures as fx
 import pytest
 import torch
 
-from sophiavl_cli.engine.checkpoint import (
+from sophiavl_cli.engine.checkpoint.store import (
     CheckpointManager,
     is_complete,
     load_rank_extras,
@@ -23,7 +23,7 @@ from sophiavl_cli.engine.checkpoint import (
     save_rank_extras,
     save_sharded,
 )
-from sophiavl_cli.engine.rng import capture_rng, restore_rng
+from sophiavl_cli.engine.parallel.rng import capture_rng, restore_rng
 from sophiavl_cli.errors import UserError
 
 TESTS_DIR = Path(__file__).parent

@@ -52,7 +52,7 @@ def test_the_smoke_run_passes_part_a_and_measures_part_b_with_ray_and_vllm_unimp
 
 
 def test_the_fullsets_estimate_extends_each_phase_per_layer_and_swaps_unsharded_states_for_shards():
-    from sophiavl_cli.engine.throughput import FlopsModel
+    from sophiavl_cli.engine.observe.throughput import FlopsModel
 
     check = _module()
     flops = FlopsModel(

@@ -23,9 +23,14 @@ from sophiavl_cli.config import load_recipe
 from sophiavl_cli.config.loading import dump_recipe
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.config.rm_recipe import RMRecipe
-from sophiavl_cli.engine.checkpoint import CheckpointManager, resolve_resume, save_sharded, verify_checkpoint
-from sophiavl_cli.engine.runlock import RunLock
-from sophiavl_cli.engine.signals import StopFlag, Stopped
+from sophiavl_cli.engine.checkpoint.store import (
+    CheckpointManager,
+    resolve_resume,
+    save_sharded,
+    verify_checkpoint,
+)
+from sophiavl_cli.engine.lifecycle.runlock import RunLock
+from sophiavl_cli.engine.lifecycle.signals import StopFlag, Stopped
 from sophiavl_cli.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +104,7 @@ def test_a_finished_run_says_so_before_anything_starts_and_keeps_its_recipe(
     assert f"already finished (step 4 of 4): run dir {run_dir}; pass trainer.max_steps=" in out
     assert not _ray_started()
     assert (run_dir / "recipe.yaml").read_text() == "the finished run's recipe\n"
-    from sophiavl_cli.engine.preflight import finished_run
+    from sophiavl_cli.engine.lifecycle.preflight import finished_run
 
     latest = run_dir / "checkpoints" / "global_step_4"
     assert (
@@ -336,7 +341,7 @@ def test_a_step_that_ends_within_the_grace_disarms_the_timer():
 
 _PARENT = """
 import socket, subprocess, sys, time
-from sophiavl_cli.engine.reaper import start_reaper
+from sophiavl_cli.engine.lifecycle.reaper import start_reaper
 start_reaper()
 server = subprocess.Popen([sys.executable, "-c", '''
 import socket, time

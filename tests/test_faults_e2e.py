@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sophiavl_cli.engine.checkpoint import CheckpointManager, verify_checkpoint
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager, verify_checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -75,7 +75,7 @@ def test_kill_9_of_the_trainer_ends_every_process_it_started_and_closes_the_rewa
         commands = [" ".join(p.cmdline()) for p in started]
         server = next(c for c in commands if "sophiavl_cli.serving.hf_server" in c).split()
         port = int(server[server.index("--port") + 1])
-        assert any("sophiavl_cli.engine.reaper" in c for c in commands)
+        assert any("sophiavl_cli.engine.lifecycle.reaper" in c for c in commands)
         assert len(started) >= 4, commands  # reaper, reward server, Ray's own processes, 2 workers
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -134,7 +134,7 @@ def test_sigterm_saves_the_finished_step_exits_143_and_the_same_command_resumes(
 # written, i.e. after the loop decided that step needs no checkpoint.
 SIGTERM_WHILE_LOGGING = """
 import os, signal, sys
-from sophiavl_cli.engine.loggers import JsonlBackend
+from sophiavl_cli.engine.observe.loggers import JsonlBackend
 write = JsonlBackend.log
 def log(self, step, metrics):
     write(self, step, metrics)
@@ -182,8 +182,8 @@ def test_a_sigterm_while_a_step_is_logged_still_saves_that_step(command, recipe,
 def test_a_step_past_stop_grace_is_abandoned_even_inside_a_blocking_ray_wait():
     import ray
 
-    from sophiavl_cli.engine import cluster
-    from sophiavl_cli.engine.signals import StopFlag, Stopped
+    from sophiavl_cli.engine.lifecycle.signals import StopFlag, Stopped
+    from sophiavl_cli.engine.parallel import cluster
 
     @ray.remote(num_cpus=0)
     class Slow:

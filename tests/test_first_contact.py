@@ -59,7 +59,7 @@ def test_help_says_the_image_is_the_question_and_shows_no_bool_after_flags():
 def test_the_per_step_metric_line_is_readable_at_80_columns():
     from rich.console import Console
 
-    from sophiavl_cli.engine.loggers import metrics_table
+    from sophiavl_cli.engine.observe.loggers import metrics_table
     from sophiavl_cli.metrics import SUMMARY_KEYS
 
     metrics = {key: -0.012345678 for key in SUMMARY_KEYS} | {
@@ -84,7 +84,7 @@ def test_curves_have_whole_number_step_ticks(tmp_path):
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from sophiavl_cli.engine.curves import PANELS, _draw, read_series
+    from sophiavl_cli.engine.observe.curves import PANELS, _draw, read_series
 
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps({"step": s, "reward/outcome": 0.1 * s}) + "\n" for s in (1, 2)))
@@ -102,7 +102,7 @@ def test_curves_have_whole_number_step_ticks(tmp_path):
 def test_known_harmless_fsdp2_and_ray_noise_is_filtered_and_other_warnings_still_show():
     import warnings
 
-    from sophiavl_cli.engine import quiet
+    from sophiavl_cli.engine.observe import quiet
 
     quiet.install(ray_logs=True)
     with warnings.catch_warnings(record=True) as caught:
@@ -123,7 +123,7 @@ def test_known_harmless_fsdp2_and_ray_noise_is_filtered_and_other_warnings_still
 
 _RAY_NOISE = """
 import logging
-from sophiavl_cli.engine import quiet
+from sophiavl_cli.engine.observe import quiet
 quiet.install(ray_logs=True)
 logging.getLogger("ray._private.authentication.authentication_token_setup").warning(
     "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."
@@ -135,7 +135,7 @@ logging.getLogger("ray").warning("a real Ray problem")
 _UNREACHABLE_RM = """
 import socket
 from sophiavl_cli.config.recipe import ThinkingRewardConfig
-from sophiavl_cli.engine.rm_service import ThinkingService
+from sophiavl_cli.engine.reward_model.service import ThinkingService
 from sophiavl_cli.errors import UserError
 
 with socket.socket() as sock:

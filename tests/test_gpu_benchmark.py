@@ -21,7 +21,7 @@ def _bench():
 def test_the_3b_shape_makes_a_qwen25_vl_config_with_three_billion_language_weights(tmp_path):
     from transformers import AutoConfig
 
-    from sophiavl_cli.engine.throughput import FlopsModel
+    from sophiavl_cli.engine.observe.throughput import FlopsModel
     from sophiavl_cli.models.resolve import resolve_model
 
     bench = _bench()

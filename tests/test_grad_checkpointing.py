@@ -17,9 +17,9 @@ import torch
 from worker_fixtures import cpu_worker_spec, free_port
 
 from sophiavl_cli.config import load_recipe
-from sophiavl_cli.engine.batching import TrainSequence
-from sophiavl_cli.engine.fsdp import full_tensors
-from sophiavl_cli.engine.worker import TrainWorker
+from sophiavl_cli.engine.parallel.fsdp import full_tensors
+from sophiavl_cli.engine.workers.batching import TrainSequence
+from sophiavl_cli.engine.workers.train_worker import TrainWorker
 
 
 def _sequences(rank: int, image_token_id: int) -> list[TrainSequence]:

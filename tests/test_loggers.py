@@ -12,8 +12,8 @@ import pytest
 from rich.console import Console
 
 from sophiavl_cli.config.recipe import Recipe
-from sophiavl_cli.engine.curves import plot_curves, read_series
-from sophiavl_cli.engine.loggers import NullLogger, build_loggers
+from sophiavl_cli.engine.observe.curves import plot_curves, read_series
+from sophiavl_cli.engine.observe.loggers import NullLogger, build_loggers
 from sophiavl_cli.errors import MissingExtraError
 from sophiavl_cli.metrics import SUMMARY_KEYS, metric
 

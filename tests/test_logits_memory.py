@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_flatten
 
 from sophiavl_cli.algo.losses import logprobs_and_entropy
 from sophiavl_cli.config import load_recipe
-from sophiavl_cli.engine.objective import ObjectiveConfig, actor_objective
+from sophiavl_cli.engine.workers.objective import ObjectiveConfig, actor_objective
 
 N, V, CHUNK, T = 64, 32768, 8, 0.7  # 64 response positions of a 32k vocabulary
 

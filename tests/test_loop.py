@@ -10,9 +10,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from sophiavl_cli.config.recipe import TrainerConfig
-from sophiavl_cli.engine.loggers import JsonlBackend, MultiLogger
+from sophiavl_cli.engine.lifecycle.signals import StopFlag
 from sophiavl_cli.engine.loop import Loop, run_steps
-from sophiavl_cli.engine.signals import StopFlag
+from sophiavl_cli.engine.observe.loggers import JsonlBackend, MultiLogger
 
 
 def _run(tmp_path: Path, total: int, *, sigterm_in: str = "", at: int = 0, **trainer: object):

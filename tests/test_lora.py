@@ -18,13 +18,13 @@ from worker_fixtures import cpu_worker_spec, free_port
 
 from sophiavl_cli.config import load_recipe
 from sophiavl_cli.config.loading import dump_recipe
-from sophiavl_cli.engine import lora
-from sophiavl_cli.engine.batching import TrainSequence
-from sophiavl_cli.engine.checkpoint import CheckpointManager, save_sharded, verify_checkpoint
-from sophiavl_cli.engine.fsdp import full_tensors
-from sophiavl_cli.engine.merge import export_adapter, plan_merge, run_merge
+from sophiavl_cli.engine.checkpoint.merge import export_adapter, plan_merge, run_merge
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager, save_sharded, verify_checkpoint
+from sophiavl_cli.engine.parallel.fsdp import full_tensors
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
-from sophiavl_cli.engine.worker import TrainWorker
+from sophiavl_cli.engine.workers import lora
+from sophiavl_cli.engine.workers.batching import TrainSequence
+from sophiavl_cli.engine.workers.train_worker import TrainWorker
 from sophiavl_cli.models.loading import load_vl_model
 
 PROMPT = [5, 6, 7, 8, 9]

@@ -14,14 +14,14 @@ import torch
 from safetensors import safe_open
 
 from sophiavl_cli.cli.app import app
-from sophiavl_cli.engine.checkpoint import CheckpointManager, copy_hf_files, save_sharded
-from sophiavl_cli.engine.merge import (
+from sophiavl_cli.engine.checkpoint.merge import (
     default_output,
     find_default_checkpoint,
     merge_checkpoint,
     parse_size,
     plan_merge,
 )
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager, copy_hf_files, save_sharded
 from sophiavl_cli.errors import UserError
 
 HF_FILES = {

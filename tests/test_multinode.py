@@ -7,8 +7,8 @@ import datetime
 import pytest
 import torch.distributed as dist
 
-from sophiavl_cli.engine import fsdp
-from sophiavl_cli.engine.cluster import forwarded_env, ranks_by_node
+from sophiavl_cli.engine.parallel import fsdp
+from sophiavl_cli.engine.parallel.cluster import forwarded_env, ranks_by_node
 from sophiavl_cli.engine.rollout.vllm import tensor_parallel_groups_spanning_nodes
 
 

@@ -14,7 +14,7 @@ import torch
 from test_rollout_logprobs import _rollouts, _sequences, _worker
 from torch.distributed.tensor import DTensor
 
-from sophiavl_cli.engine.worker import _with_advantage
+from sophiavl_cli.engine.workers.train_worker import _with_advantage
 
 
 def _grads(model: torch.nn.Module) -> list[torch.Tensor]:

@@ -15,10 +15,10 @@ import torch
 from worker_fixtures import cpu_worker_spec
 
 from sophiavl_cli.config import load_recipe
-from sophiavl_cli.engine.batching import TrainSequence
-from sophiavl_cli.engine.cluster import _first_line
-from sophiavl_cli.engine.oom import WorkerOutOfMemory, explain_oom, is_out_of_memory, oom_message
-from sophiavl_cli.engine.worker import TrainWorker
+from sophiavl_cli.engine.parallel.cluster import _first_line
+from sophiavl_cli.engine.workers.batching import TrainSequence
+from sophiavl_cli.engine.workers.oom import WorkerOutOfMemory, explain_oom, is_out_of_memory, oom_message
+from sophiavl_cli.engine.workers.train_worker import TrainWorker
 
 HUGE_RESPONSE = 800_000  # tokens: the padded attention mask needs ~6.4e11 bytes
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sophiavl_cli.algo.losses import token_logprobs
-from sophiavl_cli.engine.batching import TrainSequence, build_micro_batch
-from sophiavl_cli.engine.forward import ResponseForward, response_tokens
+from sophiavl_cli.engine.workers.batching import TrainSequence, build_micro_batch
+from sophiavl_cli.engine.workers.forward import ResponseForward, response_tokens
 
 
 def _image_sequence(

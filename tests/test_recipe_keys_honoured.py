@@ -10,7 +10,13 @@ import pytest
 
 from sophiavl_cli.config import load_recipe
 from sophiavl_cli.engine.driver import ignored_options
-from sophiavl_cli.engine.honoured import CONDITIONS, RunFacts, condition_of, explicit_keys, unhonoured_keys
+from sophiavl_cli.engine.lifecycle.honoured import (
+    CONDITIONS,
+    RunFacts,
+    condition_of,
+    explicit_keys,
+    unhonoured_keys,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"fullsets": ROOT / "recipes" / "fullsets.yaml", "quickstart": ROOT / "recipes" / "quickstart.yaml"}

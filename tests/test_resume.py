@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from sophiavl_cli.engine.checkpoint import CheckpointManager, is_complete
-from sophiavl_cli.engine.merge import merge_checkpoint
+from sophiavl_cli.engine.checkpoint.merge import merge_checkpoint
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager, is_complete
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from sophiavl_cli.data.rm_rows import load_rm_rows
-from sophiavl_cli.engine.rm_prompting import RMEncoder
+from sophiavl_cli.engine.reward_model.prompting import RMEncoder
 from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.rewards.rm_request import ThinkingSample, build_messages, image_to_data_url
 from sophiavl_cli.rewards.score_parse import parse_score

@@ -11,7 +11,7 @@ from sophiavl_cli.config.loading import load_recipe
 from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.data.rm_check import check_rm_rows, shared_threshold
 from sophiavl_cli.data.rm_rows import RMRow, load_rm_rows
-from sophiavl_cli.engine.rm_prompting import greedy_choice, score_target
+from sophiavl_cli.engine.reward_model.prompting import greedy_choice, score_target
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.rewards.rm_quality import average_ranks, rm_quality, score_bin, spearman, write_report
 

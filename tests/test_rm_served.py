@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from sophiavl_cli.config.loading import load_recipe
-from sophiavl_cli.engine.rm_served import RECORD_FILE, ServedThinkingService, thinking_service
-from sophiavl_cli.engine.rm_service import ThinkingService
+from sophiavl_cli.engine.reward_model.served import RECORD_FILE, ServedThinkingService, thinking_service
+from sophiavl_cli.engine.reward_model.service import ThinkingService
 from sophiavl_cli.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sophiavl_cli.config import load_recipe
-from sophiavl_cli.engine.rm_service import NO_ENDPOINT, ThinkingService
+from sophiavl_cli.engine.reward_model.service import NO_ENDPOINT, ThinkingService
 from sophiavl_cli.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def test_an_endpoint_wins_over_serve_model_and_serve_model_alone_starts_a_server
 
 def test_fullsets_names_the_released_thinking_rm():
     recipe = load_recipe(ROOT / "recipes" / "fullsets.yaml", [])
-    serve = recipe.reward.thinking.serve  # served by the run as a Ray actor (engine/rm_served.py)
+    serve = recipe.reward.thinking.serve  # served by the run as a Ray actor (engine/reward_model/served.py)
     assert serve is not None and serve.model == "bunny127/SophiaVL-R1-Thinking-Reward-Model-3B"
 
 

@@ -8,9 +8,9 @@ import torch
 from worker_fixtures import cpu_worker_spec
 
 from sophiavl_cli.config import load_recipe
-from sophiavl_cli.engine.batching import TrainSequence, shared_micro_batch_count
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
-from sophiavl_cli.engine.worker import TrainWorker
+from sophiavl_cli.engine.workers.batching import TrainSequence, shared_micro_batch_count
+from sophiavl_cli.engine.workers.train_worker import TrainWorker
 
 PROMPT = [5, 17, 42, 8, 99, 3]
 TEMPERATURE = 0.7

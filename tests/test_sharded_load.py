@@ -27,7 +27,7 @@ def _rss_kib(field: str) -> int:
 
 
 def load_and_measure(rank: int, world_size: int, port: int, model_dir: str, out: str) -> None:
-    from sophiavl_cli.engine import fsdp
+    from sophiavl_cli.engine.parallel import fsdp
     from sophiavl_cli.models.loading import load_vl_model, meta_vl_model
 
     init_gloo(rank, world_size, port)

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from sophiavl_cli.config.recipe import Recipe
-from sophiavl_cli.engine.batching import (
+from sophiavl_cli.engine.step import micro_batch_plan, shard_sequences
+from sophiavl_cli.engine.workers.batching import (
     TrainSequence,
     budget_micro_batches,
     padded_tokens,
     shared_micro_batch_count,
     token_budget_groups,
 )
-from sophiavl_cli.engine.step import micro_batch_plan, shard_sequences
 
 
 def _lengths(seed: int, count: int) -> list[tuple[int, int]]:

@@ -18,8 +18,8 @@ import pytest
 from sophiavl_cli.config.loading import load_recipe
 from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.data.rm_rows import load_rm_rows
-from sophiavl_cli.engine.checkpoint import CheckpointManager
-from sophiavl_cli.engine.merge import merge_checkpoint
+from sophiavl_cli.engine.checkpoint.merge import merge_checkpoint
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

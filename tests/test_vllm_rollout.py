@@ -23,12 +23,12 @@ from PIL import Image, ImageDraw
 
 from sophiavl_cli.algo.losses import token_logprobs
 from sophiavl_cli.config.recipe import RolloutConfig
-from sophiavl_cli.engine.batching import TrainSequence, micro_batches
-from sophiavl_cli.engine.forward import ResponseForward, response_tokens
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
 from sophiavl_cli.engine.rollout.hf import HFRollout
 from sophiavl_cli.engine.rollout.images import images_from_patches
 from sophiavl_cli.engine.rollout.vllm import CPU_KV_CACHE_BYTES, VLLMRollout, engine_kwargs
+from sophiavl_cli.engine.workers.batching import TrainSequence, micro_batches
+from sophiavl_cli.engine.workers.forward import ResponseForward, response_tokens
 from sophiavl_cli.errors import MissingExtraError, UserError
 from sophiavl_cli.models import VLProcessor, load_vl_model, resolve_model
 

@@ -17,9 +17,9 @@ def _sync_rank(rank: int, world_size: int, port: int, model_dir: str, out_dir: s
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from sophiavl_cli.engine import fsdp
+    from sophiavl_cli.engine.parallel import fsdp
+    from sophiavl_cli.engine.parallel.weight_sync import full_tensor_buckets, stream_full_tensors
     from sophiavl_cli.engine.rollout.hf import HFRollout
-    from sophiavl_cli.engine.weight_sync import full_tensor_buckets, stream_full_tensors
     from sophiavl_cli.models.loading import load_vl_model
 
     init_gloo(rank, world_size, port)

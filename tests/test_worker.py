@@ -15,12 +15,12 @@ import torch
 from worker_fixtures import cpu_worker_spec, free_port
 
 from sophiavl_cli.config import load_recipe
-from sophiavl_cli.engine.batching import TrainSequence
-from sophiavl_cli.engine.fsdp import full_tensors
+from sophiavl_cli.engine.parallel.fsdp import full_tensors
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
 from sophiavl_cli.engine.schedule import lr_multiplier
-from sophiavl_cli.engine.worker import TrainWorker, WorkerSpec
-from sophiavl_cli.engine.workers import Workers
+from sophiavl_cli.engine.workers.batching import TrainSequence
+from sophiavl_cli.engine.workers.facade import Workers
+from sophiavl_cli.engine.workers.train_worker import TrainWorker, WorkerSpec
 from sophiavl_cli.metrics import METRICS
 
 PROMPT = [5, 6, 7, 8, 9]
@@ -123,7 +123,7 @@ def test_update_metrics_over_several_optimizer_steps_follow_the_registry(tiny_mo
 
 @pytest.mark.ray
 def test_a_rank_with_images_and_a_rank_without_stay_in_lockstep(tiny_model_dir):
-    from sophiavl_cli.engine import cluster
+    from sophiavl_cli.engine.parallel import cluster
 
     started = cluster.connect(None, num_cpus=2)
     workers = Workers(cluster.WorkerGroup(2, "cpu"))

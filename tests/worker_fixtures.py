@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 from sophiavl_cli.config import Recipe
-from sophiavl_cli.engine.worker import WorkerSpec
+from sophiavl_cli.engine.workers.train_worker import WorkerSpec
 
 
 def free_port() -> int:
@@ -54,8 +54,8 @@ def split_gradients(
     from torch.distributed.tensor import DTensor
 
     from sophiavl_cli.config import load_recipe
-    from sophiavl_cli.engine.batching import TrainSequence
-    from sophiavl_cli.engine.worker import TrainWorker
+    from sophiavl_cli.engine.workers.batching import TrainSequence
+    from sophiavl_cli.engine.workers.train_worker import TrainWorker
 
     torch.set_num_threads(1)
     recipe = load_recipe(

@@ -125,7 +125,7 @@ def _recipe(device: str, overrides: list[str]) -> Any:
 def _worker(recipe: Any, model_dir: Path, device: str) -> Any:
     import socket
 
-    from sophiavl_cli.engine.worker import TrainWorker, WorkerSpec
+    from sophiavl_cli.engine.workers.train_worker import TrainWorker, WorkerSpec
 
     with socket.socket() as sock:  # a world of one: nobody else races for this port
         sock.bind(("127.0.0.1", 0))
@@ -157,8 +157,8 @@ def _train_step(worker: Any, sequences: list[Any], advantages: list[float]) -> d
 def _rollout_step(worker: Any, prompts: list[Any], n: int, seed: int, max_tokens: int) -> dict[str, float]:
     import numpy as np
 
-    from sophiavl_cli.engine.batching import TrainSequence
     from sophiavl_cli.engine.rollout import SamplingParams
+    from sophiavl_cli.engine.workers.batching import TrainSequence
 
     outputs = worker.generate(prompts, n, SamplingParams(max_tokens=max_tokens), seed)
     sequences = [
@@ -170,7 +170,7 @@ def _rollout_step(worker: Any, prompts: list[Any], n: int, seed: int, max_tokens
 
 
 def _weights(worker: Any) -> dict[str, Any]:
-    from sophiavl_cli.engine.fsdp import full_tensors
+    from sophiavl_cli.engine.parallel.fsdp import full_tensors
 
     return {name: tensor.detach().to("cpu", copy=True) for name, tensor in full_tensors(worker.policy)}
 
@@ -182,10 +182,10 @@ def part_a(device: str, work: Path) -> dict[str, Any]:
     import torch
 
     from sophiavl_cli.algo.losses import token_logprobs
-    from sophiavl_cli.engine.batching import TrainSequence, micro_batches
-    from sophiavl_cli.engine.forward import ResponseForward, response_tokens
-    from sophiavl_cli.engine.fsdp import full_tensors
+    from sophiavl_cli.engine.parallel.fsdp import full_tensors
     from sophiavl_cli.engine.rollout import RolloutPrompt
+    from sophiavl_cli.engine.workers.batching import TrainSequence, micro_batches
+    from sophiavl_cli.engine.workers.forward import ResponseForward, response_tokens
     from sophiavl_cli.metrics import ACTOR_APPROX_KL, ACTOR_LOSS, ACTOR_SKIPPED
     from sophiavl_cli.models.resolve import resolve_model
 
@@ -293,8 +293,8 @@ def _measure_depth(device: str, model_dir: Path, args: argparse.Namespace) -> di
     import numpy as np
     import torch
 
-    from sophiavl_cli.engine.batching import TrainSequence
-    from sophiavl_cli.engine.throughput import FlopsModel, peak_flops
+    from sophiavl_cli.engine.observe.throughput import FlopsModel, peak_flops
+    from sophiavl_cli.engine.workers.batching import TrainSequence
     from sophiavl_cli.metrics import ACTOR_LOSS, ACTOR_SKIPPED
 
     rows = 2 * args.micro_batch

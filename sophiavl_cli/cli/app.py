@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         fail(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt as exc:  # a `Stopped` (engine/signals.py) carries its message and exit code
+    except (
+        KeyboardInterrupt
+    ) as exc:  # a `Stopped` (engine/lifecycle/signals.py) carries its message and exit code
         fail(getattr(exc, "message", "interrupted"))
         sys.exit(getattr(exc, "exit_code", 130))
 

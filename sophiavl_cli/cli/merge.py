@@ -21,7 +21,7 @@ from rich.table import Table
 from sophiavl_cli.console import console
 
 if TYPE_CHECKING:  # the merge library pulls in torch.distributed.checkpoint (~2 s): import it when merging
-    from sophiavl_cli.engine.merge import DtypeChoice
+    from sophiavl_cli.engine.checkpoint.merge import DtypeChoice
 
 
 def merge(
@@ -62,7 +62,7 @@ def merge(
     ),
 ) -> None:
     """Merge a sharded checkpoint into safetensors + config, tokenizer, processor and generation config."""
-    from sophiavl_cli.engine.merge import find_default_checkpoint, plan_merge, run_merge
+    from sophiavl_cli.engine.checkpoint.merge import find_default_checkpoint, plan_merge, run_merge
 
     if checkpoint is None:
         checkpoint = find_default_checkpoint(runs_dir)
@@ -70,7 +70,7 @@ def merge(
             f"merging [bold]{escape(str(checkpoint))}[/] (latest checkpoint of the most recent run)"
         )
     if adapter_only:
-        from sophiavl_cli.engine.merge import export_adapter
+        from sophiavl_cli.engine.checkpoint.merge import export_adapter
 
         written = export_adapter(checkpoint, output, overwrite, base)
         console.print(

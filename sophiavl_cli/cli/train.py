@@ -44,7 +44,7 @@ def train(
     """Train a vision-language policy with Trust-GRPO on Ray + FSDP2."""
     from sophiavl_cli.config import load_recipe
     from sophiavl_cli.engine.driver import train as run_training
-    from sophiavl_cli.engine.run_folder import run_dir_of
+    from sophiavl_cli.engine.lifecycle.run_folder import run_dir_of
 
     loaded = load_recipe(recipe, overrides or [])  # batch sizes that do not divide fail here, before Ray
     check_resume_arg(resume)
@@ -70,8 +70,8 @@ def launch(
 ) -> RunResult | None:
     """Run `trainer` (`train` or `train-rm`) with status lines on the console. A failed worker is one
     line and exit 1; a run that is already over is said plainly and gives None (exit 0)."""
-    from sophiavl_cli.engine.cluster import WorkerFailure
-    from sophiavl_cli.engine.run_folder import AlreadyFinished
+    from sophiavl_cli.engine.lifecycle.run_folder import AlreadyFinished
+    from sophiavl_cli.engine.parallel.cluster import WorkerFailure
 
     try:
         return trainer(

@@ -36,9 +36,9 @@ def train_rm(
     """Fine-tune a vision-language model into the thinking reward model (SFT on Ray + FSDP2)."""
     from sophiavl_cli.config import load_recipe
     from sophiavl_cli.config.rm_recipe import RMRecipe
-    from sophiavl_cli.engine.rm_driver import EVAL_DIRNAME
-    from sophiavl_cli.engine.rm_driver import train_rm as run_training
-    from sophiavl_cli.engine.run_folder import run_dir_of
+    from sophiavl_cli.engine.lifecycle.run_folder import run_dir_of
+    from sophiavl_cli.engine.reward_model.driver import EVAL_DIRNAME
+    from sophiavl_cli.engine.reward_model.driver import train_rm as run_training
 
     loaded = load_recipe(recipe, overrides or [], model=RMRecipe)
     check_resume_arg(resume)

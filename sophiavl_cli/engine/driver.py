@@ -5,10 +5,10 @@ the anneal schedule, logging and the checkpoint schedule. The workers (Ray actor
 own the tensors. `train` is `build_run` (everything before the first step) then `fit` (the loop:
 `engine.step.run_step`, then validation and checkpoint saving as the timed phases `val` and `save`;
 checkpoints every `save_freq` steps, at the end, and after the step in flight on Ctrl-C or SIGTERM,
-see engine/signals.py); an `ExitStack` tears everything down, also on errors. Before any of it:
-every pre-flight check at once (engine/preflight.py), the run folder's lock (engine/runlock.py),
+see engine/lifecycle/signals.py); an `ExitStack` tears everything down, also on errors. Before any of it:
+every pre-flight check at once (engine/lifecycle/preflight.py), the run folder's lock (engine/lifecycle/runlock.py),
 the verified checkpoint to resume, whether the run is already finished, and a watchdog that ends
-everything the trainer started if it dies uncleanly (engine/reaper.py).
+everything the trainer started if it dies uncleanly (engine/lifecycle/reaper.py).
 
 Usage:
     sophiavl train recipes/quickstart.yaml
@@ -29,21 +29,22 @@ import yaml
 
 from sophiavl_cli.config.loading import dump_recipe
 from sophiavl_cli.config.recipe import DataConfig, Recipe, TrainerConfig
-from sophiavl_cli.engine import cluster, quiet
-from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager, checkpoints_dir
+from sophiavl_cli.engine.lifecycle.preflight import preflight
+from sophiavl_cli.engine.lifecycle.run_folder import check_resumed_model, opened_run, run_dir_of
+from sophiavl_cli.engine.lifecycle.signals import StopFlag
 from sophiavl_cli.engine.loop import Loop, RunResult, run_steps
-from sophiavl_cli.engine.objective import uses_reference
-from sophiavl_cli.engine.preflight import preflight
+from sophiavl_cli.engine.observe import quiet
+from sophiavl_cli.engine.observe.throughput import FlopsModel, peak_flops, throughput_metrics
+from sophiavl_cli.engine.observe.timing import StepTimer
+from sophiavl_cli.engine.parallel import cluster
 from sophiavl_cli.engine.prompting import PromptBuilder
-from sophiavl_cli.engine.rm_served import thinking_service
-from sophiavl_cli.engine.run_folder import check_resumed_model, opened_run, run_dir_of
-from sophiavl_cli.engine.signals import StopFlag
+from sophiavl_cli.engine.reward_model.served import thinking_service
 from sophiavl_cli.engine.step import StepContext, run_step
-from sophiavl_cli.engine.throughput import FlopsModel, peak_flops, throughput_metrics
-from sophiavl_cli.engine.timing import StepTimer
 from sophiavl_cli.engine.validation import validate
-from sophiavl_cli.engine.worker import WorkerSpec
-from sophiavl_cli.engine.workers import Workers
+from sophiavl_cli.engine.workers.facade import Workers
+from sophiavl_cli.engine.workers.objective import uses_reference
+from sophiavl_cli.engine.workers.train_worker import WorkerSpec
 from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 from sophiavl_cli.metrics import TRAIN_EPOCH
 
@@ -89,7 +90,7 @@ def build_run(
 
     Data, model files and rewards load before Ray starts, so mistakes fail fast.
     """
-    from sophiavl_cli.engine.loggers import build_loggers
+    from sophiavl_cli.engine.observe.loggers import build_loggers
     from sophiavl_cli.models.processing import VLProcessor
     from sophiavl_cli.models.resolve import resolve_model
     from sophiavl_cli.rewards.failure_policy import FailureMonitor
@@ -212,7 +213,7 @@ def start_workers(
 def fit(run: Run, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
     """The training loop (`engine/loop.py`) over `run_step`, validation and `save_checkpoint`, then
     the curves. `stop`: the Ctrl-C / SIGTERM flag; without one, a fresh flag is entered on `stack`."""
-    from sophiavl_cli.engine.curves import plot_curves
+    from sophiavl_cli.engine.observe.curves import plot_curves
 
     recipe = run.recipe
     if stop is None:
@@ -317,7 +318,7 @@ def load_data(
 
 def ignored_options(recipe: Recipe, device: str) -> list[str]:
     """One line per recipe option this run cannot honour (said once, at start); see engine.honoured."""
-    from sophiavl_cli.engine.honoured import RunFacts, unhonoured_keys
+    from sophiavl_cli.engine.lifecycle.honoured import RunFacts, unhonoured_keys
 
     return unhonoured_keys(recipe, RunFacts.detect(device))
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sophiavl_cli.config.recipe import TrainerConfig
-from sophiavl_cli.engine.signals import StopFlag
-from sophiavl_cli.engine.timing import StepTimer
+from sophiavl_cli.engine.lifecycle.signals import StopFlag
+from sophiavl_cli.engine.observe.timing import StepTimer
 
 
 @dataclass

@@ -26,13 +26,8 @@ import numpy as np
 
 from sophiavl_cli.algo.dynamic_sampling import GroupPool
 from sophiavl_cli.config.recipe import Recipe
-from sophiavl_cli.engine.batching import (
-    TrainSequence,
-    balance_across_ranks,
-    minibatch_slices,
-    shared_micro_batch_count,
-    spread_across_ranks,
-)
+from sophiavl_cli.engine.observe.throughput import FlopsModel
+from sophiavl_cli.engine.observe.timing import StepTimer
 from sophiavl_cli.engine.prompting import BuiltPrompt, PromptBuilder
 from sophiavl_cli.engine.rewarding import (
     OutcomeBatch,
@@ -45,9 +40,14 @@ from sophiavl_cli.engine.rewarding import (
     worker_advantages,
 )
 from sophiavl_cli.engine.rollout import RolloutOutput, SamplingParams, derive_seed
-from sophiavl_cli.engine.throughput import FlopsModel
-from sophiavl_cli.engine.timing import StepTimer
-from sophiavl_cli.engine.workers import Workers
+from sophiavl_cli.engine.workers.batching import (
+    TrainSequence,
+    balance_across_ranks,
+    minibatch_slices,
+    shared_micro_batch_count,
+    spread_across_ranks,
+)
+from sophiavl_cli.engine.workers.facade import Workers
 from sophiavl_cli.fileio import atomic_write_jsonl
 from sophiavl_cli.metrics import (
     PERF_RESPONSE_TOKENS,

@@ -132,7 +132,7 @@ class ShardPool:
     ) -> None:
         import ray
 
-        from sophiavl_cli.engine.cluster import connect, forwarded_env
+        from sophiavl_cli.engine.parallel.cluster import connect, forwarded_env
 
         self.num_shards = num_shards
         self._started = connect(None, num_cpus=None) if not ray.is_initialized() else False
@@ -181,7 +181,7 @@ class ShardPool:
     def close(self) -> None:
         import ray
 
-        from sophiavl_cli.engine.cluster import disconnect
+        from sophiavl_cli.engine.parallel.cluster import disconnect
 
         for actor in self.actors:
             ray.kill(actor)

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sophiavl_cli.engine.rng import capture_rng, restore_rng
+from sophiavl_cli.engine.parallel.rng import capture_rng, restore_rng
 from sophiavl_cli.engine.rollout.base import RolloutOutput, RolloutPrompt, SamplingParams, derive_seed
 from sophiavl_cli.engine.rollout.images import images_from_patches
 from sophiavl_cli.errors import UserError

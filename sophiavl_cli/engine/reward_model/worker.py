@@ -18,12 +18,13 @@ import torch.distributed as dist
 
 from sophiavl_cli.algo.losses import token_logprobs
 from sophiavl_cli.config.rm_recipe import RMRecipe
-from sophiavl_cli.engine import fsdp, lora
-from sophiavl_cli.engine.batching import TrainSequence, micro_batches
-from sophiavl_cli.engine.forward import ResponseForward, response_tokens
-from sophiavl_cli.engine.offload import Offload
-from sophiavl_cli.engine.worker import TrainWorker
-from sophiavl_cli.engine.workers import CommonWorkers
+from sophiavl_cli.engine.parallel import fsdp
+from sophiavl_cli.engine.parallel.offload import Offload
+from sophiavl_cli.engine.workers import lora
+from sophiavl_cli.engine.workers.batching import TrainSequence, micro_batches
+from sophiavl_cli.engine.workers.facade import CommonWorkers
+from sophiavl_cli.engine.workers.forward import ResponseForward, response_tokens
+from sophiavl_cli.engine.workers.train_worker import TrainWorker
 from sophiavl_cli.metrics import (
     SFT_GRAD_NORM,
     SFT_LOSS,

@@ -125,7 +125,7 @@ class WorkerGroup:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from sophiavl_cli.engine.worker import TrainWorker
+        from sophiavl_cli.engine.workers.train_worker import TrainWorker
 
         self.world_size = world_size
         num_cpus, num_gpus = worker_resources(device, world_size)

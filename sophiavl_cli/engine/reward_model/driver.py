@@ -27,21 +27,21 @@ from typing import Any
 from sophiavl_cli.config.loading import dump_recipe
 from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.data.rm_rows import RMRow
-from sophiavl_cli.engine import cluster
-from sophiavl_cli.engine.batching import balance_across_ranks
-from sophiavl_cli.engine.checkpoint import CheckpointManager, checkpoints_dir
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager, checkpoints_dir
 from sophiavl_cli.engine.driver import (
     planned_steps,
     resolve_device,
     restore_driver_state,
 )
+from sophiavl_cli.engine.lifecycle.preflight import preflight_rm
+from sophiavl_cli.engine.lifecycle.run_folder import check_resumed_model, opened_run, run_dir_of
+from sophiavl_cli.engine.lifecycle.signals import StopFlag
 from sophiavl_cli.engine.loop import Loop, RunResult, run_steps
-from sophiavl_cli.engine.preflight import preflight_rm
-from sophiavl_cli.engine.rm_prompting import RMEncoder, greedy_choice
-from sophiavl_cli.engine.rm_worker import RMWorker, RMWorkers, RMWorkerSpec, split_evenly
-from sophiavl_cli.engine.run_folder import check_resumed_model, opened_run, run_dir_of
-from sophiavl_cli.engine.signals import StopFlag
-from sophiavl_cli.engine.timing import StepTimer
+from sophiavl_cli.engine.observe.timing import StepTimer
+from sophiavl_cli.engine.parallel import cluster
+from sophiavl_cli.engine.reward_model.prompting import RMEncoder, greedy_choice
+from sophiavl_cli.engine.reward_model.worker import RMWorker, RMWorkers, RMWorkerSpec, split_evenly
+from sophiavl_cli.engine.workers.batching import balance_across_ranks
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 from sophiavl_cli.metrics import TRAIN_EPOCH, VAL_RM_MAE, VAL_RM_SPEARMAN, VAL_RM_WITHIN, reduce_records
@@ -92,7 +92,7 @@ def build_rm_run(
     from sophiavl_cli.data.loader import PromptDataLoader
     from sophiavl_cli.data.rm_check import check_rm_rows
     from sophiavl_cli.data.rm_rows import load_rm_rows
-    from sophiavl_cli.engine.loggers import build_loggers
+    from sophiavl_cli.engine.observe.loggers import build_loggers
     from sophiavl_cli.models.processing import VLProcessor
     from sophiavl_cli.models.resolve import resolve_model
 
@@ -172,7 +172,7 @@ def build_rm_run(
 def fit_rm(run: RMRun, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
     """The SFT loop (`engine/loop.py`) over `sft_step`, held-out evaluation and `save_rm_checkpoint`,
     then curves and the final report. `stop` as in `driver.fit`."""
-    from sophiavl_cli.engine.curves import plot_curves
+    from sophiavl_cli.engine.observe.curves import plot_curves
 
     trainer = run.recipe.trainer
     if stop is None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sophiavl_cli.engine.batching import MicroBatch, dummy_image
+from sophiavl_cli.engine.workers.batching import MicroBatch, dummy_image
 
 
 class ResponseForward:

@@ -184,7 +184,7 @@ class ServedThinkingService:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from sophiavl_cli.engine.cluster import forwarded_env
+        from sophiavl_cli.engine.parallel.cluster import forwarded_env
 
         gpus = self.serve.gpus
         if gpus and self.placement is None:
@@ -321,7 +321,7 @@ def thinking_service(
     env: Mapping[str, str] = os.environ,
 ) -> Any:
     """The run's RM endpoint: an explicit URL > `reward.thinking.serve` (a Ray actor) > `ThinkingService`."""
-    from sophiavl_cli.engine.rm_service import ThinkingService
+    from sophiavl_cli.engine.reward_model.service import ThinkingService
 
     if cfg.serve is not None and not (cfg.url or env.get("OPENAI_API_URL")):
         return ServedThinkingService(cfg, stack, training_gpus=training_gpus, record_dir=record_dir, env=env)

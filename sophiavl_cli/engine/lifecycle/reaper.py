@@ -9,7 +9,7 @@ whatever is left a few seconds later. psutil identifies a process by pid *and* s
 recycled pid is never hit. When the trainer ends normally it stops the reaper first (`stop()`),
 after its own cleanup has run.
 
-Usage (internal): python -m sophiavl_cli.engine.reaper TRAINER_PID
+Usage (internal): python -m sophiavl_cli.engine.lifecycle.reaper TRAINER_PID
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Reaper:
 def start_reaper() -> Reaper:
     """Start the watchdog of this process (in its own session: a terminal's Ctrl-C does not stop it)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "sophiavl_cli.engine.reaper", str(os.getpid())],
+        [sys.executable, "-m", "sophiavl_cli.engine.lifecycle.reaper", str(os.getpid())],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

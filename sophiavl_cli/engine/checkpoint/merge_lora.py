@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from sophiavl_cli.engine import lora
-from sophiavl_cli.engine.merge_sources import HfFolderSource, TensorSource
+from sophiavl_cli.engine.checkpoint.merge_sources import HfFolderSource, TensorSource
+from sophiavl_cli.engine.workers import lora
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.models.config_diff import config_differences
 from sophiavl_cli.models.resolve import resolve_model

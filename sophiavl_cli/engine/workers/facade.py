@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from sophiavl_cli.engine.batching import TrainSequence
-from sophiavl_cli.engine.cluster import WorkerGroup
+from sophiavl_cli.engine.parallel.cluster import WorkerGroup
 from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams
-from sophiavl_cli.engine.worker import TrainWorker, WorkerSpec
+from sophiavl_cli.engine.workers.batching import TrainSequence
+from sophiavl_cli.engine.workers.train_worker import TrainWorker, WorkerSpec
 
 
 def _rpc(method: Callable[..., Any]) -> str:

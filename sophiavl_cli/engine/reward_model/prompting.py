@@ -24,7 +24,7 @@ from PIL import Image
 
 from sophiavl_cli.data.images import load_image, open_image
 from sophiavl_cli.data.rm_rows import RMRow
-from sophiavl_cli.engine.batching import TrainSequence
+from sophiavl_cli.engine.workers.batching import TrainSequence
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.rewards.rm_quality import score_bin

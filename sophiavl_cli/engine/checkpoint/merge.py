@@ -30,7 +30,14 @@ from typing import Any, Literal
 
 import torch
 
-from sophiavl_cli.engine.checkpoint import (
+from sophiavl_cli.engine.checkpoint.merge_lora import lora_merged_view
+from sophiavl_cli.engine.checkpoint.merge_sources import (
+    DcpSource,
+    ReleasedSource,
+    TensorSource,
+    released_actor_dir,
+)
+from sophiavl_cli.engine.checkpoint.store import (
     COMPLETE_MARKER,
     DCP_DIRNAME,
     HF_DIRNAME,
@@ -39,14 +46,7 @@ from sophiavl_cli.engine.checkpoint import (
     step_of,
     verify_checkpoint,
 )
-from sophiavl_cli.engine.merge_lora import lora_merged_view
-from sophiavl_cli.engine.merge_sources import (
-    DcpSource,
-    ReleasedSource,
-    TensorSource,
-    released_actor_dir,
-)
-from sophiavl_cli.engine.preflight import check_writable
+from sophiavl_cli.engine.lifecycle.preflight import check_writable
 from sophiavl_cli.errors import UserError
 
 DtypeChoice = Literal["auto", "bf16", "fp32"]
@@ -220,7 +220,7 @@ def export_adapter(
     its `base_model_name_or_path` is `base` when given, else the run's `worker.actor.model_path`."""
     import yaml
 
-    from sophiavl_cli.engine import lora
+    from sophiavl_cli.engine.workers import lora
 
     checkpoint = Path(checkpoint)
     _, source, _ = open_checkpoint(checkpoint)

@@ -26,22 +26,24 @@ import torch.distributed as dist
 
 from sophiavl_cli.algo.losses import AggScale, kl_penalty, token_logprobs
 from sophiavl_cli.config.recipe import OptimConfig, Recipe
-from sophiavl_cli.engine import fsdp, lora, quiet
-from sophiavl_cli.engine.batching import (
+from sophiavl_cli.engine.observe import quiet
+from sophiavl_cli.engine.parallel import fsdp
+from sophiavl_cli.engine.parallel.offload import Offload
+from sophiavl_cli.engine.parallel.weight_sync import stream_full_tensors
+from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams, build_rollout_engine
+from sophiavl_cli.engine.rollout.base import derive_seed
+from sophiavl_cli.engine.schedule import lr_multiplier
+from sophiavl_cli.engine.workers import lora
+from sophiavl_cli.engine.workers.batching import (
     MicroBatch,
     TrainSequence,
     budget_micro_batches,
     chunk,
     micro_batches,
 )
-from sophiavl_cli.engine.forward import ResponseForward, response_tokens
-from sophiavl_cli.engine.objective import ObjectiveConfig, actor_objective
-from sophiavl_cli.engine.offload import Offload
-from sophiavl_cli.engine.oom import explain_oom
-from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams, build_rollout_engine
-from sophiavl_cli.engine.rollout.base import derive_seed
-from sophiavl_cli.engine.schedule import lr_multiplier
-from sophiavl_cli.engine.weight_sync import stream_full_tensors
+from sophiavl_cli.engine.workers.forward import ResponseForward, response_tokens
+from sophiavl_cli.engine.workers.objective import ObjectiveConfig, actor_objective
+from sophiavl_cli.engine.workers.oom import explain_oom
 from sophiavl_cli.metrics import ACTOR_GRAD_NORM, ACTOR_LR, ACTOR_SKIPPED, namespaced, reduce_records
 
 
@@ -424,8 +426,8 @@ class TrainWorker:
 
     def save_checkpoint(self, step_dir: str) -> None:
         """Write this rank's model/optimizer shards and RNG state into `step_dir` (collective)."""
-        from sophiavl_cli.engine.checkpoint import save_rank_extras, save_sharded
-        from sophiavl_cli.engine.rng import capture_rng
+        from sophiavl_cli.engine.checkpoint.store import save_rank_extras, save_sharded
+        from sophiavl_cli.engine.parallel.rng import capture_rng
 
         with self.offload.on_device(self.policy, self.optimizer):
             save_sharded(Path(step_dir), self.policy, self.optimizer, trainable_only=self._adapter_only)
@@ -444,8 +446,8 @@ class TrainWorker:
 
     def load_checkpoint(self, step_dir: str, step: int, optimizer_step: int) -> None:
         """Load shards (any saved world size), restore RNG when the layout matches, refresh the rollout copy."""
-        from sophiavl_cli.engine.checkpoint import load_rank_extras, load_sharded
-        from sophiavl_cli.engine.rng import restore_rng
+        from sophiavl_cli.engine.checkpoint.store import load_rank_extras, load_sharded
+        from sophiavl_cli.engine.parallel.rng import restore_rng
 
         with self.offload.on_device(self.policy, self.optimizer):
             load_sharded(Path(step_dir), self.policy, self.optimizer, trainable_only=self._adapter_only)

@@ -30,7 +30,7 @@ def preflight(recipe: Recipe, *, ray_address: str | None, env: dict[str, str] | 
     ]
     thinking = recipe.reward.thinking
     if recipe.algorithm.trust.enable and not (thinking.url or env.get("OPENAI_API_URL")):
-        if thinking.serve is not None:  # a Ray actor of the run serves it (engine/rm_served.py)
+        if thinking.serve is not None:  # a Ray actor of the run serves it (engine/reward_model/served.py)
             served = thinking.serve.model
             checks.append(lambda: _model(served, "reward.thinking.serve.model"))
         else:
@@ -92,7 +92,7 @@ def _model(ref: str, key: str) -> None:
 def _reward_model(serve_model: str | None) -> None:
     """The model a built-in reward server would load; naming none (and no endpoint) is a problem."""
     if not serve_model:
-        from sophiavl_cli.engine.rm_service import NO_ENDPOINT
+        from sophiavl_cli.engine.reward_model.service import NO_ENDPOINT
 
         raise UserError(NO_ENDPOINT)
     _model(serve_model, "reward.thinking.serve_model")
@@ -170,7 +170,7 @@ def finished_run(recipe: Recipe | RMRecipe, run_dir: Path, checkpoint: Path | No
     if checkpoint is None:
         return None
     from sophiavl_cli.config.loading import load_recipe
-    from sophiavl_cli.engine.checkpoint import RECIPE_FILE, CheckpointManager
+    from sophiavl_cli.engine.checkpoint.store import RECIPE_FILE, CheckpointManager
 
     state = CheckpointManager.load_driver_state(checkpoint)
     step, total = int(state.get("step", 0)), state.get("total_steps")

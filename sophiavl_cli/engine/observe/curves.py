@@ -1,7 +1,7 @@
 """PNG training curves from a run's `metrics.jsonl`: rewards, trust gamma, KL, response length.
 
 Written at the end of `sophiavl train` into `<run_dir>/curves/` (and by hand:
-`python -m sophiavl_cli.engine.curves runs/sophiavl/trust_grpo/metrics.jsonl`). One PNG per panel
+`python -m sophiavl_cli.engine.observe.curves runs/sophiavl/trust_grpo/metrics.jsonl`). One PNG per panel
 plus `overview.png` with every panel; a panel whose keys never appear is skipped, so a GRPO run
 without thinking rewards simply has no gamma plot. Noisy series (more than 20 points) are drawn
 faint with an exponential moving average on top. matplotlib runs on the Agg backend (no display).

@@ -14,11 +14,11 @@ from typing import Any
 
 from sophiavl_cli.config.recipe import Recipe, TrainerConfig
 from sophiavl_cli.config.rm_recipe import RMRecipe
-from sophiavl_cli.engine.checkpoint import HF_DIRNAME, resolve_resume
-from sophiavl_cli.engine.preflight import finished_run
-from sophiavl_cli.engine.reaper import start_reaper
-from sophiavl_cli.engine.runlock import RunLock
-from sophiavl_cli.engine.signals import StopFlag
+from sophiavl_cli.engine.checkpoint.store import HF_DIRNAME, resolve_resume
+from sophiavl_cli.engine.lifecycle.preflight import finished_run
+from sophiavl_cli.engine.lifecycle.reaper import start_reaper
+from sophiavl_cli.engine.lifecycle.runlock import RunLock
+from sophiavl_cli.engine.lifecycle.signals import StopFlag
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.models.config_diff import config_differences
 

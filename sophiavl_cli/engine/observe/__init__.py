@@ -1,0 +1,1 @@
+"""What a run shows: loggers, PNG curves, timing, throughput/MFU, quiet warnings."""

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from sophiavl_cli.config.recipe import ThinkingRewardConfig
+from sophiavl_cli.config.reward import ThinkingRewardConfig
 from sophiavl_cli.data.prompts import RM_SYSTEM_PROMPT, rm_user_text
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.rewards.failure_policy import FailureMonitor, RewardModelDown

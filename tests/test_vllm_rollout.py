@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from sophiavl_cli.algo.losses import token_logprobs
-from sophiavl_cli.config.recipe import RolloutConfig
+from sophiavl_cli.config.worker import RolloutConfig
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
 from sophiavl_cli.engine.rollout.hf import HFRollout
 from sophiavl_cli.engine.rollout.images import images_from_patches

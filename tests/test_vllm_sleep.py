@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from sophiavl_cli.config.recipe import RolloutConfig
+from sophiavl_cli.config.worker import RolloutConfig
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
 from sophiavl_cli.engine.rollout.vllm import SLEEP_TAGS, VLLMRollout, engine_kwargs
 

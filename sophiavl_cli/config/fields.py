@@ -1,4 +1,5 @@
-"""String types of recipe fields that are names, not free text: checked where the recipe is validated.
+"""The building blocks of recipe sections: the frozen, strict `Section` base and the string types of
+fields that are names, not free text (checked where the recipe is validated).
 
 `trainer.project_name` and `trainer.experiment_name` become folders under `trainer.output_dir`, so
 they are single path components (`../../x` wrote outside it). `reward.thinking.api_key_env` names
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -50,3 +51,9 @@ def _check_env_var(value: str) -> str:
 
 Name = Annotated[str, AfterValidator(_check_name)]
 EnvVarName = Annotated[str, AfterValidator(_check_env_var)]
+
+
+class Section(BaseModel):
+    """Base of every recipe section: frozen, strict about unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)

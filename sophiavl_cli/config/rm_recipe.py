@@ -16,7 +16,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sophiavl_cli.config.recipe import FSDPConfig, OptimConfig, Section, TrainerConfig
+from sophiavl_cli.config.fields import Section
+from sophiavl_cli.config.recipe import TrainerConfig
+from sophiavl_cli.config.worker import FSDPConfig, OptimConfig
 
 
 class RMDataConfig(Section):

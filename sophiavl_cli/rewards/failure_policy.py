@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from sophiavl_cli.errors import UserError
 
 if TYPE_CHECKING:
-    from sophiavl_cli.config.recipe import ThinkingRewardConfig
+    from sophiavl_cli.config.reward import ThinkingRewardConfig
 
 
 class RewardModelDown(UserError):

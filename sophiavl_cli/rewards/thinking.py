@@ -69,7 +69,7 @@ from sophiavl_cli.rewards.rm_stats import RMStats
 from sophiavl_cli.rewards.score_parse import SCORE_CHOICES
 
 if TYPE_CHECKING:
-    from sophiavl_cli.config.recipe import ThinkingRewardConfig
+    from sophiavl_cli.config.reward import ThinkingRewardConfig
 
 __all__ = ["RETRYABLE", "ThinkingResult", "ThinkingRewardClient", "ThinkingSample"]
 

@@ -29,7 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from sophiavl_cli.config.recipe import RMServeConfig, ThinkingRewardConfig
+from sophiavl_cli.config.reward import RMServeConfig, ThinkingRewardConfig
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.fileio import atomic_write_json
 from sophiavl_cli.hub.names import RM_SERVED_NAME

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from sophiavl_cli.config.recipe import ThinkingRewardConfig
+from sophiavl_cli.config.reward import ThinkingRewardConfig
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.rewards.thinking import ThinkingRewardClient
 

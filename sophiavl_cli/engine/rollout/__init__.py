@@ -17,7 +17,8 @@ from sophiavl_cli.optional import require
 if TYPE_CHECKING:
     import torch
 
-    from sophiavl_cli.config.recipe import Recipe, RolloutConfig
+    from sophiavl_cli.config.recipe import Recipe
+    from sophiavl_cli.config.worker import RolloutConfig
 
 BACKENDS = ("hf", "vllm")
 

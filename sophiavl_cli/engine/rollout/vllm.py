@@ -68,7 +68,8 @@ from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.optional import require
 
 if TYPE_CHECKING:
-    from sophiavl_cli.config.recipe import Recipe, RolloutConfig
+    from sophiavl_cli.config.recipe import Recipe
+    from sophiavl_cli.config.worker import RolloutConfig
 
 LOGPROBS_MODE = "processed_logprobs"  # after temperature: what the trainer's old log-probs are
 SLEEP_LEVEL = 1

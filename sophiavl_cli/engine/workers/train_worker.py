@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 
 from sophiavl_cli.algo.losses import AggScale, kl_penalty, token_logprobs
-from sophiavl_cli.config.recipe import OptimConfig, Recipe
+from sophiavl_cli.config.recipe import Recipe
+from sophiavl_cli.config.worker import OptimConfig
 from sophiavl_cli.engine.observe import quiet
 from sophiavl_cli.engine.parallel import fsdp
 from sophiavl_cli.engine.parallel.offload import Offload

@@ -377,7 +377,7 @@ def test_every_third_reply_unparseable_shows_as_low_coverage_and_stops_the_run_a
     import numpy as np
 
     from sophiavl_cli.engine.rewarding import OutcomeBatch, combine, reward_metrics
-    from sophiavl_cli.metrics import METRICS
+    from sophiavl_cli.metrics.registry import METRICS
     from sophiavl_cli.rewards.failure_policy import FailureMonitor, RewardModelDown
     from sophiavl_cli.rewards.rm_outcome import ThinkingResult
 
@@ -407,7 +407,7 @@ def test_every_third_reply_unparseable_shows_as_low_coverage_and_stops_the_run_a
 
 
 def test_the_final_summary_table_shows_thinking_coverage():
-    from sophiavl_cli.metrics import SUMMARY_KEYS
+    from sophiavl_cli.metrics.keys import SUMMARY_KEYS
 
     assert "trust/thinking_coverage" in SUMMARY_KEYS
 

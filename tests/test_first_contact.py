@@ -60,7 +60,7 @@ def test_the_per_step_metric_line_is_readable_at_80_columns():
     from rich.console import Console
 
     from sophiavl_cli.engine.observe.loggers import metrics_table
-    from sophiavl_cli.metrics import SUMMARY_KEYS
+    from sophiavl_cli.metrics.keys import SUMMARY_KEYS
 
     metrics = {key: -0.012345678 for key in SUMMARY_KEYS} | {
         "timing/step": 123.456,

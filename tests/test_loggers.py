@@ -15,7 +15,8 @@ from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.engine.observe.curves import plot_curves, read_series
 from sophiavl_cli.engine.observe.loggers import NullLogger, build_loggers
 from sophiavl_cli.errors import MissingExtraError
-from sophiavl_cli.metrics import SUMMARY_KEYS, metric
+from sophiavl_cli.metrics.keys import SUMMARY_KEYS
+from sophiavl_cli.metrics.registry import metric
 
 
 def recipe_with(logger: list[str], log_freq: int = 1) -> Recipe:

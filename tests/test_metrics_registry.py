@@ -6,12 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sophiavl_cli.metrics import (
-    ACTOR_GRAD_NORM,
-    ACTOR_LR,
-    ACTOR_SKIPPED,
+from sophiavl_cli.metrics.keys import ACTOR_GRAD_NORM, ACTOR_LR, ACTOR_SKIPPED, RM_FAILURES_FAMILY
+from sophiavl_cli.metrics.registry import (
     METRICS,
-    RM_FAILURES_FAMILY,
     MetricDef,
     family_key,
     metric,

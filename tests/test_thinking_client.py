@@ -403,7 +403,7 @@ def test_stats_report_calls_failures_retries_latency_and_reset(rm: ScriptedRM) -
 
 
 def test_stats_keys_are_registered_metrics(rm: ScriptedRM) -> None:
-    from sophiavl_cli.metrics import metric
+    from sophiavl_cli.metrics.registry import metric
 
     rm.script.extend(["reply:junk"])
     with make_client(rm.url) as client:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from sophiavl_cli.engine.observe.throughput import FlopsModel, mfu, peak_flops, throughput_metrics
-from sophiavl_cli.metrics import metric
+from sophiavl_cli.metrics.registry import metric
 
 QWEN25_VL_3B_TEXT = SimpleNamespace(  # public config.json numbers of Qwen2.5-VL-3B-Instruct
     num_hidden_layers=36,

@@ -25,7 +25,7 @@ from sophiavl_cli.engine.checkpoint.store import is_complete
 from sophiavl_cli.engine.rollout import check_backend
 from sophiavl_cli.errors import MissingExtraError, UserError
 from sophiavl_cli.fileio import read_jsonl
-from sophiavl_cli.metrics import metric
+from sophiavl_cli.metrics.registry import metric
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
@@ -131,7 +131,7 @@ def test_quickstart_trains_end_to_end_with_metrics_and_a_checkpoint(tmp_path):
     logged = {key for row in rows for key in row} - {"step"}
     assert {"timing/val", "timing/save", "timing/shard"} <= logged
     for key in logged:
-        metric(key)  # every logged key is defined (with its reduction) in sophiavl_cli/metrics.py
+        metric(key)  # every logged key is defined (with its reduction) in sophiavl_cli/metrics/keys.py
 
     checkpoint = run_dir / "checkpoints" / "global_step_2"
     assert is_complete(checkpoint)

@@ -17,7 +17,7 @@ from sophiavl_cli.algo import (
     outcome_only,
     step_trust_metrics,
 )
-from sophiavl_cli.metrics import metric
+from sophiavl_cli.metrics.registry import metric
 
 HUGE = 1e12  # a horizon so long that the weight is alpha
 

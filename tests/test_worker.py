@@ -21,7 +21,7 @@ from sophiavl_cli.engine.schedule import lr_multiplier
 from sophiavl_cli.engine.workers.batching import TrainSequence
 from sophiavl_cli.engine.workers.facade import Workers
 from sophiavl_cli.engine.workers.train_worker import TrainWorker, WorkerSpec
-from sophiavl_cli.metrics import METRICS
+from sophiavl_cli.metrics.registry import METRICS
 
 PROMPT = [5, 6, 7, 8, 9]
 

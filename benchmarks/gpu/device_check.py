@@ -186,7 +186,7 @@ def part_a(device: str, work: Path) -> dict[str, Any]:
     from sophiavl_cli.engine.rollout import RolloutPrompt
     from sophiavl_cli.engine.workers.batching import TrainSequence, micro_batches
     from sophiavl_cli.engine.workers.forward import ResponseForward, response_tokens
-    from sophiavl_cli.metrics import ACTOR_APPROX_KL, ACTOR_LOSS, ACTOR_SKIPPED
+    from sophiavl_cli.metrics.keys import ACTOR_APPROX_KL, ACTOR_LOSS, ACTOR_SKIPPED
     from sophiavl_cli.models.resolve import resolve_model
 
     model_dir = resolve_model("builtin:tiny-qwen2.5-vl")
@@ -295,7 +295,7 @@ def _measure_depth(device: str, model_dir: Path, args: argparse.Namespace) -> di
 
     from sophiavl_cli.engine.observe.throughput import FlopsModel, peak_flops
     from sophiavl_cli.engine.workers.batching import TrainSequence
-    from sophiavl_cli.metrics import ACTOR_LOSS, ACTOR_SKIPPED
+    from sophiavl_cli.metrics.keys import ACTOR_LOSS, ACTOR_SKIPPED
 
     rows = 2 * args.micro_batch
     recipe = _recipe(

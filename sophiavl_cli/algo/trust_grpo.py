@@ -27,7 +27,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sophiavl_cli.metrics import (
+from sophiavl_cli.metrics.keys import (
     REWARD_FINAL,
     REWARD_THINKING,
     TRUST_DISTRUSTED_FRACTION,

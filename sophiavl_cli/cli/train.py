@@ -20,7 +20,7 @@ from rich.table import Table
 
 from sophiavl_cli.console import console, fail
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.metrics import SUMMARY_KEYS
+from sophiavl_cli.metrics.keys import SUMMARY_KEYS
 
 if TYPE_CHECKING:
     from sophiavl_cli.engine.loop import RunResult

@@ -46,7 +46,7 @@ from sophiavl_cli.engine.workers.facade import Workers
 from sophiavl_cli.engine.workers.objective import uses_reference
 from sophiavl_cli.engine.workers.train_worker import WorkerSpec
 from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
-from sophiavl_cli.metrics import TRAIN_EPOCH
+from sophiavl_cli.metrics.keys import TRAIN_EPOCH
 
 
 @dataclass

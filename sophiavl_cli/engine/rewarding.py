@@ -28,7 +28,7 @@ from sophiavl_cli.algo.trust_grpo import (
     step_trust_metrics,
 )
 from sophiavl_cli.config.recipe import Recipe
-from sophiavl_cli.metrics import (
+from sophiavl_cli.metrics.keys import (
     ADV_ABS_MEAN,
     ADV_ZERO_FRACTION,
     REWARD_ACCURACY,

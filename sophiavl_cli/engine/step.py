@@ -49,7 +49,7 @@ from sophiavl_cli.engine.workers.batching import (
 )
 from sophiavl_cli.engine.workers.facade import Workers
 from sophiavl_cli.fileio import atomic_write_jsonl
-from sophiavl_cli.metrics import (
+from sophiavl_cli.metrics.keys import (
     PERF_RESPONSE_TOKENS,
     PERF_TOKENS,
     PERF_UPDATE_FLOPS,
@@ -63,8 +63,8 @@ from sophiavl_cli.metrics import (
     SAMPLING_ROUNDS,
     SAMPLING_TOPPED_UP_GROUPS,
     TRUST_THINKING_COVERAGE,
-    reduce_records,
 )
+from sophiavl_cli.metrics.registry import reduce_records
 from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.rewards.failure_policy import FailureMonitor
 from sophiavl_cli.rewards.outcome import OutcomeScorer

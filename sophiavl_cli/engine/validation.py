@@ -16,7 +16,8 @@ import numpy as np
 from sophiavl_cli.engine.rewarding import score_outcomes
 from sophiavl_cli.engine.rollout import derive_seed
 from sophiavl_cli.engine.step import StepContext, generate
-from sophiavl_cli.metrics import VAL_FORMAT, VAL_OUTCOME, VAL_OUTCOME_FAMILY, family_key
+from sophiavl_cli.metrics.keys import VAL_FORMAT, VAL_OUTCOME, VAL_OUTCOME_FAMILY
+from sophiavl_cli.metrics.registry import family_key
 
 
 def validate(

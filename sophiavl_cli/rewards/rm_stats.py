@@ -11,25 +11,13 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Protocol
 
-from sophiavl_cli.metrics import (
-    RM_CALLS as CALLS,
-)
-from sophiavl_cli.metrics import (
-    RM_FAILURES as FAILURES,
-)
-from sophiavl_cli.metrics import (
-    RM_FAILURES_FAMILY,
-    family_key,
-)
-from sophiavl_cli.metrics import (
-    RM_LATENCY_P50 as LATENCY_P50,
-)
-from sophiavl_cli.metrics import (
-    RM_LATENCY_P95 as LATENCY_P95,
-)
-from sophiavl_cli.metrics import (
-    RM_RETRIES as RETRIES,
-)
+from sophiavl_cli.metrics.keys import RM_CALLS as CALLS
+from sophiavl_cli.metrics.keys import RM_FAILURES as FAILURES
+from sophiavl_cli.metrics.keys import RM_FAILURES_FAMILY
+from sophiavl_cli.metrics.keys import RM_LATENCY_P50 as LATENCY_P50
+from sophiavl_cli.metrics.keys import RM_LATENCY_P95 as LATENCY_P95
+from sophiavl_cli.metrics.keys import RM_RETRIES as RETRIES
+from sophiavl_cli.metrics.registry import family_key
 
 
 class _Result(Protocol):

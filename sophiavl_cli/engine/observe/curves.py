@@ -19,7 +19,7 @@ from rich.markup import escape
 from sophiavl_cli.console import err_console
 from sophiavl_cli.errors import MissingExtraError
 from sophiavl_cli.fileio import atomic_path, read_jsonl
-from sophiavl_cli.metrics import (
+from sophiavl_cli.metrics.keys import (
     ACTOR_KL,
     RESPONSE_LENGTH_MAX,
     RESPONSE_LENGTH_MEAN,
@@ -34,8 +34,8 @@ from sophiavl_cli.metrics import (
     VAL_RM_MAE,
     VAL_RM_SPEARMAN,
     VAL_RM_WITHIN,
-    metric,
 )
+from sophiavl_cli.metrics.registry import metric
 from sophiavl_cli.optional import require
 
 

@@ -45,7 +45,7 @@ from rich.text import Text
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.console import console as default_console
 from sophiavl_cli.fileio import JsonlAppender, atomic_write_jsonl, atomic_write_text, read_jsonl
-from sophiavl_cli.metrics import (
+from sophiavl_cli.metrics.keys import (
     ACTOR_ENTROPY,
     ACTOR_GRAD_NORM,
     ACTOR_PG_LOSS,

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sophiavl_cli.metrics import (
+from sophiavl_cli.metrics.keys import (
     PERF_GEN_TOKENS_PER_S,
     PERF_GEN_TOKENS_PER_S_PER_WORKER,
     PERF_MFU,

@@ -10,7 +10,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sophiavl_cli.metrics import TIMING_STEP, timing_key
+from sophiavl_cli.metrics.keys import TIMING_STEP
+from sophiavl_cli.metrics.registry import timing_key
 
 
 class StepTimer:

@@ -44,7 +44,8 @@ from sophiavl_cli.engine.reward_model.worker import RMWorker, RMWorkers, RMWorke
 from sophiavl_cli.engine.workers.batching import balance_across_ranks
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
-from sophiavl_cli.metrics import TRAIN_EPOCH, VAL_RM_MAE, VAL_RM_SPEARMAN, VAL_RM_WITHIN, reduce_records
+from sophiavl_cli.metrics.keys import TRAIN_EPOCH, VAL_RM_MAE, VAL_RM_SPEARMAN, VAL_RM_WITHIN
+from sophiavl_cli.metrics.registry import reduce_records
 from sophiavl_cli.rewards.rm_quality import RMQuality, rm_quality, write_report
 from sophiavl_cli.rewards.score_parse import SCORE_CHOICES, SCORES
 

@@ -33,7 +33,7 @@ from sophiavl_cli.config.reward import RMServeConfig, ThinkingRewardConfig
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.fileio import atomic_write_json
 from sophiavl_cli.hub.names import RM_SERVED_NAME
-from sophiavl_cli.metrics import RM_SERVE_RESTARTS
+from sophiavl_cli.metrics.keys import RM_SERVE_RESTARTS
 from sophiavl_cli.rewards.thinking import ThinkingRewardClient
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from sophiavl_cli.engine.workers.batching import TrainSequence, micro_batches
 from sophiavl_cli.engine.workers.facade import CommonWorkers
 from sophiavl_cli.engine.workers.forward import ResponseForward, response_tokens
 from sophiavl_cli.engine.workers.train_worker import TrainWorker
-from sophiavl_cli.metrics import (
+from sophiavl_cli.metrics.keys import (
     SFT_GRAD_NORM,
     SFT_LOSS,
     SFT_LR,

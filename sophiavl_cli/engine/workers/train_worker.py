@@ -45,7 +45,8 @@ from sophiavl_cli.engine.workers.batching import (
 from sophiavl_cli.engine.workers.forward import ResponseForward, response_tokens
 from sophiavl_cli.engine.workers.objective import ObjectiveConfig, actor_objective
 from sophiavl_cli.engine.workers.oom import explain_oom
-from sophiavl_cli.metrics import ACTOR_GRAD_NORM, ACTOR_LR, ACTOR_SKIPPED, namespaced, reduce_records
+from sophiavl_cli.metrics.keys import ACTOR_GRAD_NORM, ACTOR_LR, ACTOR_SKIPPED
+from sophiavl_cli.metrics.registry import namespaced, reduce_records
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def rank0_save(obj: Any, path: Path) -> None:
 
 def save_after_one_step(rank: int, world_size: int, port: int, step_dir: str, out: str) -> None:
     """Train one step, save, record the state; then a second step and record again."""
-    from sophiavl_cli.engine.checkpoint.store import save_rank_extras, save_sharded
+    from sophiavl_cli.engine.checkpoint.sharded import save_rank_extras, save_sharded
     from sophiavl_cli.engine.parallel.rng import capture_rng
 
     init_gloo(rank, world_size, port)
@@ -153,7 +153,7 @@ def save_after_one_step(rank: int, world_size: int, port: int, step_dir: str, ou
 
 def load_and_continue(rank: int, world_size: int, port: int, step_dir: str, out: str) -> None:
     """Fresh model (other init) + fresh optimizer, load, record; then the second step and record."""
-    from sophiavl_cli.engine.checkpoint.store import load_rank_extras, load_sharded
+    from sophiavl_cli.engine.checkpoint.sharded import load_rank_extras, load_sharded
     from sophiavl_cli.engine.parallel.rng import restore_rng
 
     init_gloo(rank, world_size, port)
@@ -172,7 +172,7 @@ def load_and_continue(rank: int, world_size: int, port: int, step_dir: str, out:
 
 def load_without_process_group(step_dir: Path) -> dict[str, Any]:
     """One plain process, no process group, no FSDP: DCP reads the full tensors."""
-    from sophiavl_cli.engine.checkpoint.store import load_sharded
+    from sophiavl_cli.engine.checkpoint.sharded import load_sharded
 
     model, optimizer = tiny_net(seed=99, sharded=False, lr=0.07)
     load_sharded(step_dir, model, optimizer)
@@ -183,7 +183,8 @@ def load_without_process_group(step_dir: Path) -> dict[str, Any]:
 
 def kill_me_while_saving(checkpoints_dir: str, params_millions: int) -> None:
     """Subprocess body for the kill -9 test: begin a save of a big model and never get to commit."""
-    from sophiavl_cli.engine.checkpoint.store import CheckpointManager, save_sharded
+    from sophiavl_cli.engine.checkpoint.sharded import save_sharded
+    from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 
     torch.set_num_threads(1)
     model = nn.Sequential(*[nn.Linear(1000, 1000) for _ in range(params_millions)])
@@ -246,7 +247,7 @@ def train_vl_and_save(rank: int, world_size: int, port: int, model_dir: str, ste
     """Save the trained tiny VL with save_sharded; record its logits and gathered full weights."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    from sophiavl_cli.engine.checkpoint.store import save_rank_extras, save_sharded
+    from sophiavl_cli.engine.checkpoint.sharded import save_rank_extras, save_sharded
 
     init_gloo(rank, world_size, port)
     model, optimizer = trained_vl(model_dir)
@@ -265,7 +266,7 @@ def train_vl_and_save(rank: int, world_size: int, port: int, model_dir: str, ste
 
 def reload_vl(rank: int, world_size: int, port: int, model_dir: str, step_dir: str, out: str) -> None:
     """A fresh sharded tiny VL + fresh AdamW at this world size, loaded from the checkpoint; record its state."""
-    from sophiavl_cli.engine.checkpoint.store import load_sharded
+    from sophiavl_cli.engine.checkpoint.sharded import load_sharded
     from sophiavl_cli.engine.parallel.fsdp import shard_model
     from sophiavl_cli.models.loading import load_vl_model
 

@@ -14,15 +14,14 @@ import fsdp_fixtures as fx
 import pytest
 import torch
 
-from sophiavl_cli.engine.checkpoint.store import (
-    CheckpointManager,
-    is_complete,
+from sophiavl_cli.engine.checkpoint.layout import is_complete
+from sophiavl_cli.engine.checkpoint.sharded import (
     load_rank_extras,
     load_sharded,
-    resolve_resume,
     save_rank_extras,
     save_sharded,
 )
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager, resolve_resume
 from sophiavl_cli.engine.parallel.rng import capture_rng, restore_rng
 from sophiavl_cli.errors import UserError
 

@@ -23,12 +23,9 @@ from sophiavl_cli.config import load_recipe
 from sophiavl_cli.config.loading import dump_recipe
 from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.config.rm_recipe import RMRecipe
-from sophiavl_cli.engine.checkpoint.store import (
-    CheckpointManager,
-    resolve_resume,
-    save_sharded,
-    verify_checkpoint,
-)
+from sophiavl_cli.engine.checkpoint.integrity import verify_checkpoint
+from sophiavl_cli.engine.checkpoint.sharded import save_sharded
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager, resolve_resume
 from sophiavl_cli.engine.lifecycle.runlock import RunLock
 from sophiavl_cli.engine.lifecycle.signals import StopFlag, Stopped
 from sophiavl_cli.errors import UserError

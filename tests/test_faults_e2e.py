@@ -19,7 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sophiavl_cli.engine.checkpoint.store import CheckpointManager, verify_checkpoint
+from sophiavl_cli.engine.checkpoint.integrity import verify_checkpoint
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -18,8 +18,10 @@ from worker_fixtures import cpu_worker_spec, free_port
 
 from sophiavl_cli.config import load_recipe
 from sophiavl_cli.config.loading import dump_recipe
+from sophiavl_cli.engine.checkpoint.integrity import verify_checkpoint
 from sophiavl_cli.engine.checkpoint.merge import export_adapter, plan_merge, run_merge
-from sophiavl_cli.engine.checkpoint.store import CheckpointManager, save_sharded, verify_checkpoint
+from sophiavl_cli.engine.checkpoint.sharded import save_sharded
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 from sophiavl_cli.engine.parallel.fsdp import full_tensors
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
 from sophiavl_cli.engine.workers import lora

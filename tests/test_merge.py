@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from sophiavl_cli.cli.app import app
+from sophiavl_cli.engine.checkpoint.layout import copy_hf_files
 from sophiavl_cli.engine.checkpoint.merge import (
     default_output,
     find_default_checkpoint,
@@ -21,7 +22,8 @@ from sophiavl_cli.engine.checkpoint.merge import (
     parse_size,
     plan_merge,
 )
-from sophiavl_cli.engine.checkpoint.store import CheckpointManager, copy_hf_files, save_sharded
+from sophiavl_cli.engine.checkpoint.sharded import save_sharded
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 from sophiavl_cli.errors import UserError
 
 HF_FILES = {

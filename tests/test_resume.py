@@ -22,8 +22,9 @@ import torch
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+from sophiavl_cli.engine.checkpoint.layout import is_complete
 from sophiavl_cli.engine.checkpoint.merge import merge_checkpoint
-from sophiavl_cli.engine.checkpoint.store import CheckpointManager, is_complete
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -21,7 +21,7 @@ import yaml
 
 from sophiavl_cli.cli.app import main
 from sophiavl_cli.config import load_recipe
-from sophiavl_cli.engine.checkpoint.store import is_complete
+from sophiavl_cli.engine.checkpoint.layout import is_complete
 from sophiavl_cli.engine.rollout import check_backend
 from sophiavl_cli.errors import MissingExtraError, UserError
 from sophiavl_cli.fileio import read_jsonl

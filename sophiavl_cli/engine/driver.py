@@ -29,7 +29,8 @@ import yaml
 
 from sophiavl_cli.config.loading import dump_recipe
 from sophiavl_cli.config.recipe import DataConfig, Recipe, TrainerConfig
-from sophiavl_cli.engine.checkpoint.store import CheckpointManager, checkpoints_dir
+from sophiavl_cli.engine.checkpoint.layout import checkpoints_dir
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 from sophiavl_cli.engine.lifecycle.preflight import preflight
 from sophiavl_cli.engine.lifecycle.run_folder import check_resumed_model, opened_run, run_dir_of
 from sophiavl_cli.engine.lifecycle.signals import StopFlag

@@ -30,6 +30,14 @@ from typing import Any, Literal
 
 import torch
 
+from sophiavl_cli.engine.checkpoint.integrity import verify_checkpoint
+from sophiavl_cli.engine.checkpoint.layout import (
+    COMPLETE_MARKER,
+    DCP_DIRNAME,
+    HF_DIRNAME,
+    copy_hf_files,
+    step_of,
+)
 from sophiavl_cli.engine.checkpoint.merge_lora import lora_merged_view
 from sophiavl_cli.engine.checkpoint.merge_sources import (
     DcpSource,
@@ -37,15 +45,7 @@ from sophiavl_cli.engine.checkpoint.merge_sources import (
     TensorSource,
     released_actor_dir,
 )
-from sophiavl_cli.engine.checkpoint.store import (
-    COMPLETE_MARKER,
-    DCP_DIRNAME,
-    HF_DIRNAME,
-    CheckpointManager,
-    copy_hf_files,
-    step_of,
-    verify_checkpoint,
-)
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 from sophiavl_cli.engine.lifecycle.preflight import check_writable
 from sophiavl_cli.errors import UserError
 

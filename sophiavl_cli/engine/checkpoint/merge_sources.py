@@ -32,7 +32,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from sophiavl_cli.engine.checkpoint.store import single_process_ok
+from sophiavl_cli.engine.checkpoint.sharded import single_process_ok
 from sophiavl_cli.errors import UserError
 
 MODEL_SECTION = "model."  # save_sharded stores {"model": ..., "optimizer": ...}

@@ -170,7 +170,8 @@ def finished_run(recipe: Recipe | RMRecipe, run_dir: Path, checkpoint: Path | No
     if checkpoint is None:
         return None
     from sophiavl_cli.config.loading import load_recipe
-    from sophiavl_cli.engine.checkpoint.store import RECIPE_FILE, CheckpointManager
+    from sophiavl_cli.engine.checkpoint.layout import RECIPE_FILE
+    from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 
     state = CheckpointManager.load_driver_state(checkpoint)
     step, total = int(state.get("step", 0)), state.get("total_steps")

@@ -14,7 +14,8 @@ from typing import Any
 
 from sophiavl_cli.config.recipe import Recipe, TrainerConfig
 from sophiavl_cli.config.rm_recipe import RMRecipe
-from sophiavl_cli.engine.checkpoint.store import HF_DIRNAME, resolve_resume
+from sophiavl_cli.engine.checkpoint.layout import HF_DIRNAME
+from sophiavl_cli.engine.checkpoint.store import resolve_resume
 from sophiavl_cli.engine.lifecycle.preflight import finished_run
 from sophiavl_cli.engine.lifecycle.reaper import start_reaper
 from sophiavl_cli.engine.lifecycle.runlock import RunLock

@@ -27,7 +27,8 @@ from typing import Any
 from sophiavl_cli.config.loading import dump_recipe
 from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.data.rm_rows import RMRow
-from sophiavl_cli.engine.checkpoint.store import CheckpointManager, checkpoints_dir
+from sophiavl_cli.engine.checkpoint.layout import checkpoints_dir
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 from sophiavl_cli.engine.driver import (
     planned_steps,
     resolve_device,

@@ -428,7 +428,7 @@ class TrainWorker:
 
     def save_checkpoint(self, step_dir: str) -> None:
         """Write this rank's model/optimizer shards and RNG state into `step_dir` (collective)."""
-        from sophiavl_cli.engine.checkpoint.store import save_rank_extras, save_sharded
+        from sophiavl_cli.engine.checkpoint.sharded import save_rank_extras, save_sharded
         from sophiavl_cli.engine.parallel.rng import capture_rng
 
         with self.offload.on_device(self.policy, self.optimizer):
@@ -448,7 +448,7 @@ class TrainWorker:
 
     def load_checkpoint(self, step_dir: str, step: int, optimizer_step: int) -> None:
         """Load shards (any saved world size), restore RNG when the layout matches, refresh the rollout copy."""
-        from sophiavl_cli.engine.checkpoint.store import load_rank_extras, load_sharded
+        from sophiavl_cli.engine.checkpoint.sharded import load_rank_extras, load_sharded
         from sophiavl_cli.engine.parallel.rng import restore_rng
 
         with self.offload.on_device(self.policy, self.optimizer):

@@ -14,7 +14,7 @@ import torch
 from test_rollout_logprobs import _rollouts, _sequences, _worker
 from torch.distributed.tensor import DTensor
 
-from sophiavl_cli.engine.workers.train_worker import _with_advantage
+from sophiavl_cli.engine.workers.batching import with_advantage
 
 
 def _grads(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -31,7 +31,7 @@ def test_an_on_policy_step_takes_old_logprobs_from_the_update_with_the_same_loss
         worker.compute_old_logprobs()
         assert worker._old_logp == {}  # no separate forward pass ran
         sequences = [
-            _with_advantage(s, a) for s, a in zip(worker._sequences, [1.0, -1.0, 0.5, -0.5], strict=True)
+            with_advantage(s, a) for s, a in zip(worker._sequences, [1.0, -1.0, 0.5, -0.5], strict=True)
         ]
         (mb,) = worker._micro_batches(sequences, len(sequences), None)
 

@@ -34,7 +34,7 @@ from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 from sophiavl_cli.engine.lifecycle.preflight import preflight
 from sophiavl_cli.engine.lifecycle.run_folder import check_resumed_model, opened_run, run_dir_of
 from sophiavl_cli.engine.lifecycle.signals import StopFlag
-from sophiavl_cli.engine.loop import Loop, RunResult, run_steps
+from sophiavl_cli.engine.loop import Loop, RunBase, RunResult, run_steps
 from sophiavl_cli.engine.observe import quiet
 from sophiavl_cli.engine.observe.throughput import FlopsModel, peak_flops, throughput_metrics
 from sophiavl_cli.engine.observe.timing import StepTimer
@@ -50,23 +50,13 @@ from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 from sophiavl_cli.metrics.keys import TRAIN_EPOCH
 
 
-@dataclass
-class Run:
+@dataclass(kw_only=True)
+class Run(RunBase):
     """A run ready to train: data, workers, reward model, loggers and where it starts (`build_run`)."""
 
     recipe: Recipe
-    run_dir: Path
-    model_dir: Path
     ctx: StepContext
-    loader: Any
-    val_rows: list[dict[str, Any]]
-    loggers: Any
-    manager: CheckpointManager
-    total_steps: int
-    start_step: int
     peak_flops: float | None
-    recipe_yaml: str  # the resolved recipe, also saved with every checkpoint
-    say: Any
 
 
 def train(

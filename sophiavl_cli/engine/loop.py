@@ -16,8 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from sophiavl_cli.config.recipe import TrainerConfig
+from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 from sophiavl_cli.engine.lifecycle.signals import StopFlag
 from sophiavl_cli.engine.observe.timing import StepTimer
+
+
+@dataclass(kw_only=True)
+class RunBase:
+    """What both trainers' runs hold once built (`driver.Run`, `reward_model.driver.RMRun`)."""
+
+    run_dir: Path
+    model_dir: Path
+    loader: Any
+    val_rows: list[Any]
+    loggers: Any
+    manager: CheckpointManager
+    total_steps: int
+    start_step: int
+    recipe_yaml: str  # the resolved recipe, also saved with every checkpoint
+    say: Any
 
 
 @dataclass

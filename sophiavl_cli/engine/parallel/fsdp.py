@@ -184,3 +184,13 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()
     return float(norm.item())
+
+
+def node_ip() -> str:
+    """This process's node IP as Ray sees it (the address other ranks reach it at)."""
+    try:
+        import ray
+
+        return str(ray.util.get_node_ip_address())
+    except Exception:  # outside Ray (unit use): loopback
+        return "127.0.0.1"

@@ -37,7 +37,7 @@ from sophiavl_cli.engine.driver import (
 from sophiavl_cli.engine.lifecycle.preflight import preflight_rm
 from sophiavl_cli.engine.lifecycle.run_folder import check_resumed_model, opened_run, run_dir_of
 from sophiavl_cli.engine.lifecycle.signals import StopFlag
-from sophiavl_cli.engine.loop import Loop, RunResult, run_steps
+from sophiavl_cli.engine.loop import Loop, RunBase, RunResult, run_steps
 from sophiavl_cli.engine.observe.timing import StepTimer
 from sophiavl_cli.engine.parallel import cluster
 from sophiavl_cli.engine.reward_model.prompting import RMEncoder, greedy_choice
@@ -53,23 +53,13 @@ from sophiavl_cli.rewards.score_parse import SCORE_CHOICES, SCORES
 EVAL_DIRNAME = "rm_eval"
 
 
-@dataclass
-class RMRun:
+@dataclass(kw_only=True)
+class RMRun(RunBase):
     """A reward-model run ready to train (`build_rm_run`)."""
 
     recipe: RMRecipe
-    run_dir: Path
-    model_dir: Path
     encoder: RMEncoder
     workers: RMWorkers
-    loader: Any
-    val_rows: list[RMRow]
-    loggers: Any
-    manager: CheckpointManager
-    total_steps: int
-    start_step: int
-    recipe_yaml: str
-    say: Any
 
 
 def train_rm(

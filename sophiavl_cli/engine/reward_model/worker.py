@@ -20,10 +20,10 @@ from sophiavl_cli.algo.losses import token_logprobs
 from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.engine.parallel import fsdp
 from sophiavl_cli.engine.parallel.offload import Offload
-from sophiavl_cli.engine.workers import lora
+from sophiavl_cli.engine.workers import build
 from sophiavl_cli.engine.workers.batching import TrainSequence, micro_batches
 from sophiavl_cli.engine.workers.facade import CommonWorkers
-from sophiavl_cli.engine.workers.forward import ResponseForward, response_tokens
+from sophiavl_cli.engine.workers.forward import response_tokens
 from sophiavl_cli.engine.workers.train_worker import TrainWorker
 from sophiavl_cli.metrics.keys import (
     SFT_GRAD_NORM,
@@ -58,35 +58,18 @@ class RMWorker(TrainWorker):
         start = time.perf_counter()
         self._join(spec)
         model = spec.recipe.model
-        compute_dtype = torch.bfloat16 if spec.device == "cuda" and model.dtype in ("auto", "bf16") else None
-
-        def prepare(module: torch.nn.Module) -> None:
-            if model.gradient_checkpointing:
-                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if model.freeze_vision_tower:
-                lora.freeze_vision_tower(module)
-
-        # fp32 master weights, computed in bf16 on GPU; loaded once (rank 0) and sharded, as `train` does
-        self.policy = fsdp.load_sharded(
+        self.policy = build.load_trainable(
             spec.model_dir,
-            dtype=torch.float32,
-            device=self.device,
-            param_dtype=compute_dtype,
-            prepare=prepare,
+            self.device,
+            build.compute_dtype(spec.device, model.dtype),
+            gradient_checkpointing=model.gradient_checkpointing,
+            freeze_vision_tower=model.freeze_vision_tower,
         )
-        self.policy.train()
         self.offload = Offload(
             self.device, params=False, optimizer=False, ref=False
         )  # the parent's checkpoints use it
-        optim = model.optim
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.policy.parameters() if p.requires_grad],
-            lr=optim.lr,
-            betas=optim.betas,
-            weight_decay=optim.weight_decay,
-        )
-        packed = model.padding_free and self.policy.config._attn_implementation == "flash_attention_2"
-        self.forward = ResponseForward(self.policy.config, self.device, packed=packed)
+        self.optimizer = build.build_optimizer(self.policy, model.optim)
+        self.forward = build.response_forward(self.policy, self.device, model.padding_free)
         dist.barrier()
         return {"setup_s": time.perf_counter() - start}
 

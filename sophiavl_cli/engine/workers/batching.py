@@ -15,7 +15,7 @@ Pure logic (no torch, no Ray) so the rules that keep ranks in lock-step are unit
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -262,3 +262,19 @@ def minibatch_slices(num_prompts: int, prompts_per_update: int, n: int) -> list[
         raise ValueError(f"{num_prompts} prompts do not split into updates of {prompts_per_update}")
     per = prompts_per_update * n
     return [list(range(start, start + per)) for start in range(0, num_prompts * n, per)]
+
+
+def with_advantage(sequence: TrainSequence, advantage: float | np.ndarray) -> TrainSequence:
+    """One advantage per sequence (float) or per response token (array of its length)."""
+    if isinstance(advantage, np.ndarray) and advantage.ndim == 1:
+        return replace(sequence, advantage=advantage.astype(np.float32))
+    return replace(sequence, advantage=float(advantage))
+
+
+def stack_rows(per_sequence: dict[int, np.ndarray], mb: MicroBatch) -> np.ndarray:
+    """Per-sequence arrays of the micro-batch's rows, right-padded to its response width: [B, R]."""
+    out = np.zeros(mb.response_mask.shape, dtype=np.float32)
+    for row, index in enumerate(mb.indices):
+        values = per_sequence[index]
+        out[row, : len(values)] = values
+    return out

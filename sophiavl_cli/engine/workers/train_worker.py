@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,17 @@ from sophiavl_cli.engine.parallel.weight_sync import stream_full_tensors
 from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams, build_rollout_engine
 from sophiavl_cli.engine.rollout.base import derive_seed
 from sophiavl_cli.engine.schedule import lr_multiplier
-from sophiavl_cli.engine.workers import lora
+from sophiavl_cli.engine.workers import build, lora
 from sophiavl_cli.engine.workers.batching import (
     MicroBatch,
     TrainSequence,
     budget_micro_batches,
     chunk,
     micro_batches,
+    stack_rows,
+    with_advantage,
 )
-from sophiavl_cli.engine.workers.forward import ResponseForward, response_tokens
+from sophiavl_cli.engine.workers.forward import response_tokens
 from sophiavl_cli.engine.workers.objective import ObjectiveConfig, actor_objective
 from sophiavl_cli.engine.workers.oom import explain_oom
 from sophiavl_cli.metrics.keys import ACTOR_GRAD_NORM, ACTOR_LR, ACTOR_SKIPPED
@@ -86,13 +88,13 @@ class TrainWorker:
     def rendezvous_address(self) -> tuple[str, int]:
         """This node's IP and the port of the process-group store rank 0 now hosts (kept bound)."""
         self._store = fsdp.host_store(self.world_size)
-        return _node_ip(), int(self._store.port)
+        return fsdp.node_ip(), int(self._store.port)
 
     def describe(self) -> dict[str, object]:
         """Rank, host, pid and device: written to the run dir's workers.json (debugging, kill tests, MFU)."""
         cuda = getattr(self, "device", torch.device("cpu")).type == "cuda"
         device_name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
-        return {"rank": self.rank, "host": _node_ip(), "pid": os.getpid(), "device_name": device_name}
+        return {"rank": self.rank, "host": fsdp.node_ip(), "pid": os.getpid(), "device_name": device_name}
 
     def _join(self, spec: Any) -> None:
         """What every kind of worker does first: quiet transformers, pick the device, join the
@@ -124,59 +126,28 @@ class TrainWorker:
         start = time.perf_counter()
         self._join(spec)
         actor = spec.recipe.worker.actor
-        compute_dtype = torch.bfloat16 if spec.device == "cuda" and actor.dtype in ("auto", "bf16") else None
-
-        def prepare_policy(model: torch.nn.Module) -> None:
-            if actor.gradient_checkpointing:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if actor.freeze_vision_tower or actor.lora.rank > 0:
-                lora.freeze_vision_tower(model)
-            if actor.lora.rank > 0:  # rank 0's adapter init reaches every rank with the weights
-                lora.apply_lora(
-                    model,
-                    rank=actor.lora.rank,
-                    alpha=actor.lora.alpha,
-                    dropout=actor.lora.dropout,
-                    targets=actor.lora.target_modules,
-                )
-
-        # fp32 master weights, computed in bf16 on GPU; loaded once (rank 0) and sharded
-        self.policy = fsdp.load_sharded(
+        param_dtype = build.compute_dtype(spec.device, actor.dtype)
+        self.policy = build.load_trainable(
             spec.model_dir,
-            dtype=torch.float32,
-            device=self.device,
-            param_dtype=compute_dtype,
-            prepare=prepare_policy,
+            self.device,
+            param_dtype,
+            gradient_checkpointing=actor.gradient_checkpointing,
+            freeze_vision_tower=actor.freeze_vision_tower,
+            lora_config=actor.lora,
         )
-        self.policy.train()
-
         self.ref = None
-        if spec.need_ref:  # frozen: stored in the compute dtype (bf16 on GPU), no fp32 copy
-            self.ref = fsdp.load_sharded(
-                spec.model_dir,
-                dtype=compute_dtype or torch.float32,
-                device=self.device,
-                prepare=_freeze,
-            )
-
+        if spec.need_ref:
+            self.ref = build.load_frozen(spec.model_dir, self.device, param_dtype or torch.float32)
         self.rollout = build_rollout_engine(
             spec.recipe,
             spec.model_dir,
-            dtype=compute_dtype or torch.float32,
+            dtype=param_dtype or torch.float32,
             device=self.device,
             eos_token_ids=spec.eos_token_ids,
             pad_token_id=spec.pad_token_id,
         )
-        optim = actor.optim
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.policy.parameters() if p.requires_grad],
-            lr=optim.lr,
-            betas=optim.betas,
-            weight_decay=optim.weight_decay,
-        )
-        # packing pays off only with flash-attention 2's varlen kernels (sdpa would build a [T, T] mask)
-        packed = actor.padding_free and self.policy.config._attn_implementation == "flash_attention_2"
-        self.forward = ResponseForward(self.policy.config, self.device, packed=packed)
+        self.optimizer = build.build_optimizer(self.policy, actor.optim)
+        self.forward = build.response_forward(self.policy, self.device, actor.padding_free)
         self.objective = ObjectiveConfig.from_recipe(spec.recipe, use_kl=spec.need_ref)
         self.offload = Offload(
             self.device,
@@ -302,7 +273,7 @@ class TrainWorker:
                 f"rank {self.rank}: the recipe makes one optimizer step per batch, update asked for "
                 f"{num_updates * self.recipe.worker.actor.ppo_epochs}"
             )
-        sequences = [_with_advantage(s, a) for s, a in zip(self._sequences, advantages, strict=True)]
+        sequences = [with_advantage(s, a) for s, a in zip(self._sequences, advantages, strict=True)]
         per_update = len(sequences) // num_updates
         history: list[dict[str, float]] = []
         self.policy.train()
@@ -407,9 +378,9 @@ class TrainWorker:
         mask = torch.tensor(mb.response_mask, device=self.device)  # [B, R]
         # None: on-policy, the objective uses this forward pass's log-probs, detached
         old = (
-            torch.tensor(_stack(self._old_logp, mb), device=self.device) if self._old_logp else None
+            torch.tensor(stack_rows(self._old_logp, mb), device=self.device) if self._old_logp else None
         )  # [B, R]
-        ref = torch.tensor(_stack(self._ref_logp, mb), device=self.device) if self._ref_logp else None
+        ref = torch.tensor(stack_rows(self._ref_logp, mb), device=self.device) if self._ref_logp else None
         advantages = torch.tensor(mb.advantages, device=self.device)  # [B] or [B, R]
         return actor_objective(self.objective, logits, tokens, mask, old, ref, advantages, scale)
 
@@ -466,32 +437,3 @@ class TrainWorker:
         if close is not None:  # vLLM leaves its groups (and the default one) itself, before we do
             close()
         fsdp.close_process_group()
-
-
-def _freeze(model: torch.nn.Module) -> None:
-    model.requires_grad_(False)
-
-
-def _with_advantage(sequence: TrainSequence, advantage: float | np.ndarray) -> TrainSequence:
-    """One advantage per sequence (float) or per response token (array of its length)."""
-    if isinstance(advantage, np.ndarray) and advantage.ndim == 1:
-        return replace(sequence, advantage=advantage.astype(np.float32))
-    return replace(sequence, advantage=float(advantage))
-
-
-def _stack(per_sequence: dict[int, np.ndarray], mb: MicroBatch) -> np.ndarray:
-    """Per-sequence arrays of the micro-batch's rows, right-padded to its response width: [B, R]."""
-    out = np.zeros(mb.response_mask.shape, dtype=np.float32)
-    for row, index in enumerate(mb.indices):
-        values = per_sequence[index]
-        out[row, : len(values)] = values
-    return out
-
-
-def _node_ip() -> str:
-    try:
-        import ray
-
-        return str(ray.util.get_node_ip_address())
-    except Exception:  # outside Ray (unit use): loopback
-        return "127.0.0.1"

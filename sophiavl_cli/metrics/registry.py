@@ -62,7 +62,7 @@ def metric(key: str) -> MetricDef:
             return definition
     close = difflib.get_close_matches(key, list(METRICS), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise KeyError(f"unknown metric {key!r}{hint} (metrics are defined in sophiavl_cli/metrics.py)")
+    raise KeyError(f"unknown metric {key!r}{hint} (metrics are defined in sophiavl_cli/metrics/keys.py)")
 
 
 def family_key(family: str, name: str) -> str:

@@ -7,7 +7,7 @@ checks. The driver builds one `MultiLogger` from `trainer.logger` and calls, per
     with loggers.progress(total_steps, start_step):      # rich bar over steps (console backend)
         for step in range(start_step + 1, total_steps + 1):
             loggers.log_generations(step, samples)        # optional: decoded validation samples
-            loggers.log(step, metrics)                    # {metric key: float}, keys from metrics.py
+            loggers.log(step, metrics)                    # {metric key: float}, keys from metrics/keys.py
     loggers.close()
 
 Files in the run dir: `metrics.jsonl` (one object per step: `{"step": N, key: value, ...}`, flushed

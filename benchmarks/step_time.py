@@ -145,21 +145,26 @@ def run_trl(
     parallel region waits for them (measured here at load ~15 on 2 cores: ~20 s per step spinning,
     ~2 s passive, ~3 s with one thread). sophiavl's workers run one thread each and do not hit this.
     """
-    with tempfile.TemporaryDirectory(prefix="trl-bench-") as tmp:
-        result_file = Path(tmp) / "trl.json"
-        command = [
-            sys.executable,
-            __file__,
-            "--trl-worker",
-            str(rows),
-            str(result_file),
-            "--steps",
-            str(steps),
-        ]
+    return run_in_process("--trl-worker", rows, steps, warmup, omp_wait_policy)
+
+
+def run_bare(
+    rows: Path, steps: int, warmup: int, omp_wait_policy: str | None = None
+) -> list[dict[str, float]]:
+    """The bare PyTorch loop (`bare_worker`) in a fresh process, reported like TRL."""
+    return run_in_process("--bare-worker", rows, steps, warmup, omp_wait_policy)
+
+
+def run_in_process(
+    flag: str, rows: Path, steps: int, warmup: int, omp_wait_policy: str | None
+) -> list[dict[str, float]]:
+    with tempfile.TemporaryDirectory(prefix="bench-side-") as tmp:
+        result_file = Path(tmp) / "side.json"
+        command = [sys.executable, __file__, flag, str(rows), str(result_file), "--steps", str(steps)]
         env = {**os.environ, **({"OMP_WAIT_POLICY": omp_wait_policy} if omp_wait_policy else {})}
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
         if result.returncode != 0:
-            raise SystemExit(f"TRL run failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+            raise SystemExit(f"{flag} run failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
         per_step = json.loads(result_file.read_text())
     return [
         {label: record[phase] for label, _, phase in PHASES} | {"tokens": record["tokens"]}
@@ -293,6 +298,109 @@ def trl_worker(rows_file: Path, result_file: Path, steps: int) -> None:
     result_file.write_text(json.dumps(per_step), encoding="utf-8")
 
 
+def bare_worker(rows_file: Path, result_file: Path, steps: int) -> None:
+    """The limit: the same step as a plain single-process PyTorch loop (no Ray, FSDP or process group).
+
+    Same model, rows, prompts, sampling, micro-batches and loss as the sophiavl side (on-policy, so
+    the old log-probs are the update's own, detached, as sophiavl and verl do; k3 KL to the frozen
+    reference; token-mean over the mini-batch), with 2 torch threads (the cores sophiavl's two
+    workers get). Generation runs on the policy itself, so there is no weight sync to pay.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from sophiavl_cli.data.images import load_image
+    from sophiavl_cli.data.prompts import build_messages
+    from sophiavl_cli.generation.tokens import pad_token_id, stop_token_ids
+    from sophiavl_cli.models.loading import load_vl_model
+    from sophiavl_cli.models.processing import VLProcessor
+    from sophiavl_cli.models.resolve import resolve_model
+    from sophiavl_cli.rewards import score_outcome
+
+    torch.set_num_threads(WORKERS)
+    torch.manual_seed(1)
+    model_dir = resolve_model("builtin:tiny-qwen2.5-vl")
+    processor = VLProcessor.from_pretrained(model_dir, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    eos = stop_token_ids(model_dir, processor.tokenizer)
+    pad = pad_token_id(processor.tokenizer, eos)
+    policy = load_vl_model(model_dir, dtype=torch.float32, device="cpu")
+    ref = load_vl_model(model_dir, dtype=torch.float32, device="cpu").requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=1e-2)
+    rows = json.loads(rows_file.read_text())
+
+    def token_logp(model: Any, batch: dict[str, Any], responses: torch.Tensor) -> torch.Tensor:
+        logits = model(**batch, logits_to_keep=responses.shape[1] + 1).logits[:, :-1]
+        return torch.gather(F.log_softmax(logits.float(), -1), -1, responses[..., None])[..., 0]
+
+    per_step = []
+    for step in range(steps):
+        start = time.perf_counter()
+        batch_rows = [rows[(step * PROMPTS_PER_STEP + i) % len(rows)] for i in range(PROMPTS_PER_STEP)]
+        encoded = []
+        for row in batch_rows:
+            text = processor.apply_chat_template(build_messages(row, preset="sophiavl-r1", template=None))
+            encoded += [processor.encode(text, [load_image(r, where="bench") for r in row["images"]])] * N
+        width = max(len(e.input_ids) for e in encoded)
+        ids = torch.tensor([[pad] * (width - len(e.input_ids)) + e.input_ids for e in encoded])
+        mask = torch.tensor([[0] * (width - len(e.input_ids)) + [1] * len(e.input_ids) for e in encoded])
+        pixels = torch.from_numpy(np.concatenate([e.pixel_values for e in encoded]))
+        grid = torch.from_numpy(np.concatenate([e.image_grid_thw for e in encoded]))
+        with torch.no_grad():
+            out = policy.generate(
+                input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid, do_sample=True,
+                temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=MAX_RESPONSE, eos_token_id=eos,
+                pad_token_id=pad, suppress_tokens=[processor.image_token_id, processor.video_token_id],
+            )  # fmt: skip
+        responses = out[:, width:]
+        ended = torch.isin(responses, torch.tensor(eos)).int().cumsum(1)
+        response_mask = ((ended == 0) | ((ended == 1) & torch.isin(responses, torch.tensor(eos)))).float()
+        gen = time.perf_counter()
+        texts = processor.tokenizer.batch_decode(responses * response_mask.long(), skip_special_tokens=True)
+        rewards = torch.tensor(
+            [score_outcome(t, r["answer"], r["problem_type"]) for t, r in zip(texts, [x for x in batch_rows for _ in range(N)], strict=True)]
+        )  # fmt: skip
+        reward = time.perf_counter()
+        sequences = torch.cat([ids, responses], 1)
+        full = {"input_ids": sequences, "mm_token_type_ids": (sequences == processor.image_token_id).int(),
+                "attention_mask": torch.cat([mask, response_mask.long()], 1),
+                "pixel_values": pixels, "image_grid_thw": grid}  # fmt: skip
+        micro = [slice(i, i + 4) for i in range(0, len(encoded), 4)]  # micro_batch_size 4, as the recipe
+
+        patches = np.cumsum([0] + [int(g.prod()) for g in grid])  # one image per sequence
+        parts = [
+            {"input_ids": full["input_ids"][sl], "attention_mask": full["attention_mask"][sl],
+             "mm_token_type_ids": full["mm_token_type_ids"][sl],
+             "pixel_values": pixels[patches[sl.start] : patches[sl.stop]], "image_grid_thw": grid[sl]}
+            for sl in micro
+        ]  # fmt: skip
+        with torch.no_grad():
+            ref_logp = torch.cat(
+                [token_logp(ref, inputs, responses[sl]) for sl, inputs in zip(micro, parts, strict=True)]
+            )
+        grouped = rewards.view(PROMPTS_PER_STEP, N)
+        advantages = (
+            (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-6)
+        ).flatten()
+        logprobs = time.perf_counter()
+        optimizer.zero_grad()
+        tokens = response_mask.sum()
+        for sl, inputs in zip(micro, parts, strict=True):
+            logp = token_logp(policy, inputs, responses[sl])
+            ratio = torch.exp(logp - logp.detach())  # on-policy: old = this pass, detached
+            delta = ref_logp[sl] - logp
+            kl = torch.exp(delta) - delta - 1  # k3 (low_var_kl)
+            loss = ((-advantages[sl, None] * ratio + KL * kl) * response_mask[sl]).sum() / tokens
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 4.0)  # worker.actor.max_grad_norm
+        optimizer.step()
+        end = time.perf_counter()
+        per_step.append({"gen": gen - start, "reward": reward - gen, "logprobs": logprobs - reward,
+                         "update": end - logprobs, "step": end - start,
+                         "tokens": float(full["attention_mask"].sum())})  # fmt: skip
+    result_file.write_text(json.dumps(per_step), encoding="utf-8")
+
+
 def image_only_processor(model_dir: Path) -> Any:
     """Qwen2.5-VL's processor for TRL without its video half, on transformers' PIL image processor.
 
@@ -349,57 +457,61 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10, help="steps per run (the data repeats after 12)")
     parser.add_argument("--warmup", type=int, default=2, help="first steps of each run not counted")
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="runs per side, in alternating order (load drift)"
-    )
+    parser.add_argument("--rounds", type=int, default=3, help="runs per side, in rotating order (load drift)")
     parser.add_argument("--rm-delay", type=float, default=0.2, help="latency of the slow RM (s)")
-    parser.add_argument("--skip-trl", action="store_true", help="only the sophiavl runs")
+    parser.add_argument("--skip-trl", action="store_true", help="no TRL runs")
+    parser.add_argument("--skip-bare", action="store_true", help="no bare-loop runs")
     parser.add_argument("--skip-rm", action="store_true", help="no thinking-RM overlap runs")
     parser.add_argument(
-        "--trl-omp-wait-policy",
+        "--omp-wait-policy",
         choices=["passive", "active"],
         default=None,
-        help="OMP_WAIT_POLICY for the TRL process (passive on a shared, oversubscribed machine)",
+        help="OMP_WAIT_POLICY for the TRL and bare processes (passive on a shared, oversubscribed machine)",
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="sophiavl recipe override"
     )
     parser.add_argument("--trl-worker", nargs=2, type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-worker", nargs=2, type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trl_worker is not None:
         trl_worker(*args.trl_worker, args.steps)
         return
+    if args.bare_worker is not None:
+        bare_worker(*args.bare_worker, args.steps)
+        return
     if args.steps <= args.warmup:
         raise SystemExit("--steps must be larger than --warmup")
 
-    console = Console(width=max(110, Console().width))
+    console = Console(width=max(120, Console().width))
     loads = [load_average()]
     slow_name = f"{args.rm_delay * 1000:.0f} ms"
-    ours: list[dict[str, float]] = []
-    theirs: list[dict[str, float]] = []
-    round_steps: list[tuple[float, float | None]] = []  # (sophiavl, TRL) median step per round
+    sides = ["sophiavl"] + ([] if args.skip_bare else ["bare"]) + ([] if args.skip_trl else ["TRL"])
+    records: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+    round_steps: list[dict[str, float]] = []  # side -> median step of that round
     rm: dict[str, list[dict[str, float]]] = {"instant": [], slow_name: []}
     with tempfile.TemporaryDirectory(prefix="step-time-") as tmp_name:
         tmp = Path(tmp_name)
         rows = write_image_rows(tmp)
         for round_ in range(args.rounds):
-            sides = ["sophiavl"] + ([] if args.skip_trl else ["TRL"])
-            step: dict[str, float | None] = {"TRL": None}
-            for side in sides if round_ % 2 == 0 else sides[::-1]:
+            step: dict[str, float] = {}
+            order = sides[round_ % len(sides) :] + sides[: round_ % len(sides)]  # each side leads in turn
+            for side in order:
                 console.print(f"[dim]round {round_ + 1}: {side} ...[/]")
                 if side == "TRL":
-                    records = run_trl(rows, args.steps, args.warmup, args.trl_omp_wait_policy)
-                    theirs += records
+                    got = run_trl(rows, args.steps, args.warmup, args.omp_wait_policy)
+                elif side == "bare":
+                    got = run_bare(rows, args.steps, args.warmup, args.omp_wait_policy)
                 else:
                     out = tmp / f"sophiavl-{round_}"
-                    records = sophiavl_steps(
+                    got = sophiavl_steps(
                         run_sophiavl(rows, out, args.steps, "algorithm.trust.enable=false", *args.set),
                         args.warmup,
                     )
-                    ours += records
-                step[side] = statistics.median(r["whole step"] for r in records)
+                records[side] += got
+                step[side] = statistics.median(r["whole step"] for r in got)
                 loads.append(load_average())
-            round_steps.append((step["sophiavl"], step["TRL"]))  # type: ignore[arg-type]
+            round_steps.append(step)
             if args.skip_rm:
                 continue
             latencies = [("instant", 0.0), (slow_name, args.rm_delay)]
@@ -412,8 +524,7 @@ def main() -> None:
     report(
         console,
         args,
-        medians(ours),
-        medians(theirs) if theirs else None,
+        {side: medians(r) for side, r in records.items()},
         {k: medians(v) for k, v in rm.items() if v},
         round_steps,
     )
@@ -424,52 +535,60 @@ def main() -> None:
     )
 
 
+# Goals, sophiavl's whole step against each reference side (issue 20): at most 30% over the bare
+# loop's arithmetic, and at most 0.7x TRL's step.
+TARGETS = {"bare": ("bare loop", 1.3), "TRL": ("TRL GRPOTrainer", 0.7)}
+
+
 def report(
     console: Console,
     args: argparse.Namespace,
-    ours: dict[str, float],
-    theirs: dict[str, float] | None,
+    medians_by_side: dict[str, dict[str, float]],
     rm: dict[str, dict[str, float]],
-    round_steps: list[tuple[float, float | None]],
+    round_steps: list[dict[str, float]],
 ) -> None:
     counted = (args.steps - args.warmup) * args.rounds
+    ours = medians_by_side["sophiavl"]
+    others = [side for side in ("bare", "TRL") if side in medians_by_side]
     table = Table(
         title=f"GRPO step on CPU, tiny Qwen2.5-VL: {PROMPTS_PER_STEP} image prompts x {N} rollouts, "
         f"<= {MAX_RESPONSE} tokens, KL on, outcome reward only",
         caption=f"median seconds over {counted} steps per side ({args.rounds} runs of steps "
-        f"{args.warmup + 1}-{args.steps}); ratio = sophiavl / TRL (lower is better)",
+        f"{args.warmup + 1}-{args.steps}); ratio = sophiavl / that side (lower is better)",
     )
-    for column in ("phase", "sophiavl (s)", "TRL GRPOTrainer (s)", "ratio"):
-        table.add_column(column, justify="left" if column == "phase" else "right")
+    table.add_column("phase")
+    table.add_column("sophiavl (s)", justify="right")
+    for side in others:
+        table.add_column(f"{TARGETS[side][0]} (s)", justify="right")
+        table.add_column(f"sophiavl / {side}", justify="right")
     for label, _, _ in PHASES:
-        ratio = f"{ours[label] / theirs[label]:.2f}x" if theirs and theirs[label] >= 1e-3 else "-"
-        table.add_row(label, f"{ours[label]:.3f}", f"{theirs[label]:.3f}" if theirs else "-", ratio)
+        cells = [label, f"{ours[label]:.3f}"]
+        for side in others:
+            theirs = medians_by_side[side][label]
+            cells += [f"{theirs:.3f}", f"{ours[label] / theirs:.2f}x" if theirs >= 1e-3 else "-"]
+        table.add_row(*cells)
     if len(round_steps) > 1:
-        mine = [o for o, _ in round_steps]
-        other = [t for _, t in round_steps if t is not None]
-        table.add_row(
-            "whole step, range of the run medians",
-            f"{min(mine):.3f}-{max(mine):.3f}",
-            f"{min(other):.3f}-{max(other):.3f}" if other else "-",
-            "",
-        )
-    table.add_row(
-        "tokens per step (prompt + response)",
-        f"{ours['tokens']:.0f}",
-        f"{theirs['tokens']:.0f}" if theirs else "-",
-    )
+        cells = ["whole step, range of the run medians", _range([r["sophiavl"] for r in round_steps])]
+        for side in others:
+            cells += [_range([r[side] for r in round_steps]), ""]
+        table.add_row(*cells)
+    cells = ["tokens per step (prompt + response)", f"{ours['tokens']:.0f}"]
+    for side in others:
+        cells += [f"{medians_by_side[side]['tokens']:.0f}", ""]
+    table.add_row(*cells)
     console.print(table)
     if args.set:
         console.print(f"[dim]sophiavl overrides: {' '.join(args.set)}[/]")
     verdicts = []
-    if theirs:
-        speed = ours["whole step"] / theirs["whole step"]
-        ratios = [o / t for o, t in round_steps if t]
-        per_round = ", ".join(f"{r:.2f}x" for r in ratios)
-        verdict = "[green]met[/]" if speed <= 0.7 else "[red]missed[/]"
+    for side in others:
+        target = TARGETS[side][1]
+        speed = ours["whole step"] / medians_by_side[side]["whole step"]
+        ratios = [r["sophiavl"] / r[side] for r in round_steps]
+        per_round = ", ".join(f"{x:.2f}x" for x in ratios)
+        verdict = "[green]met[/]" if speed <= target else "[red]missed[/]"
         verdicts.append(
-            f"sophiavl / TRL step {speed:.2f}x (per round: {per_round}; range {min(ratios):.2f}-"
-            f"{max(ratios):.2f}x) (target <= 0.7x): {verdict}"
+            f"sophiavl / {side} step {speed:.2f}x (per round: {per_round}; range {min(ratios):.2f}-"
+            f"{max(ratios):.2f}x) (target <= {target}x): {verdict}"
         )
     if rm:
         console.print(_overlap_table(args, rm))
@@ -479,6 +598,10 @@ def report(
         verdicts.append(f"RM overlap {slow:.3f}x (target <= 1.05x): {verdict}")
     for line in verdicts:
         console.print(line)
+
+
+def _range(values: list[float]) -> str:
+    return f"{min(values):.3f}-{max(values):.3f}"
 
 
 def _overlap_table(args: argparse.Namespace, rm: dict[str, dict[str, float]]) -> Table:

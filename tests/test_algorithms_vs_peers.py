@@ -114,7 +114,7 @@ def _random_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
 def test_cispo_and_sapo_match_easyr1_in_value_and_gradient(
     seed: int, kind: str, low: float, high: float, mode: str, peer_mode: str
 ) -> None:
-    """`low = 0` is EasyR1's CISPO example (its floor is then 1); ours accepts it too, the same way."""
+    """`low = 0` is EasyR1's CISPO example (its weight floor is then 1; the pure function agrees)."""
     old, logp, adv, mask = _random_batch(seed)
     clip = ClipConfig(low=low, high=high, tau_positive=1.0, tau_negative=1.05)
     terms, _ = policy_loss_terms(kind, logp, old, adv, mask, clip)

@@ -160,7 +160,7 @@ def rloo(batch: EstimatorInput) -> np.ndarray:
 
 @register(AdvEstimator.GRPO_PASSK)
 def grpo_passk(batch: EstimatorInput) -> np.ndarray:
-    """Pass@k (Tang et al. 2025, arXiv:2503.19595, as EasyR1's and verl's `grpo_passk`).
+    """Pass@k advantages (arXiv:2503.19595), as EasyR1's and verl's `grpo_passk`.
 
     Only the group's best rollout gets an advantage, (R_max - R_second) / (std_g R + 1e-6): the
     amount by which it raises the group's maximum over leaving it out. Every other rollout, a

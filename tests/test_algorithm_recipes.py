@@ -2,7 +2,8 @@
 
 Real Ray, FSDP2 over gloo and the built-in thinking RM, as `sophiavl train` runs them; validation
 is off to keep each run short. Each run checks what its algorithm adds: DAPO's dynamic-sampling
-and overlong metrics, the reference model's absence where KL is off, RLOO's KL in the reward.
+and overlong metrics, the reference model's absence where KL is off, RLOO's KL in the reward,
+CISPO's clipped weights, GRPO pass@k's one nonzero advantage per group (on the quickstart itself).
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ import pytest
 from sophiavl_cli.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGORITHMS = ["dapo", "gspo", "dr_grpo", "rloo"]
-# name -> (recipe file, overrides): the algorithm recipes as shipped, and LoRA on the quickstart
+ALGORITHMS = ["dapo", "gspo", "dr_grpo", "rloo", "cispo", "sapo"]
+# name -> (recipe file, overrides): the algorithm recipes as shipped; LoRA and GRPO pass@k on the quickstart
 RUNS = {name: (f"{name}.yaml", []) for name in ALGORITHMS} | {
-    "lora": ("quickstart.yaml", ["worker.actor.lora.rank=4", "trainer.experiment_name=lora"])
+    "lora": ("quickstart.yaml", ["worker.actor.lora.rank=4", "trainer.experiment_name=lora"]),
+    "grpo_passk": (
+        "quickstart.yaml",
+        ["algorithm.adv_estimator=grpo_passk", "trainer.experiment_name=grpo_passk"],
+    ),
 }
+KL_LOSS = {"lora", "cispo", "grpo_passk"}  # keep the quickstart's KL loss against the reference model
 
 
 def test_every_algorithm_recipe_inherits_the_quickstart_and_sets_its_keys():
@@ -40,6 +46,14 @@ def test_every_algorithm_recipe_inherits_the_quickstart_and_sets_its_keys():
     )
     assert recipes["dr_grpo"].worker.actor.loss_agg_mode == "seq-mean-token-sum-norm"
     assert recipes["rloo"].algorithm.kl_in_reward and not recipes["rloo"].algorithm.use_kl_loss
+    cispo, sapo = recipes["cispo"].worker.actor, recipes["sapo"].worker.actor
+    assert cispo.policy_loss == "cispo" and (cispo.clip_low, cispo.clip_high) == (1.0, 4.0)
+    assert (
+        recipes["cispo"].algorithm.use_kl_loss
+        and recipes["cispo"].algorithm.kl_coef == quickstart.algorithm.kl_coef
+    )
+    assert sapo.policy_loss == "sapo" and (sapo.tau_positive, sapo.tau_negative) == (1.0, 1.05)
+    assert sapo.loss_agg_mode == "seq-mean-token-mean" and recipes["sapo"].algorithm.kl_coef == 0
 
 
 @pytest.mark.ray
@@ -75,10 +89,15 @@ def test_algorithm_recipe_trains_two_steps(tmp_path, name):
     for row in steps:
         assert row["actor/skipped"] == 0.0 and math.isfinite(row["actor/loss"]) and row["actor/grad_norm"] > 0
         assert row["rm/calls"] >= 16  # Trust-GRPO's thinking reward shapes every algorithm's reward
-        if name == "lora":  # the quickstart's KL loss against the unadapted base model
-            assert "actor/kl" in row
-        else:
-            assert ("timing/ref" in row) == (name == "rloo")  # only RLOO keeps a KL (in the reward)
-            assert "actor/kl" not in row
+        assert ("actor/kl" in row) == (name in KL_LOSS)  # LoRA's against the unadapted base model
+        assert ("timing/ref" in row) == (name in KL_LOSS | {"rloo"})  # RLOO's KL is in the reward
     if name == "dapo":
         assert all(r["sampling/rounds"] >= 1 and "reward/overlong_share" in r for r in steps)
+    if name == "cispo":  # the clip bounds weights without dropping tokens; the share is still reported
+        assert all(
+            0.0 <= r["actor/clip_fraction"] <= 1.0 and "actor/clip_fraction_dual" not in r for r in steps
+        )
+    if name == "sapo":  # a smooth gate: nothing is clipped, so no clip fraction is claimed
+        assert all("actor/clip_fraction" not in r for r in steps)
+    if name == "grpo_passk":  # 4 rollouts per prompt, at most the best of each gets an advantage
+        assert all(r["adv/zero_fraction"] >= 0.75 for r in steps)

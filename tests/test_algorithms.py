@@ -1,5 +1,6 @@
-"""Advantage estimators, loss aggregation, PPO clip-higher / dual clip, GSPO, overlong penalty and
-dynamic sampling against hand-computed values on small tensors (docs/method.md has the formulas).
+"""Advantage estimators (GRPO pass@k included), loss aggregation, PPO clip-higher / dual clip, GSPO,
+CISPO, SAPO, overlong penalty and dynamic sampling against hand-computed values on small tensors
+(docs/method.md has the formulas; tests/test_algorithms_vs_peers.py compares with EasyR1 and verl).
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def test_groups_of_one_and_tied_groups_get_zero(name: str) -> None:
     np.testing.assert_allclose(compute_advantages(name, batch), np.zeros((4, 2)), atol=1e-6)
 
 
+@pytest.mark.parametrize("name", [e.value for e in AdvEstimator if e is not AdvEstimator.REINFORCE_PLUS_PLUS])
+def test_all_equal_groups_get_exactly_zero_not_rounding(name: str) -> None:
+    """The group mean of equal floats can miss them in the last bit: 8 x 0.7 gave ~1e-10 under GRPO."""
+    rewards = [0.7] * 8 + [0.1] * 3 + [1 / 3] * 5
+    batch = _outcome(rewards, [1] * 16, [0] * 8 + [1] * 3 + [2] * 5)
+    assert np.all(compute_advantages(name, batch) == 0.0)
+
+
 def test_an_empty_response_keeps_its_reward_in_the_group_but_gets_no_advantage() -> None:
     batch = _outcome([1.0, 0.0], [2, 0], [0, 0])
     got = compute_advantages("dr_grpo", batch)
@@ -97,6 +106,27 @@ def test_kl_in_the_reward_makes_reinforce_plus_plus_advantages_per_token() -> No
     returns = np.array([[0.9, 1.0], [-0.2, -0.2]])  # returns-to-go
     expected = (returns - returns.mean()) / np.sqrt(returns.var(ddof=1) + 1e-8)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_grpo_passk_gives_the_gap_to_the_runner_up_to_the_best_rollout_only() -> None:
+    # group 0: best 0.9 over 0.5; group 1: binary, one correct; group 2: top two tie; group 3: alone
+    scores = [0.5, 0.9, 0.2, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.3, 0.8]
+    groups = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3]
+    got = compute_advantages("grpo_passk", _outcome(scores, [2] * 10 + [1], groups))
+    std0, std1 = 0.35118845842842466, 0.5  # unbiased std of (0.5, 0.9, 0.2) and (0, 1, 0, 0)
+    expected = np.zeros(11)
+    expected[1], expected[4] = 0.4 / (std0 + 1e-6), 1.0 / (std1 + 1e-6)
+    np.testing.assert_allclose(got[:, 0], expected)
+    np.testing.assert_allclose(got[:, 1], np.r_[expected[:10], 0.0])  # zero past the response's end
+
+
+def test_grpo_passk_on_rows_in_any_order_and_an_empty_response() -> None:
+    # the best rollout of a group need not come first, and an empty response can be the best
+    batch = _outcome([0.0, 2.0, 1.0, 3.0], [1, 0, 1, 1], [5, 9, 5, 9])
+    got = compute_advantages("grpo_passk", batch)
+    np.testing.assert_allclose(
+        got[:, 0], [0.0, 0.0, 1.0 / (math.sqrt(0.5) + 1e-6), 1.0 / (math.sqrt(0.5) + 1e-6)]
+    )
 
 
 def test_unknown_estimator_is_named() -> None:
@@ -208,6 +238,78 @@ def test_gspo_gradient_equals_the_papers_sequence_objective() -> None:
     seq = ((logp - old) * mask).sum(-1) / mask.sum(-1)  # every ratio is within the clip range here
     (-(advantages * torch.exp(seq))).mean().backward()
     torch.testing.assert_close(ours, logp.grad)
+
+
+def _loss(
+    kind: str, ratios: list[float], advantages: list[float], clip: ClipConfig
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Per-token terms, d(sum of terms)/d logp and indicators of one row with old log-probs 0."""
+    logp = torch.log(torch.tensor([ratios], dtype=torch.float64)).requires_grad_(True)
+    terms, indicators = policy_loss_terms(
+        kind,
+        logp,
+        torch.zeros_like(logp),
+        torch.tensor([advantages], dtype=torch.float64),
+        torch.ones_like(logp),
+        clip,
+    )
+    terms.sum().backward()
+    return terms.detach(), logp.grad, indicators
+
+
+def test_cispo_bounds_each_weight_and_keeps_every_tokens_gradient() -> None:
+    ratios, advantages = [0.5, 1.0, 1.5, 6.0], [1.0, -1.0, 1.0, 2.0]
+    terms, grad, indicators = _loss("cispo", ratios, advantages, ClipConfig(low=0.2, high=0.28))
+    weights = [0.8, 1.0, 1.28, 1.28]  # clip(r, 0.8, 1.28)
+    expected = [-a * w * math.log(r) for r, a, w in zip(ratios, advantages, weights, strict=True)]
+    torch.testing.assert_close(terms, torch.tensor([expected], dtype=torch.float64))
+    # -A w: nonzero on the clipped tokens too, where PPO's gradient would be 0 (A > 0, r > 1 + high)
+    torch.testing.assert_close(grad, torch.tensor([[-0.8, 1.0, -1.28, -2.56]], dtype=torch.float64))
+    assert indicators["clip_fraction"].tolist() == [[1.0, 0.0, 1.0, 1.0]]
+    _, ppo_grad, _ = _loss("ppo_clip", ratios, advantages, ClipConfig(low=0.2, high=0.28))
+    assert ppo_grad[0, 2] == 0.0 and ppo_grad[0, 3] == 0.0
+
+
+def test_cispo_with_low_one_has_no_lower_bound_and_huge_ratios_stay_finite() -> None:
+    _, grad, indicators = _loss("cispo", [0.01, 1e30], [1.0, 1.0], ClipConfig(low=1.0, high=4.0))
+    torch.testing.assert_close(grad, torch.tensor([[-0.01, -5.0]], dtype=torch.float64))
+    assert indicators["clip_fraction"].tolist() == [[0.0, 1.0]]
+
+
+def test_sapo_gate_is_the_policy_gradient_on_policy_and_decays_off_policy() -> None:
+    clip = ClipConfig(tau_positive=1.0, tau_negative=1.05)
+    terms, grad, indicators = _loss("sapo", [1.0, 1.0, 1.0], [2.0, -1.0, 0.0], clip)
+    # f(1) = 4 / tau * sigmoid(0) = 2 / tau; df/dr(1) = 1, so the gradient is -A (PPO's at r = 1)
+    torch.testing.assert_close(terms, torch.tensor([[-2.0 * 2.0, 2.0 / 1.05, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(grad, torch.tensor([[-2.0, 1.0, 0.0]], dtype=torch.float64))
+    assert "clip_fraction" not in indicators  # nothing is clipped
+    # r = e with A = 1 (tau 1) and A = -1 (tau 1.05): d(-A f(r))/dlogp = -A * 4 s (1 - s) * r
+    terms, grad, _ = _loss("sapo", [math.e, math.e], [1.0, -1.0], clip)
+    s_pos, s_neg = 1 / (1 + math.exp(-(math.e - 1))), 1 / (1 + math.exp(-1.05 * (math.e - 1)))
+    torch.testing.assert_close(terms, torch.tensor([[-4.0 * s_pos, 4.0 / 1.05 * s_neg]], dtype=torch.float64))
+    torch.testing.assert_close(
+        grad,
+        torch.tensor(
+            [[-4 * s_pos * (1 - s_pos) * math.e, 4 * s_neg * (1 - s_neg) * math.e]], dtype=torch.float64
+        ),
+    )
+    assert abs(grad[0, 0]) < math.e and abs(grad[0, 1]) < abs(grad[0, 0])  # softer than r, harder for A < 0
+
+
+@pytest.mark.parametrize("kind", ["cispo", "sapo"])
+@pytest.mark.parametrize("mode", [m.value for m in LossAgg])
+def test_cispo_and_sapo_ignore_masked_tokens_and_empty_rows(kind: str, mode: str) -> None:
+    logp = torch.tensor([[-0.5, -math.inf], [-1.0, -2.0], [-math.inf, -math.inf]], requires_grad=True)
+    old = torch.tensor([[-0.4, -1.0], [-1.0, -2.5], [-1.0, -1.0]])
+    mask = torch.tensor([[1, 0], [1, 1], [0, 0]])  # the last row is empty
+    terms, _ = policy_loss_terms(kind, logp, old, torch.tensor([1.0, -0.5, 3.0]), mask, ClipConfig())
+    loss = aggregate(terms, mask, mode, AggScale.local(mask, max_length=2))
+    loss.backward()
+    assert math.isfinite(loss.item())
+    assert logp.grad[0, 1] == 0.0 and logp.grad[2].tolist() == [0.0, 0.0] and logp.grad[0, 0] != 0.0
+    empty = torch.zeros(1, 2)
+    terms, _ = policy_loss_terms(kind, logp[2:], old[2:], torch.tensor([3.0]), empty, ClipConfig())
+    assert aggregate(terms, empty, mode, AggScale.local(empty, max_length=2)).item() == 0.0
 
 
 def test_kl_aliases_and_release_clamp() -> None:

@@ -1,5 +1,5 @@
 """The whole loop learns: on a trivially learnable reward the tiny model's mean reward rises,
-with GRPO (the quickstart) and with the Dr. GRPO, DAPO and GSPO recipes on the same setup.
+with GRPO (the quickstart) and with the Dr. GRPO, DAPO, GSPO, CISPO and SAPO recipes on the same setup.
 
 The reward is a `reward.custom` type scored on the raw response (`reward.format_gate: false`):
 1 when its first letter is a vowel. A random tiny model starts near the vowel share of its
@@ -33,6 +33,8 @@ RECIPES = {
     "dr_grpo.yaml": [],
     "dapo.yaml": ["reward.overlong.buffer_length=1"],
     "gspo.yaml": [],
+    "cispo.yaml": [],
+    "sapo.yaml": [],
 }
 
 

@@ -167,6 +167,35 @@ def test_algorithm_keys_that_cannot_work_together_are_rejected() -> None:
         load_recipe(None, ["algorithm.dynamic_sampling.enable=true", "worker.rollout.n=1"])
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["worker.actor.policy_loss=gspo", "worker.actor.loss_agg_mode=seq-mean-token-mean"],
+        ["worker.actor.policy_loss=cispo"],
+        ["worker.actor.policy_loss=sapo"],
+    ],
+)
+def test_dual_clip_is_refused_outside_ppo_clip(overrides: list[str]) -> None:
+    """Neither the GSPO paper nor verl's or EasyR1's GSPO has a dual clip; CISPO and SAPO have nothing to cap."""
+    assert load_recipe(None, overrides).worker.actor.clip_ratio_dual is None
+    with pytest.raises(UserError, match=r"clip_ratio_dual is a ppo_clip option"):
+        load_recipe(None, [*overrides, "worker.actor.clip_ratio_dual=3"])
+    assert load_recipe(None, ["worker.actor.clip_ratio_dual=3"]).worker.actor.clip_ratio_dual == 3
+
+
+def test_a_lower_clip_of_one_or_more_means_no_lower_bound_and_only_cispo_takes_it() -> None:
+    assert (
+        load_recipe(
+            None, ["worker.actor.policy_loss=cispo", "worker.actor.clip_ratio_low=10"]
+        ).worker.actor.clip_low
+        == 10
+    )
+    with pytest.raises(UserError, match=r"clip_ratio_low must be below 1 with policy_loss=ppo_clip"):
+        load_recipe(None, ["worker.actor.clip_ratio_low=1"])
+    with pytest.raises(UserError, match=r"tau_negative"):
+        load_recipe(None, ["worker.actor.policy_loss=sapo", "worker.actor.tau_negative=0"])
+
+
 def test_data_prompt_key_is_gone_and_rejected_not_ignored() -> None:
     """The loader always names the question column `prompt`; a key that could not change that is refused."""
     with pytest.raises(UserError, match=r"data\.prompt_key: unknown key"):

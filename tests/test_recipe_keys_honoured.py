@@ -110,7 +110,7 @@ def test_every_conditional_key_exists_in_the_schema():
     assert all(condition_of(k) is not None for k in schema if k.startswith("reward.thinking."))
 
 
-@pytest.mark.parametrize("name", ["dapo", "gspo", "dr_grpo", "rloo"])
+@pytest.mark.parametrize("name", ["dapo", "gspo", "dr_grpo", "rloo", "cispo", "sapo"])
 def test_the_algorithm_recipes_ignore_nothing_on_cpu(name):
     assert unhonoured_keys(load_recipe(ROOT / "recipes" / f"{name}.yaml", []), CPU) == []
 
@@ -136,3 +136,15 @@ def test_algorithm_keys_set_where_they_cannot_act_are_named():
         "worker.actor.clip_ratio",
         "worker.actor.lora.alpha",
     ]
+
+
+def test_clip_keys_under_sapo_and_sapo_temperatures_elsewhere_are_named():
+    sapo = load_recipe(
+        ROOT / "recipes" / "sapo.yaml", ["worker.actor.clip_ratio_high=0.28", "worker.actor.clip_ratio=0.3"]
+    )
+    assert sorted(n.split(":")[0] for n in unhonoured_keys(sapo, CPU)) == [
+        "worker.actor.clip_ratio",
+        "worker.actor.clip_ratio_high",
+    ]
+    cispo = load_recipe(ROOT / "recipes" / "cispo.yaml", ["worker.actor.tau_negative=2"])
+    assert [n.split(":")[0] for n in unhonoured_keys(cispo, CPU)] == ["worker.actor.tau_negative"]

@@ -8,8 +8,10 @@ its score `sum_t r_it` first, as verl does. numpy float64, no torch, no Ray: the
 these on the whole step's batch.
 
 Groups of one carry no comparison: the group estimators give them advantage 0 (verl passes
-the raw reward through with mean 0 / std 1, EasyR1 refuses n = 1); a group whose rewards are
-all equal gets 0 everywhere. See docs/method.md for the formulas side by side.
+the raw reward through with mean 0 / std 1, EasyR1 refuses n = 1). A group whose rewards are
+all equal is centred to exactly 0 (the group mean of equal floats can differ from them in the
+last bit, which GRPO's division by std + 1e-6 would turn into ~1e-10); the REINFORCE++-baseline
+then whitens those zeros with the rest of the batch. See docs/method.md for the formulas side by side.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class AdvEstimator(str, Enum):
     RLOO = "rloo"
     REINFORCE_PLUS_PLUS = "reinforce_plus_plus"
     REINFORCE_PLUS_PLUS_BASELINE = "reinforce_plus_plus_baseline"
+    GRPO_PASSK = "grpo_passk"
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,22 @@ def _group_mean(scores: np.ndarray, index: np.ndarray, counts: np.ndarray) -> np
     return (np.bincount(index, weights=scores, minlength=len(counts)) / counts)[index]  # [N]
 
 
+def _centred(scores: np.ndarray, index: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """R_i - mean_g R, exactly 0 in groups of one and in groups whose scores are all equal: [N]."""
+    high = np.full(len(counts), -np.inf)
+    low = np.full(len(counts), np.inf)
+    np.maximum.at(high, index, scores)
+    np.minimum.at(low, index, scores)
+    spread = (high > low)[index]  # [N] False for groups of one and tied groups
+    return np.where(spread, scores - _group_mean(scores, index, counts), 0.0)
+
+
+def _group_std(centred: np.ndarray, index: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Unbiased (N - 1) std of each row's group from its centred scores: [N]."""
+    squares = np.bincount(index, weights=centred**2, minlength=len(counts))  # [G]
+    return np.sqrt(squares / np.maximum(counts - 1.0, 1.0))[index]  # [N]
+
+
 def _rows(advantage: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return advantage[:, None] * np.ones_like(mask)  # [N, T]
 
@@ -118,11 +137,8 @@ def grpo(batch: EstimatorInput) -> np.ndarray:
     """A_i = (R_i - mean_g R) / (std_g R + 1e-6), std unbiased (N - 1)."""
     scores = batch.token_rewards.sum(axis=1)  # [N]
     index, counts = _groups(batch.group_ids)
-    centred = scores - _group_mean(scores, index, counts)  # [N]
-    squares = np.bincount(index, weights=centred**2, minlength=len(counts))  # [G]
-    std = np.sqrt(squares / np.maximum(counts - 1.0, 1.0))[index]  # [N]
-    advantage = np.where(counts[index] > 1, centred / (std + EPSILON), 0.0)
-    return _rows(advantage, batch.mask)
+    centred = _centred(scores, index, counts)  # [N]
+    return _rows(centred / (_group_std(centred, index, counts) + EPSILON), batch.mask)
 
 
 @register(AdvEstimator.DR_GRPO)
@@ -130,8 +146,7 @@ def dr_grpo(batch: EstimatorInput) -> np.ndarray:
     """A_i = R_i - mean_g R: GRPO without the division by the group std (Liu et al. 2025)."""
     scores = batch.token_rewards.sum(axis=1)
     index, counts = _groups(batch.group_ids)
-    advantage = np.where(counts[index] > 1, scores - _group_mean(scores, index, counts), 0.0)
-    return _rows(advantage, batch.mask)
+    return _rows(_centred(scores, index, counts), batch.mask)
 
 
 @register(AdvEstimator.RLOO)
@@ -140,8 +155,27 @@ def rloo(batch: EstimatorInput) -> np.ndarray:
     scores = batch.token_rewards.sum(axis=1)
     index, counts = _groups(batch.group_ids)
     n = counts[index]
-    centred = scores - _group_mean(scores, index, counts)
-    advantage = np.where(n > 1, centred * n / np.maximum(n - 1.0, 1.0), 0.0)
+    return _rows(_centred(scores, index, counts) * n / np.maximum(n - 1.0, 1.0), batch.mask)
+
+
+@register(AdvEstimator.GRPO_PASSK)
+def grpo_passk(batch: EstimatorInput) -> np.ndarray:
+    """Pass@k advantages (arXiv:2503.19595), as EasyR1's and verl's `grpo_passk`.
+
+    Only the group's best rollout gets an advantage, (R_max - R_second) / (std_g R + 1e-6): the
+    amount by which it raises the group's maximum over leaving it out. Every other rollout, a
+    group whose top two tie, and a group of one get 0 (EasyR1 asserts n > 1, verl raises).
+    """
+    scores = batch.token_rewards.sum(axis=1)  # [N]
+    index, counts = _groups(batch.group_ids)
+    order = np.lexsort((-scores, index))  # [N] by group, best first (ties: the first row)
+    starts = (np.cumsum(counts) - counts).astype(np.int64)  # [G] each group's first place in `order`
+    best = order[starts]  # [G]
+    second = order[np.minimum(starts + 1, len(order) - 1)]  # [G] meaningful where counts > 1
+    std = _group_std(_centred(scores, index, counts), index, counts)[best]  # [G]
+    gap = np.where(counts > 1, scores[best] - scores[second], 0.0)  # [G] >= 0
+    advantage = np.zeros_like(scores)
+    advantage[best] = gap / (std + EPSILON)
     return _rows(advantage, batch.mask)
 
 
@@ -173,5 +207,4 @@ def reinforce_plus_plus_baseline(batch: EstimatorInput) -> np.ndarray:
     """R_i - mean_g R on every token, then whitened over the batch's tokens."""
     scores = batch.token_rewards.sum(axis=1)
     index, counts = _groups(batch.group_ids)
-    centred = np.where(counts[index] > 1, scores - _group_mean(scores, index, counts), 0.0)
-    return masked_whiten(_rows(centred, batch.mask), batch.mask)
+    return masked_whiten(_rows(_centred(scores, index, counts), batch.mask), batch.mask)

@@ -1,13 +1,15 @@
-"""Policy losses (PPO clip, GSPO), loss aggregation, KL estimators, entropy and token log-probs.
+"""Policy losses (PPO clip, GSPO, CISPO, SAPO), loss aggregation, KL estimators, entropy and token log-probs.
 
 Shapes: B sequences, T response tokens, V vocabulary. Policy losses give per-token terms; the
 caller reduces them with `aggregate` and the mini-batch's `AggScale`, so the gradient of an
 optimizer step does not depend on how its sequences are split into micro-batches or over ranks.
 No torch.distributed here: the worker counts the totals (one all-reduce) and passes them in.
 
-Numerics: the PPO log-ratio, the k3 KL argument and the k3 value are all clamped to [-10, 10] so
-one token far off-policy cannot overflow `exp`. EasyR1 (verl/trainer/core_algos.py) clamps the
-log-ratio and the k3 argument to [-20, 20] and only the k3 value to [-10, 10]; ours is tighter.
+Numerics: the PPO/GSPO/SAPO log-ratio, the k3 KL argument and the k3 value are all clamped to
+[-10, 10] so one token far off-policy cannot overflow `exp`. The SophiaVL release clamps the
+log-ratio and the k3 argument there too but not the k3 value (its clamp line is commented out);
+EasyR1 and verl clamp the log-ratio and the k3 argument to [-20, 20] and the k3 value to
+[-10, 10]. docs/method.md tabulates where the three differ.
 Log-probs and entropies are computed in float32 in row chunks, so a bf16 [B, T, V] logits tensor
 is never copied whole into float32 (nor kept whole for backward: each chunk is recomputed there;
 `logprobs_and_entropy`).
@@ -15,6 +17,7 @@ is never copied whole into float32 (nor kept whole for backward: each chunk is r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -89,15 +92,21 @@ class PolicyLossKind(str, Enum):
 
     PPO_CLIP = "ppo_clip"
     GSPO = "gspo"
+    CISPO = "cispo"
+    SAPO = "sapo"
 
 
 @dataclass(frozen=True)
 class ClipConfig:
-    """Clip range of the importance ratio: [1 - low, 1 + high]; `dual` caps negative-advantage terms."""
+    """How the importance ratio is bounded: clipped to [1 - low, 1 + high] (PPO, GSPO, CISPO's
+    weights), `dual` capping negative-advantage terms (PPO only), or SAPO's soft gate, whose
+    temperatures take the clip's place."""
 
     low: float = 0.2
     high: float = 0.2
     dual: float | None = None  # dual-clip constant c > 1 (Ye et al. 2020); None: off
+    tau_positive: float = 1.0  # SAPO gate temperature where A > 0 (EasyR1 and verl: 1.0)
+    tau_negative: float = 1.05  # SAPO gate temperature where A <= 0 (EasyR1 and verl: 1.05)
 
 
 PolicyLossFn = Callable[
@@ -191,6 +200,53 @@ def gspo(
         token_log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         indicators["approx_kl"] = torch.exp(token_log_ratio) - 1.0 - token_log_ratio
     return terms, indicators
+
+
+@register_policy_loss(PolicyLossKind.CISPO)
+def cispo(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: ClipConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CISPO (MiniMax 2025, arXiv:2506.13585): REINFORCE with clipped, detached IS weights.
+
+    w_t = sg[clip(r_t, 1 - low, 1 + high)], loss_t = -A w_t logp_t: the gradient is -A w_t grad logp_t
+    for every token, so the clip bounds a token's weight but never drops its gradient (PPO's clip
+    zeroes it). `low >= 1` leaves the weight without a lower bound, as in the paper. The weight is
+    exp of the log-ratio clamped above at log(1 + high) (EasyR1's form, no overflow), then floored
+    at 1 - low (verl's form, valid for low >= 1); the loss value is not a surrogate of the return,
+    only its gradient is.
+    """
+    ceiling = math.log1p(clip.high)  # log(1 + high)
+    with torch.no_grad():
+        log_ratio = logp - old_logp  # [B, T]
+        weight = torch.exp(log_ratio.clamp(max=ceiling)).clamp(min=1.0 - clip.low)  # [B, T]
+        bounded = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+        indicators = {
+            "clip_fraction": ((log_ratio > ceiling) | (log_ratio.exp() < 1.0 - clip.low)).to(logp.dtype),
+            "approx_kl": torch.exp(bounded) - 1.0 - bounded,  # [B, T] k3 of KL(old || new)
+        }
+    return -advantages * weight * logp, indicators
+
+
+@register_policy_loss(PolicyLossKind.SAPO)
+def sapo(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: ClipConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SAPO (Gao et al. 2025, arXiv:2511.20347): a smooth gate on the ratio instead of the hard clip.
+
+    f(r) = 4 / tau * sigmoid(tau * (r - 1)), loss_t = -A f(r_t) with tau = tau_positive where A > 0
+    and tau_negative otherwise. d f / d r = 4 sigmoid (1 - sigmoid) is 1 at r = 1 (the plain policy
+    gradient on-policy) and decays smoothly off-policy, faster for the larger tau; `low`, `high`
+    and `dual` play no part.
+    """
+    log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+    ratio = torch.exp(log_ratio)  # [B, T]
+    tau = torch.where(
+        advantages > 0, torch.full_like(ratio, clip.tau_positive), torch.full_like(ratio, clip.tau_negative)
+    )  # [B, T]
+    gate = torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau)  # [B, T]
+    with torch.no_grad():
+        indicators = {"approx_kl": ratio - 1.0 - log_ratio}
+    return -advantages * gate, indicators
 
 
 def policy_loss(

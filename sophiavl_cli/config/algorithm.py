@@ -55,11 +55,12 @@ class DynamicSamplingConfig(Section):
 
 class AlgorithmConfig(Section):
     adv_estimator: Literal[
-        "grpo", "dr_grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"
+        "grpo", "dr_grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "grpo_passk"
     ] = Field(
         "grpo",
         description="Advantage estimator (docs/method.md): grpo (group-normalised), dr_grpo (no std "
-        "division), rloo (leave-one-out), reinforce_plus_plus(_baseline) (batch-whitened).",
+        "division), rloo (leave-one-out), reinforce_plus_plus(_baseline) (batch-whitened), grpo_passk "
+        "(only each group's best rollout, by its lead over the runner-up: pass@k).",
     )
     gamma: float = Field(
         1.0, ge=0, le=1, description="Discount of the REINFORCE++ returns (other estimators ignore it)."

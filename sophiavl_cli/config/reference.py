@@ -29,7 +29,7 @@ A base may name its own base.
 Shipped recipes: `recipes/quickstart.yaml` (built-in tiny model, demo data, CPU, minutes),
 `recipes/fullsets.yaml` (the released SophiaVL-R1 recipe, 8 GPUs), and one per algorithm on the
 quickstart setup, each `base: quickstart.yaml`: `dapo.yaml`, `gspo.yaml`, `dr_grpo.yaml`,
-`rloo.yaml` (docs/method.md, "Algorithms").
+`rloo.yaml`, `cispo.yaml`, `sapo.yaml` (docs/method.md, "Algorithms").
 
 This page is generated from the code (`python -m sophiavl_cli.config.reference > docs/recipes.md`).
 """

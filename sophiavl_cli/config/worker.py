@@ -68,10 +68,12 @@ class ActorConfig(Section):
         "replaces the micro_batch_size_* row counts. Unset: fixed row counts.",
     )
     ppo_epochs: int = Field(1, gt=0, description="Passes over each rollout batch.")
-    policy_loss: Literal["ppo_clip", "gspo"] = Field(
+    policy_loss: Literal["ppo_clip", "gspo", "cispo", "sapo"] = Field(
         "ppo_clip",
         description="ppo_clip: token-level clipped ratio; gspo: sequence-level ratio exp(mean token "
-        "log-ratio), clipped per sequence (needs loss_agg_mode seq-mean-token-mean).",
+        "log-ratio), clipped per sequence (needs loss_agg_mode seq-mean-token-mean); cispo: REINFORCE "
+        "with clipped, detached ratio weights (no token loses its gradient); sapo: a smooth gate "
+        "4/tau sigmoid(tau (ratio - 1)) instead of the clip (docs/method.md).",
     )
     loss_agg_mode: Literal[
         "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
@@ -82,7 +84,10 @@ class ActorConfig(Section):
     )
     clip_ratio: float = Field(0.2, gt=0, description="PPO clip epsilon (both sides unless overridden below).")
     clip_ratio_low: float | None = Field(
-        None, gt=0, lt=1, description="Lower clip epsilon: ratio >= 1 - this; null uses clip_ratio."
+        None,
+        gt=0,
+        description="Lower clip epsilon: ratio >= 1 - this; null uses clip_ratio. Below 1, except "
+        "with cispo, where 1 or more leaves the weight without a lower bound.",
     )
     clip_ratio_high: float | None = Field(
         None,
@@ -92,7 +97,17 @@ class ActorConfig(Section):
     clip_ratio_dual: float | None = Field(
         None,
         gt=1,
-        description="Dual clip c: a negative-advantage token's loss is at most -A x c (Ye et al. 2020); null: off.",
+        description="Dual clip c: a negative-advantage token's loss is at most -A x c (Ye et al. 2020); null: off. "
+        "ppo_clip only.",
+    )
+    tau_positive: float = Field(
+        1.0, gt=0, description="SAPO gate temperature for tokens with positive advantage (policy_loss sapo)."
+    )
+    tau_negative: float = Field(
+        1.05,
+        gt=0,
+        description="SAPO gate temperature for the others; larger than tau_positive damps off-policy "
+        "negative updates sooner (policy_loss sapo).",
     )
     entropy_coef: float = Field(1e-3, ge=0, description="Entropy bonus weight (subtracted from the loss).")
     max_grad_norm: float = Field(4.0, gt=0, description="Gradient-norm clip.")
@@ -117,11 +132,22 @@ class ActorConfig(Section):
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig, description="FSDP2 sharding and offload.")
 
     @model_validator(mode="after")
-    def _gspo_averages_sequences(self) -> ActorConfig:
+    def _policy_loss_fits(self) -> ActorConfig:
         if self.policy_loss == "gspo" and self.loss_agg_mode != "seq-mean-token-mean":
             raise ValueError(
                 f"worker.actor.policy_loss=gspo is defined with loss_agg_mode seq-mean-token-mean (got "
                 f"{self.loss_agg_mode}); set worker.actor.loss_agg_mode=seq-mean-token-mean"
+            )
+        if self.clip_ratio_dual is not None and self.policy_loss != "ppo_clip":
+            raise ValueError(
+                f"worker.actor.clip_ratio_dual is a ppo_clip option; {self.policy_loss} has no dual clip "
+                "(docs/method.md): remove clip_ratio_dual or set worker.actor.policy_loss=ppo_clip"
+            )
+        low = self.clip_ratio_low
+        if low is not None and low >= 1 and self.policy_loss in ("ppo_clip", "gspo"):
+            raise ValueError(
+                f"worker.actor.clip_ratio_low must be below 1 with policy_loss={self.policy_loss} (got {low}: "
+                "the ratio's floor 1 - clip_ratio_low would be <= 0); only cispo takes >= 1 (no lower bound)"
             )
         return self
 

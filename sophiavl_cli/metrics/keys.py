@@ -123,7 +123,8 @@ ADV_ABS_MEAN = define(
 ADV_ZERO_FRACTION = define(
     "adv/zero_fraction",
     "mean",
-    "Share of rollouts with advantage 0: their group's rewards were all equal, so no learning signal.",
+    "Share of rollouts with advantage 0: their group's rewards were all equal, so no learning signal "
+    "(under grpo_passk also every rollout but each group's best).",
     "fraction",
 )
 
@@ -134,7 +135,8 @@ ACTOR_LOSS = define(
 ACTOR_PG_LOSS = define(
     "actor/pg_loss",
     "mean",
-    "Policy loss (ppo_clip or gspo), aggregated over the mini-batch by worker.actor.loss_agg_mode.",
+    "Policy loss (worker.actor.policy_loss), aggregated over the mini-batch by worker.actor.loss_agg_mode; "
+    "under cispo -A w logp, whose gradient, not value, is the objective's.",
     "loss",
 )
 ACTOR_KL = define(
@@ -146,7 +148,8 @@ ACTOR_ENTROPY = define(
 ACTOR_CLIP_FRACTION = define(
     "actor/clip_fraction",
     "mean",
-    "Share of response tokens whose ratio (token or sequence ratio under gspo) was clipped.",
+    "Share of response tokens whose ratio (token or sequence ratio under gspo) was clipped; under cispo "
+    "whose weight was (the token keeps its gradient); not logged under sapo, which clips nothing.",
     "fraction",
 )
 ACTOR_CLIP_FRACTION_DUAL = define(

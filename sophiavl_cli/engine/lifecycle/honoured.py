@@ -121,11 +121,28 @@ def _lora(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
     )
 
 
+def _clipped(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    if recipe.worker.actor.policy_loss == "sapo":
+        return (
+            "policy_loss=sapo gates the ratio smoothly (tau_positive/tau_negative) and clips nothing; unused"
+        )
+    return None
+
+
 def _symmetric_clip(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
     actor = recipe.worker.actor
     if actor.clip_ratio_low is not None and actor.clip_ratio_high is not None:
         return "clip_ratio_low and clip_ratio_high are both set; unused"
-    return None
+    return _clipped(recipe, facts, value)
+
+
+def _sapo(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    policy_loss = recipe.worker.actor.policy_loss
+    return (
+        None
+        if policy_loss == "sapo"
+        else f"only policy_loss=sapo has a gate temperature ({policy_loss}); unused"
+    )
 
 
 # key (dotted path) or section prefix ending in ".": the condition under which it acts
@@ -156,6 +173,10 @@ CONDITIONS: dict[str, Condition] = {
     "worker.actor.lora.dropout": _lora,
     "worker.actor.lora.target_modules": _lora,
     "worker.actor.clip_ratio": _symmetric_clip,
+    "worker.actor.clip_ratio_low": _clipped,
+    "worker.actor.clip_ratio_high": _clipped,
+    "worker.actor.tau_positive": _sapo,
+    "worker.actor.tau_negative": _sapo,
 }
 
 

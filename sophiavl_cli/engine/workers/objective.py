@@ -49,7 +49,13 @@ class ObjectiveConfig:
         actor, algo = recipe.worker.actor, recipe.algorithm
         temperature = recipe.worker.rollout.temperature
         return cls(
-            clip=ClipConfig(low=actor.clip_low, high=actor.clip_high, dual=actor.clip_ratio_dual),
+            clip=ClipConfig(
+                low=actor.clip_low,
+                high=actor.clip_high,
+                dual=actor.clip_ratio_dual,
+                tau_positive=actor.tau_positive,
+                tau_negative=actor.tau_negative,
+            ),
             entropy_coef=actor.entropy_coef,
             kl_coef=algo.kl_coef,
             kl_kind=algo.kl_penalty,

@@ -48,6 +48,8 @@ def test_the_smoke_run_passes_part_a_and_measures_part_b_with_ray_and_vllm_unimp
     assert [r["layers"] for r in runs] == [1, 2]
     assert all(r["update_tokens_per_s"] > 0 and r["update_skipped"] == 0.0 and r["mfu"] is None for r in runs)
     assert set(runs[0]["seconds"]) == {"old", "ref", "update", "sync"}
+    assert {"ref", "update", "sync"} <= set(runs[0]["planned_peak_bytes"])  # sophiavl plan beside each phase
+    assert "1 layers, update: measured - GiB, planned " in result.stderr
     assert not list(tmp_path.glob("sophiavl-device-check-*"))  # scratch removed
 
 

@@ -107,7 +107,8 @@ def test_with_vllm_the_message_names_its_memory_share_and_sleep_mode_in_one_line
         "out of cuda memory in update: lower worker.actor.micro_batch_size_per_device_for_update (now 2), "
         "data.max_response_length (now 1024) or worker.rollout.gpu_memory_utilization (now 0.4), "
         "or set worker.actor.gradient_checkpointing=true or worker.rollout.enable_sleep_mode=true; "
-        "then resume with --resume auto"
+        "`sophiavl plan runs/sophiavl/trust_grpo/recipe.yaml KEY=VALUE ... --gpu NAME` shows what each phase "
+        "needs with a change; then resume with --resume auto"
     )
     generate = oom_message("generate", recipe, "cuda")
     assert (

@@ -351,6 +351,15 @@ def _measure_depth(device: str, model_dir: Path, args: argparse.Namespace) -> di
     finally:
         worker.shutdown()
     flops_model = FlopsModel.from_config(config)
+    planned = planned_phases(
+        recipe, model_dir, torch.cuda.get_device_properties(0).total_memory if cuda else 0
+    )
+    for name, measured in peaks.items():  # the planner's prediction beside each measured phase
+        print(
+            f"{flops_model.num_layers} layers, {name}: measured {_gib(measured)} GiB, "
+            f"planned {_gib(planned.get(name))} GiB",
+            file=sys.stderr,
+        )
     pairs = [(s.num_tokens, len(s.response_ids)) for s in sequences]
     tokens = sum(total for total, _ in pairs)
     peak = peak_flops(torch.cuda.get_device_name() if cuda else "cpu", os.environ.get("SOPHIAVL_PEAK_FLOPS"))
@@ -361,10 +370,25 @@ def _measure_depth(device: str, model_dir: Path, args: argparse.Namespace) -> di
         "seconds": seconds,
         "update_tokens_per_s": tokens / seconds["update"],
         "mfu": update_flops / (seconds["update"] * peak) if peak else None,
+        "planned_peak_bytes": planned,
         "update_skipped": metrics[ACTOR_SKIPPED],
         "update_loss": metrics[ACTOR_LOSS],
         "_flops": flops_model,
     }
+
+
+def planned_phases(recipe: Any, model_dir: Path, total_bytes: int) -> dict[str, float]:
+    """`sophiavl plan`'s per-phase bytes for this very run (sdpa: no flash-attn on the device image)."""
+    from sophiavl_cli.plan import architecture_of
+    from sophiavl_cli.plan.gpus import Gpu
+    from sophiavl_cli.plan.memory import plan_run
+
+    plan = plan_run(recipe, architecture_of(str(model_dir)), Gpu("device", total_bytes), attention="sdpa")
+    return {phase.name: float(phase.total) for phase in plan.phases}
+
+
+def _gib(value: float | None) -> str:
+    return "-" if value is None else f"{value / GIB:.2f}"
 
 
 def part_b(device: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:

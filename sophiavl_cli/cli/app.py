@@ -4,6 +4,7 @@ Usage:
     sophiavl doctor
     sophiavl recipe validate recipes/quickstart.yaml trainer.max_steps=2
     sophiavl recipe schema > recipe.schema.json
+    sophiavl plan recipes/fullsets.yaml --gpu H100-80GB
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sophiavl_cli.cli import eval as eval_cli
 from sophiavl_cli.cli import eval_rm as eval_rm_cli
 from sophiavl_cli.cli import infer as infer_cli
 from sophiavl_cli.cli import merge as merge_cli
+from sophiavl_cli.cli import plan as plan_cli
 from sophiavl_cli.cli import serve_reward as serve_reward_cli
 from sophiavl_cli.cli import train as train_cli
 from sophiavl_cli.cli import train_rm as train_rm_cli
@@ -58,6 +60,7 @@ app.command("serve-reward")(serve_reward_cli.serve_reward)
 app.command("merge")(merge_cli.merge)
 app.command("train", epilog=train_cli.EPILOG)(train_cli.train)
 app.command("train-rm", epilog=train_rm_cli.EPILOG)(train_rm_cli.train_rm)
+app.command("plan", epilog=plan_cli.EPILOG)(plan_cli.plan_command)
 app.command("download")(download_cli.download_command)
 app.command("infer", epilog=infer_cli.EPILOG)(infer_cli.infer)
 app.command("eval", epilog=eval_cli.EPILOG)(eval_cli.eval_command)

@@ -156,6 +156,18 @@ class Recipe(Section):
         """Optimizer steps one training step takes (what the LR schedule and resume count in)."""
         return self.updates_per_step * self.worker.actor.ppo_epochs
 
+    @property
+    def on_policy_update(self) -> bool:
+        """One optimizer step per training step and no KL in the reward: the update's own forward
+        gives the old log-probs, so the old log-prob pass does not run."""
+        return self.optimizer_steps_per_step == 1 and not self.algorithm.kl_in_reward
+
+    @property
+    def uses_reference(self) -> bool:
+        """The reference model is loaded only when its KL term (in the loss or the reward) can matter."""
+        algo = self.algorithm
+        return (algo.use_kl_loss or algo.kl_in_reward) and algo.kl_coef > 0
+
     @model_validator(mode="after")
     def _batches_divide(self) -> Recipe:
         """Reject batch sizes that cannot be split evenly, before any process starts."""

@@ -121,6 +121,12 @@ class ActorConfig(Section):
     dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Training dtype: auto is bf16 on GPU, fp32 on CPU."
     )
+    master_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="Dtype of the trained weights, their gradients and AdamW's state: fp32 (mixed precision) "
+        "or bf16 (pure bf16, also on CPU: 10 bytes a parameter instead of 16, Kahan-compensated updates; "
+        "docs/plan.md).",
+    )
     freeze_vision_tower: bool = Field(
         False, description="Keep the vision encoder's weights fixed (always so with LoRA)."
     )
@@ -130,6 +136,15 @@ class ActorConfig(Section):
     )
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and schedule.")
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig, description="FSDP2 sharding and offload.")
+
+    @model_validator(mode="after")
+    def _pure_bf16_computes_in_bf16(self) -> ActorConfig:
+        if self.master_dtype == "bf16" and self.dtype == "fp32":
+            raise ValueError(
+                "worker.actor.master_dtype=bf16 trains bf16 weights, which compute in bf16; "
+                "set worker.actor.dtype=bf16 (or auto), or worker.actor.master_dtype=fp32"
+            )
+        return self
 
     @model_validator(mode="after")
     def _policy_loss_fits(self) -> ActorConfig:

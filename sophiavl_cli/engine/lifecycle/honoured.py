@@ -71,7 +71,9 @@ def _packing(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
 
 
 def _bf16(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
-    return "bf16 training needs a GPU; fp32 on CPU" if value == "bf16" and facts.device != "cuda" else None
+    if value != "bf16" or facts.device == "cuda" or recipe.worker.actor.master_dtype == "bf16":
+        return None
+    return "bf16 training needs a GPU (or worker.actor.master_dtype=bf16); fp32 on CPU"
 
 
 def _full_shard(recipe: Recipe, facts: RunFacts, value: object) -> str | None:

@@ -1,4 +1,4 @@
-"""What a worker is made of: the trainable model (fp32 master weights, sharded), its AdamW, its forward.
+"""What a worker is made of: the trainable model (fp32 master weights, or bf16 ones: pure bf16), its AdamW, its forward.
 
 `train` and `train-rm` build their trainable model the same way (rank 0 loads, FSDP2 shards,
 gradient checkpointing, frozen vision tower, LoRA adapters injected before sharding); a change of
@@ -13,11 +13,14 @@ from sophiavl_cli.config.worker import LoraConfig, OptimConfig
 from sophiavl_cli.engine.parallel import fsdp
 from sophiavl_cli.engine.workers import lora
 from sophiavl_cli.engine.workers.forward import ResponseForward
+from sophiavl_cli.engine.workers.kahan_adamw import KahanAdamW
 
 
-def compute_dtype(device: str, dtype: str) -> torch.dtype | None:
-    """bf16 compute on GPU unless the recipe asks for fp32; None (fp32 throughout) on CPU."""
-    return torch.bfloat16 if device == "cuda" and dtype in ("auto", "bf16") else None
+def compute_dtype(device: str, dtype: str, master_dtype: str = "fp32") -> torch.dtype | None:
+    """bf16 compute on GPU unless the recipe asks for fp32, and wherever the weights are bf16 (pure
+    bf16, CPU included); None (fp32 throughout) otherwise."""
+    pure_bf16 = master_dtype == "bf16"
+    return torch.bfloat16 if pure_bf16 or (device == "cuda" and dtype in ("auto", "bf16")) else None
 
 
 def load_trainable(
@@ -28,8 +31,11 @@ def load_trainable(
     gradient_checkpointing: bool,
     freeze_vision_tower: bool,
     lora_config: LoraConfig | None = None,
+    master_dtype: str = "fp32",
 ) -> torch.nn.Module:
-    """fp32 master weights, computed in `param_dtype` (bf16 on GPU); loaded once (rank 0) and sharded."""
+    """fp32 master weights computed in `param_dtype` (bf16 on GPU), or bf16 weights computed in bf16
+    (`master_dtype=bf16`: no mixed-precision policy); loaded once (rank 0) and sharded."""
+    pure_bf16 = master_dtype == "bf16"
     adapters = lora_config is not None and lora_config.rank > 0
 
     def prepare(model: torch.nn.Module) -> None:
@@ -48,7 +54,11 @@ def load_trainable(
             )
 
     model = fsdp.load_sharded(
-        model_dir, dtype=torch.float32, device=device, param_dtype=param_dtype, prepare=prepare
+        model_dir,
+        dtype=torch.bfloat16 if pure_bf16 else torch.float32,
+        device=device,
+        param_dtype=None if pure_bf16 else param_dtype,
+        prepare=prepare,
     )
     model.train()
     return model
@@ -59,9 +69,13 @@ def load_frozen(model_dir: str, device: torch.device, dtype: torch.dtype) -> tor
     return fsdp.load_sharded(model_dir, dtype=dtype, device=device, prepare=_freeze)
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (all of them, or the LoRA adapters)."""
-    return torch.optim.AdamW(
+def build_optimizer(
+    model: torch.nn.Module, optim: OptimConfig, master_dtype: str = "fp32"
+) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (all of them, or the LoRA adapters); for bf16 weights with
+    bf16 state and Kahan-compensated updates."""
+    adamw = KahanAdamW if master_dtype == "bf16" else torch.optim.AdamW
+    return adamw(
         [p for p in model.parameters() if p.requires_grad],
         lr=optim.lr,
         betas=optim.betas,

@@ -69,8 +69,7 @@ class ObjectiveConfig:
 
 def uses_reference(recipe: Recipe) -> bool:
     """The reference model is loaded only when its KL term (in the loss or the reward) can matter."""
-    algo = recipe.algorithm
-    return (algo.use_kl_loss or algo.kl_in_reward) and algo.kl_coef > 0
+    return recipe.uses_reference
 
 
 def actor_objective(

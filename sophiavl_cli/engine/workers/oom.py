@@ -4,7 +4,8 @@ A CUDA OOM prints a page about allocator fragmentation; a CPU one an `alloc_cpu.
 message. Neither says which part of the recipe asked for the memory. `explain_oom(phase, recipe,
 device)` wraps a worker phase (generate, old / reference log-probs, update) and re-raises any
 out-of-memory error as `WorkerOutOfMemory` whose message lists that phase's knobs with their
-current values. The driver's worker group shows it as `worker rank R failed during <phase>: ...`.
+current values and the `sophiavl plan` command that sizes every phase of the run's recipe. The
+driver's worker group shows it as `worker rank R failed during <phase>: ...`.
 
 A worker killed by the kernel's OOM killer never gets here: `cluster.WorkerGroup` then reports
 the actor's death with a fixed hint (the micro-batch sizes and `data.max_response_length`), not
@@ -78,12 +79,16 @@ def oom_knobs(phase: str, recipe: Recipe) -> tuple[list[str], list[str]]:
 
 
 def oom_message(phase: str, recipe: Recipe, device: str) -> str:
-    """One line: where memory ran out and the knobs, e.g. `out of cuda memory in update: lower ...`."""
+    """One line: where memory ran out, the knobs, and the planner command that sizes every phase
+    of this very recipe (the run folder's recipe.yaml holds it with its overrides)."""
+    from sophiavl_cli.engine.lifecycle.run_folder import run_dir_of
+
     lower, turn_on = oom_knobs(phase, recipe)
     text = f"out of {device} memory in {phase}: lower " + _either(lower)
     if turn_on:
         text += ", or set " + _either([f"{key}=true" for key in turn_on])
-    return text + "; then resume with --resume auto"
+    plan = f"sophiavl plan {run_dir_of(recipe.trainer) / 'recipe.yaml'} KEY=VALUE ... --gpu NAME"
+    return text + f"; `{plan}` shows what each phase needs with a change; then resume with --resume auto"
 
 
 def _either(items: list[str]) -> str:

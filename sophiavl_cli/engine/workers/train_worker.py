@@ -126,7 +126,7 @@ class TrainWorker:
         start = time.perf_counter()
         self._join(spec)
         actor = spec.recipe.worker.actor
-        param_dtype = build.compute_dtype(spec.device, actor.dtype)
+        param_dtype = build.compute_dtype(spec.device, actor.dtype, actor.master_dtype)
         self.policy = build.load_trainable(
             spec.model_dir,
             self.device,
@@ -134,19 +134,12 @@ class TrainWorker:
             gradient_checkpointing=actor.gradient_checkpointing,
             freeze_vision_tower=actor.freeze_vision_tower,
             lora_config=actor.lora,
+            master_dtype=actor.master_dtype,
         )
         self.ref = None
         if spec.need_ref:
             self.ref = build.load_frozen(spec.model_dir, self.device, param_dtype or torch.float32)
-        self.rollout = build_rollout_engine(
-            spec.recipe,
-            spec.model_dir,
-            dtype=param_dtype or torch.float32,
-            device=self.device,
-            eos_token_ids=spec.eos_token_ids,
-            pad_token_id=spec.pad_token_id,
-        )
-        self.optimizer = build.build_optimizer(self.policy, actor.optim)
+        self.optimizer = build.build_optimizer(self.policy, actor.optim, actor.master_dtype)
         self.forward = build.response_forward(self.policy, self.device, actor.padding_free)
         self.objective = ObjectiveConfig.from_recipe(spec.recipe, use_kl=spec.need_ref)
         self.offload = Offload(
@@ -156,6 +149,15 @@ class TrainWorker:
             ref=spec.recipe.worker.ref.offload,
         )
         self.offload.rest(self.policy, self.ref, self.optimizer)
+        # after the rest: vLLM reserves its share of what is free, so offloaded shards must be gone by then
+        self.rollout = build_rollout_engine(
+            spec.recipe,
+            spec.model_dir,
+            dtype=param_dtype or torch.float32,
+            device=self.device,
+            eos_token_ids=spec.eos_token_ids,
+            pad_token_id=spec.pad_token_id,
+        )
         dist.barrier()
         return {"setup_s": time.perf_counter() - start}
 
@@ -389,7 +391,7 @@ class TrainWorker:
 
         Not when the KL goes into the reward: `token_kl` needs the old log-probs before the update.
         """
-        return self.recipe.optimizer_steps_per_step == 1 and not self.recipe.algorithm.kl_in_reward
+        return self.recipe.on_policy_update
 
     def _temperature(self) -> float:
         temperature = self.recipe.worker.rollout.temperature

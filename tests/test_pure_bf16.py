@@ -9,8 +9,8 @@ import torch
 from worker_fixtures import cpu_worker_spec
 
 from sophiavl_cli.config import load_recipe
-from sophiavl_cli.engine.workers.batching import TrainSequence
 from sophiavl_cli.engine.parallel.fsdp import full_tensors
+from sophiavl_cli.engine.workers.batching import TrainSequence
 from sophiavl_cli.engine.workers.kahan_adamw import KahanAdamW
 from sophiavl_cli.engine.workers.train_worker import TrainWorker
 from sophiavl_cli.errors import UserError

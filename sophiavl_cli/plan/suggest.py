@@ -73,6 +73,17 @@ def _vllm_share(r: Recipe) -> Iterator[list[str]]:
         share = round(share - 0.05, 2)
 
 
+def _vllm_room(r: Recipe) -> Iterator[list[str]]:
+    """A larger share when the engine's KV cache cannot hold one sequence (vLLM would not start)."""
+    rollout = r.worker.rollout
+    if rollout.backend != "vllm" or rollout.kv_cache_memory_bytes is not None:
+        return
+    share = round(rollout.gpu_memory_utilization + 0.05, 2)
+    while share <= 0.9:
+        yield [f"worker.rollout.gpu_memory_utilization={share}"]
+        share = round(share + 0.05, 2)
+
+
 def _checkpointing(r: Recipe) -> Iterator[list[str]]:
     if not r.worker.actor.gradient_checkpointing:
         yield ["worker.actor.gradient_checkpointing=true"]
@@ -122,6 +133,7 @@ LEVERS: list[tuple[str, Callable[[Recipe], Iterator[list[str]]]]] = [
     ("vLLM sleep mode", _sleep),
     ("smaller micro-batches", _micro_batches),
     ("smaller vLLM share", _vllm_share),
+    ("larger vLLM share", _vllm_room),
     ("gradient checkpointing", _checkpointing),
     ("offload to host memory", _offload),
     ("LoRA", _lora),
@@ -165,21 +177,36 @@ def suggest(recipe: Recipe, planner: Planner, limit: int = 4) -> list[Suggestion
                 return fitting
     if fitting:
         return fitting
-    stacked: list[str] = []
+    return _stacked(recipe, planner)
+
+
+def _stacked(recipe: Recipe, planner: Planner) -> list[Suggestion]:
+    """The levers applied one after another (each at its mildest fitting setting, else its strongest;
+    more GPUs only where some count fits), then every lever the fit does not need dropped again."""
+    chosen: list[tuple[str, list[str]]] = []
     current = recipe
-    names: list[str] = []
     for name, lever in LEVERS:
         found = _first_fit(current, lever, planner)
-        if found is None:
+        if found is None or (name == "more GPUs" and not found[1].training_fits):
             continue
         overrides, plan = found
         if plan.peak >= planner(current).peak and not plan.training_fits:
             continue  # this lever does not help here
-        stacked += overrides
-        names.append(name)
-        current = with_overrides(recipe, stacked) or current
+        changed = with_overrides(current, overrides)
+        if changed is None:
+            continue
+        chosen.append((name, overrides))
+        current = changed
         if plan.training_fits:
-            return [Suggestion(" + ".join(names), stacked, plan.peak, True)]
-    if not stacked:
+            break
+    if not chosen:
         return []
-    return [Suggestion(" + ".join(names), stacked, planner(current).peak, False)]
+    for item in reversed(list(chosen)):  # drop what the fit does not need, costliest first
+        rest = [other for other in chosen if other is not item]
+        candidate = with_overrides(recipe, [o for _, overrides in rest for o in overrides])
+        if rest and candidate is not None and planner(candidate).training_fits:
+            chosen = rest
+    overrides = [o for _, group in chosen for o in group]
+    final = with_overrides(recipe, overrides)
+    plan = planner(final) if final is not None else planner(current)
+    return [Suggestion(" + ".join(name for name, _ in chosen), overrides, plan.peak, plan.training_fits)]

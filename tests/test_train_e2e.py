@@ -158,7 +158,10 @@ def test_quickstart_trains_end_to_end_with_metrics_and_a_checkpoint(tmp_path):
     assert (checkpoint / "recipe.yaml").read_text() == (run_dir / "recipe.yaml").read_text()
     leaked = [p for p in run_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert not leaked and secret not in result.stdout + result.stderr
-    assert [w["rank"] for w in json.loads((run_dir / "workers.json").read_text())] == [0, 1]
+    workers = json.loads((run_dir / "workers.json").read_text())
+    assert [w["rank"] for w in workers] == [0, 1]
+    # the private Ray runs the ranks at the driver's priority, not Ray's default niceness of 15
+    assert [w["niceness"] for w in workers] == [os.nice(0)] * 2
     dumped = [
         json.loads(line) for line in (run_dir / "rollouts" / "step_000002.jsonl").read_text().splitlines()
     ]

@@ -57,6 +57,14 @@ def ranks_by_node(bundle_nodes: Sequence[str]) -> list[int]:
     return sorted(range(len(bundle_nodes)), key=lambda i: (order.index(bundle_nodes[i]), i))
 
 
+# Ray starts its workers at niceness 15, below the driver and Ray's own daemons. Our workers are
+# the job: at 15 every busy process on the node (the driver building prompts, a data loader,
+# another tenant) runs first and the ranks' collectives wait on the slowest, starved rank. A
+# cluster started with `ray start` keeps Ray's default unless started with
+# `RAY_worker_niceness=0` (docs/multinode.md).
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
+
+
 class WorkerFailure(RuntimeError):
     """A worker raised or died; the message says which rank and what to do."""
 
@@ -85,6 +93,7 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
                 object_store_memory=OBJECT_STORE_BYTES,
                 include_dashboard=False,
                 logging_level="WARNING",
+                _system_config=LOCAL_SYSTEM_CONFIG,
             )
             return True
         except Exception as exc:  # Ray raises a bare Exception when its raylet is slow to start

@@ -94,7 +94,15 @@ class TrainWorker:
         """Rank, host, pid and device: written to the run dir's workers.json (debugging, kill tests, MFU)."""
         cuda = getattr(self, "device", torch.device("cpu")).type == "cuda"
         device_name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
-        return {"rank": self.rank, "host": fsdp.node_ip(), "pid": os.getpid(), "device_name": device_name}
+        return {
+            "rank": self.rank,
+            "host": fsdp.node_ip(),
+            "pid": os.getpid(),
+            "device_name": device_name,
+            "niceness": os.nice(
+                0
+            ),  # 15 under a `ray start` without RAY_worker_niceness=0 (docs/multinode.md)
+        }
 
     def _join(self, spec: Any) -> None:
         """What every kind of worker does first: quiet transformers, pick the device, join the

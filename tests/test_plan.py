@@ -90,6 +90,16 @@ def test_pure_bf16_and_lora_shrink_the_update_by_their_state_bytes() -> None:
     assert lora.terms["AdamW state"] < mixed["AdamW state"] / 50
 
 
+def test_keeping_blocks_gathered_costs_the_whole_model_in_the_compute_dtype_per_gpu() -> None:
+    gpu = gpu_by_name("H100-80GB")
+    full = {p.name: p for p in plan_run(_fullsets(), SEVEN_B, gpu).phases}["update"].terms
+    zero2 = {
+        p.name: p for p in plan_run(_fullsets("worker.actor.fsdp.full_shard=false"), SEVEN_B, gpu).phases
+    }["update"].terms
+    assert zero2["gathered (every block: full_shard=false)"] == SEVEN_B.params * 2  # bf16 compute
+    assert full["gathered (root + 2 blocks)"] < SEVEN_B.params * 2 / 5
+
+
 @pytest.mark.parametrize(
     "overrides",
     [

@@ -77,12 +77,13 @@ def test_quickstart_on_a_gpu_or_with_options_that_do_not_apply_says_so():
         [
             "worker.rollout.tensor_parallel_size=2",
             "algorithm.trust.enable=false",
-            "worker.actor.fsdp.full_shard=false",
+            "worker.actor.fsdp.full_shard=true",
         ],
     )
     notes = unhonoured_keys(hf_with_vllm_keys, CPU)
     keys = [n.split(":")[0] for n in notes]
-    assert "worker.rollout.tensor_parallel_size" in keys and "worker.actor.fsdp.full_shard" in keys
+    assert "worker.rollout.tensor_parallel_size" in keys
+    assert "worker.actor.fsdp.full_shard" not in keys  # honoured everywhere (ZeRO-2 when false)
     assert {"reward.thinking.serve_model", "algorithm.trust.alpha"} <= set(
         keys
     )  # the trust section is unused

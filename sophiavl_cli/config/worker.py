@@ -27,7 +27,10 @@ class OptimConfig(Section):
 
 class FSDPConfig(Section):
     full_shard: bool = Field(
-        True, description="Shard parameters, gradients and optimizer state (FSDP2 fully_shard)."
+        True,
+        description="Reshard each block's parameters after its forward (least memory). false: keep them "
+        "gathered through an optimizer step's micro-batches (ZeRO-2; gradients and optimizer state stay "
+        "sharded): one all-gather per block per step, same numbers, the full model's parameters per rank.",
     )
     offload_params: bool = Field(False, description="Move parameters to CPU between phases (GPU only).")
     offload_optimizer: bool = Field(

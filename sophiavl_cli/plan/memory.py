@@ -119,7 +119,10 @@ class States:
     grads: int
     optimizer: int
     reference: int
-    gathered: int  # unsharded root + two blocks in the compute dtype (a forward)
+    gathered: (
+        int  # unsharded root + two blocks in the compute dtype (a forward); every block without full_shard
+    )
+    gathered_label: str
     unsharded_grads: int  # the root's unsharded gradients and one block's reduce-scatter input
     rollout_weights: int  # the engine's weights on this GPU
     trainable: int
@@ -171,7 +174,15 @@ def rank_states(recipe: Recipe, arch: Architecture) -> States:
         grads=math.ceil(trainable * mb / w),
         optimizer=math.ceil(optimizer_buffers * trainable * mb / w),
         reference=math.ceil(arch.params * cb / w),
-        gathered=(arch.root_params + 2 * arch.largest_block_params) * cb,
+        gathered=(
+            (arch.root_params + 2 * arch.largest_block_params)
+            if recipe.worker.actor.fsdp.full_shard
+            else arch.params
+        )
+        * cb,
+        gathered_label="gathered (root + 2 blocks)"
+        if recipe.worker.actor.fsdp.full_shard
+        else "gathered (every block: full_shard=false)",
         unsharded_grads=(arch.root_params * cb + arch.largest_block_params * reduce_bytes) if full_ft else 0,
         rollout_weights=arch.params
         * cb
@@ -298,13 +309,13 @@ def plan_run(recipe: Recipe, arch: Architecture, gpu: Gpu, *, attention: str = "
     forward = forward_transient_bytes(arch, experience, cb)
     if not (rollout.use_rollout_logprobs or recipe.on_policy_update):
         old = {"policy shards": s.policy, **resting(policy=False, optimizer=True, ref=True, engine="asleep")}
-        phases.append(Phase("old", old | {"gathered (root + 2 blocks)": s.gathered, "forward": forward}))
+        phases.append(Phase("old", old | {s.gathered_label: s.gathered, "forward": forward}))
     if needs_ref:
         ref = {
             "reference shards": s.reference,
             **resting(policy=True, optimizer=True, ref=False, engine="asleep"),
         }
-        phases.append(Phase("ref", ref | {"gathered (root + 2 blocks)": s.gathered, "forward": forward}))
+        phases.append(Phase("ref", ref | {s.gathered_label: s.gathered, "forward": forward}))
 
     update_mb = _micro_batch(recipe, arch, actor.micro_batch_size_per_device_for_update, packed)
     gc = actor.gradient_checkpointing
@@ -317,7 +328,7 @@ def plan_run(recipe: Recipe, arch: Architecture, gpu: Gpu, *, attention: str = "
         "gradients": s.grads,
         "AdamW state": s.optimizer,
         **resting(policy=False, optimizer=False, ref=True, engine="asleep"),
-        "gathered (root + 2 blocks)": s.gathered,
+        s.gathered_label: s.gathered,
         "unsharded gradients": s.unsharded_grads,
         "activations (saved)": saved,
         "logits / recompute": peak_extra,

@@ -76,10 +76,6 @@ def _bf16(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
     return "bf16 training needs a GPU (or worker.actor.master_dtype=bf16); fp32 on CPU"
 
 
-def _full_shard(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
-    return None if value else "FSDP2 always shards fully here; ignored"
-
-
 def _trust(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
     return (
         None if recipe.algorithm.trust.enable else "algorithm.trust.enable=false: no thinking reward; unused"
@@ -151,7 +147,6 @@ def _sapo(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
 CONDITIONS: dict[str, Condition] = {
     "worker.actor.fsdp.offload_params": _on_gpu,
     "worker.actor.fsdp.offload_optimizer": _on_gpu,
-    "worker.actor.fsdp.full_shard": _full_shard,
     "worker.ref.offload": _on_gpu,
     "worker.actor.padding_free": _packing,
     "worker.actor.dtype": _bf16,

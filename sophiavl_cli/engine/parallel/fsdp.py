@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -93,16 +94,23 @@ def block_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names and m is not model]
 
 
-def shard_model(model: nn.Module, *, param_dtype: torch.dtype | None = None) -> nn.Module:
+def shard_model(
+    model: nn.Module, *, param_dtype: torch.dtype | None = None, full_shard: bool = True
+) -> nn.Module:
     """FSDP2-shard `model` in place over the default process group: each block, then the root.
 
     `param_dtype` (bf16 on GPU) is the compute dtype; the sharded master weights and the gradient
-    reduction stay in the dtype the model was loaded in (fp32).
+    reduction stay in the dtype the model was loaded in (fp32). `full_shard=False` (ZeRO-2, FSDP1's
+    SHARD_GRAD_OP): a block's gathered parameters stay after its forward for the backward, so a
+    micro-batch all-gathers each block once instead of twice; gradients and optimizer state stay
+    sharded. The numbers are the same either way (the same gathered values feed the same ops).
     """
     policy = (
         MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
     )
-    kwargs = {"mp_policy": policy} if policy is not None else {}
+    kwargs: dict[str, object] = {"reshard_after_forward": full_shard}
+    if policy is not None:
+        kwargs["mp_policy"] = policy
     for module in block_modules(model):
         fully_shard(module, **kwargs)
     fully_shard(model, **kwargs)
@@ -116,6 +124,7 @@ def load_sharded(
     device: torch.device,
     param_dtype: torch.dtype | None = None,
     prepare: Callable[[nn.Module], None] | None = None,
+    full_shard: bool = True,
 ) -> nn.Module:
     """Load a checkpoint once (rank 0, host memory) and give every rank its FSDP2 shard of it.
 
@@ -139,7 +148,7 @@ def load_sharded(
         prepare(model)
     # after `prepare`: parameters it adds (LoRA adapters, initialised on rank 0) are broadcast too
     full = model.state_dict() if rank0 else {}
-    shard_model(model, param_dtype=param_dtype)
+    shard_model(model, param_dtype=param_dtype, full_shard=full_shard)
     if rank0:
         model.to(device)
     else:
@@ -153,6 +162,32 @@ def load_sharded(
     return model
 
 
+@contextmanager
+def gathered_through(model: nn.Module, count: int, *, keep: bool) -> Iterator[Callable[[int], None]]:
+    """Micro-batch `i` of `count` calls the yielded `before(i)` before its backward.
+
+    With `keep` (`worker.actor.fsdp.full_shard=false`), parameters gathered by the first
+    micro-batch's forward stay gathered through the optimizer step's backward passes and are
+    resharded after the last one: one all-gather per block per optimizer step instead of one (or
+    two) per micro-batch. Gradients are still reduce-scattered after every micro-batch, in the same
+    order, so the numbers do not change. Without `keep` it does nothing.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    active = keep and isinstance(model, FSDPModule)
+
+    def before(i: int) -> None:
+        if active:
+            model.set_reshard_after_backward(i == count - 1)  # type: ignore[union-attr]
+
+    try:
+        yield before
+    finally:
+        if active:
+            model.set_reshard_after_backward(True)  # type: ignore[union-attr]
+            reshard_all(model)
+
+
 def reshard_after_no_grad(model: nn.Module) -> None:
     """Reshard after a no-grad forward pass.
 
@@ -161,10 +196,17 @@ def reshard_after_no_grad(model: nn.Module) -> None:
     on the tiny model, growing with each such pass). Every no-grad pass on a sharded model that is
     later trained ends here.
     """
+    reshard_all(model)
+
+
+def reshard_all(model: nn.Module) -> None:
+    """Reshard the root and every block (a block keeps its gathered parameters after a forward when
+    `full_shard=false`; `FSDPModule.reshard` acts on one module only)."""
     from torch.distributed.fsdp import FSDPModule
 
-    if isinstance(model, FSDPModule):
-        model.reshard()
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def full_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

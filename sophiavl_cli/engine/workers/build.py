@@ -32,6 +32,7 @@ def load_trainable(
     freeze_vision_tower: bool,
     lora_config: LoraConfig | None = None,
     master_dtype: str = "fp32",
+    full_shard: bool = True,
 ) -> torch.nn.Module:
     """fp32 master weights computed in `param_dtype` (bf16 on GPU), or bf16 weights computed in bf16
     (`master_dtype=bf16`: no mixed-precision policy); loaded once (rank 0) and sharded."""
@@ -59,14 +60,18 @@ def load_trainable(
         device=device,
         param_dtype=None if pure_bf16 else param_dtype,
         prepare=prepare,
+        full_shard=full_shard,
     )
     model.train()
     return model
 
 
-def load_frozen(model_dir: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """A frozen copy (the reference): stored in the compute dtype, no fp32 master weights."""
-    return fsdp.load_sharded(model_dir, dtype=dtype, device=device, prepare=_freeze)
+def load_frozen(
+    model_dir: str, device: torch.device, dtype: torch.dtype, *, full_shard: bool = True
+) -> torch.nn.Module:
+    """A frozen copy (the reference): stored in the compute dtype, no fp32 master weights. Without
+    `full_shard` its blocks stay gathered from the first micro-batch of a pass to its end."""
+    return fsdp.load_sharded(model_dir, dtype=dtype, device=device, prepare=_freeze, full_shard=full_shard)
 
 
 def build_optimizer(

@@ -143,10 +143,13 @@ class TrainWorker:
             freeze_vision_tower=actor.freeze_vision_tower,
             lora_config=actor.lora,
             master_dtype=actor.master_dtype,
+            full_shard=actor.fsdp.full_shard,
         )
         self.ref = None
         if spec.need_ref:
-            self.ref = build.load_frozen(spec.model_dir, self.device, param_dtype or torch.float32)
+            self.ref = build.load_frozen(
+                spec.model_dir, self.device, param_dtype or torch.float32, full_shard=actor.fsdp.full_shard
+            )
         self.optimizer = build.build_optimizer(self.policy, actor.optim, actor.master_dtype)
         self.forward = build.response_forward(self.policy, self.device, actor.padding_free)
         self.objective = ObjectiveConfig.from_recipe(spec.recipe, use_kl=spec.need_ref)
@@ -314,14 +317,16 @@ class TrainWorker:
         scale = self._mini_batch_scale(sequences)
         sums: dict[str, float] = {}
         nonfinite = False
-        for mb in mbs:
-            loss, metrics = self._micro_batch_loss(mb, scale)
-            nonfinite |= not bool(torch.isfinite(loss.detach()))
-            # each share is over the mini-batch's totals on all ranks; FSDP averages gradients over
-            # ranks, so scaling by the world size makes their sum the mini-batch loss's gradient
-            (loss * self.world_size).backward()
-            for key, value in metrics.items():  # shares add up to this rank's part of the mini-batch value
-                sums[key] = sums.get(key, 0.0) + value * self.world_size
+        with fsdp.gathered_through(self.policy, len(mbs), keep=not actor.fsdp.full_shard) as before_backward:
+            for i, mb in enumerate(mbs):
+                loss, metrics = self._micro_batch_loss(mb, scale)
+                nonfinite |= not bool(torch.isfinite(loss.detach()))
+                # each share is over the mini-batch's totals on all ranks; FSDP averages gradients over
+                # ranks, so scaling by the world size makes their sum the mini-batch loss's gradient
+                before_backward(i)
+                (loss * self.world_size).backward()
+                for key, value in metrics.items():  # shares add up to this rank's part of the mini-batch
+                    sums[key] = sums.get(key, 0.0) + value * self.world_size
         grad_norm, lr, skipped = self._apply_gradients(nonfinite, actor.optim, actor.max_grad_norm)
         return reduce_records([namespaced("actor", sums)]) | {
             ACTOR_GRAD_NORM: grad_norm,

@@ -44,8 +44,8 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _gib(n: float) -> str:
-    return f"{n / GiB:.1f} GiB"
+def _size(n: float) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / 1024**2:.1f} MiB"
 
 
 # --------------------------------------------------------------------------- which device
@@ -346,8 +346,8 @@ def check_disk(recipe: Recipe | RMRecipe, model_dir: Path | None) -> None:
     limit = recipe.trainer.save_limit
     keep = "save_limit=-1 keeps every one; room for one is the least" if limit <= 0 else f"save_limit={limit}"
     raise UserError(
-        f"trainer.output_dir={recipe.trainer.output_dir}: {_gib(free)} free, but {_plural(kept, 'checkpoint')} "
-        f"of this model take {_gib(need)} ({_gib(per_checkpoint)} each: fp32 weights and AdamW state; {keep}): "
+        f"trainer.output_dir={recipe.trainer.output_dir}: {_size(free)} free, but {_plural(kept, 'checkpoint')} "
+        f"of this model take {_size(need)} ({_size(per_checkpoint)} each: fp32 weights and AdamW state; {keep}): "
         "free space, point trainer.output_dir at a bigger disk or lower trainer.save_limit"
     )
 
@@ -366,6 +366,6 @@ def check_shm(device: str, ray_address: str | None) -> None:
     if free >= OBJECT_STORE_BYTES:
         return
     raise UserError(
-        f"{SHM_PATH} has {_gib(free)} free, but the Ray this run starts keeps {_gib(OBJECT_STORE_BYTES)} of "
+        f"{SHM_PATH} has {_size(free)} free, but the Ray this run starts keeps {_size(OBJECT_STORE_BYTES)} of "
         "objects there: start the container with a bigger --shm-size (e.g. --shm-size=16g)"
     )

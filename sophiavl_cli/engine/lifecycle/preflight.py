@@ -45,7 +45,7 @@ def findings(
         if isinstance(recipe, Recipe)
         else _rm_checks(recipe, ray_address, env)
     )
-    return [_run(name, check) for name, check in checks]
+    return [run_check(name, check) for name, check in checks]
 
 
 def preflight(recipe: Recipe, *, ray_address: str | None, env: Mapping[str, str] | None = None) -> None:
@@ -118,7 +118,7 @@ class _ModelDir:
         self.path = _model(self.ref, self.key)
 
 
-def _run(name: str, check: Check) -> Finding:
+def run_check(name: str, check: Check) -> Finding:
     try:
         check()
     except UserError as exc:

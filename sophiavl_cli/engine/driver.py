@@ -195,7 +195,9 @@ def start_workers(
     device = resolve_device(recipe.trainer.device)
     for note in ignored_options(recipe, device):
         say(note)
-    workers = Workers(cluster.WorkerGroup(recipe.world_size, device))
+    from sophiavl_cli.engine.rollout.vllm import worker_env
+
+    workers = Workers(cluster.WorkerGroup(recipe.world_size, device, env=worker_env(recipe.worker.rollout)))
     stack.callback(workers.shutdown)
     workers.setup(_worker_spec(recipe, model_dir, workers, device, total_steps, processor))
     return workers, device

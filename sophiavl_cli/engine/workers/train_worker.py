@@ -91,9 +91,13 @@ class TrainWorker:
         return fsdp.node_ip(), int(self._store.port)
 
     def describe(self) -> dict[str, object]:
-        """Rank, host, pid and device: written to the run dir's workers.json (debugging, kill tests, MFU)."""
+        """Rank, host, pid, device and the vLLM all-reduce variables it runs with: written to the run
+        dir's workers.json (debugging, kill tests, MFU)."""
+        from sophiavl_cli.engine.rollout.vllm import TP_ALLREDUCE_ENV
+
         cuda = getattr(self, "device", torch.device("cpu")).type == "cuda"
         device_name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
+        allreduce = {name: os.environ[name] for name in TP_ALLREDUCE_ENV if name in os.environ}
         return {
             "rank": self.rank,
             "host": fsdp.node_ip(),
@@ -102,6 +106,7 @@ class TrainWorker:
             "niceness": os.nice(
                 0
             ),  # 15 under a `ray start` without RAY_worker_niceness=0 (docs/multinode.md)
+            "vllm_allreduce_env": allreduce,
         }
 
     def _join(self, spec: Any) -> None:

@@ -163,10 +163,11 @@ class TrainWorker:
         )
         self.offload.rest(self.policy, self.ref, self.optimizer)
         # after the rest: vLLM reserves its share of what is free, so offloaded shards must be gone by then
+        self.rollout_dtype = param_dtype or torch.float32
         self.rollout = build_rollout_engine(
             spec.recipe,
             spec.model_dir,
-            dtype=param_dtype or torch.float32,
+            dtype=self.rollout_dtype,
             device=self.device,
             eos_token_ids=spec.eos_token_ids,
             pad_token_id=spec.pad_token_id,
@@ -193,10 +194,12 @@ class TrainWorker:
     def policy_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(transformers name, full tensor) of the policy, LoRA merged in (collective: all ranks iterate).
 
-        Gathered in buckets of `worker.rollout.weight_sync_bucket_mb` (one all-gather per bucket)."""
+        Gathered in buckets of `worker.rollout.weight_sync_bucket_mb` (one all-gather per bucket), cast
+        to the rollout dtype before the gather (LoRA: what merges stays fp32 until merged)."""
         bucket_bytes = self.recipe.worker.rollout.weight_sync_bucket_mb << 20
-        tensors = stream_full_tensors(self.policy, bucket_bytes)
         lora_cfg = self.recipe.worker.actor.lora
+        keep = lora.is_merge_input if lora_cfg.rank > 0 else None
+        tensors = stream_full_tensors(self.policy, bucket_bytes, self.rollout_dtype, keep)
         return lora.merged_tensors(tensors, lora_cfg.alpha / lora_cfg.rank) if lora_cfg.rank > 0 else tensors
 
     # ---- experience --------------------------------------------------------------------------

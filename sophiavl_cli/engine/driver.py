@@ -43,6 +43,7 @@ from sophiavl_cli.engine.prompting import PromptBuilder
 from sophiavl_cli.engine.reward_model.served import thinking_service
 from sophiavl_cli.engine.step import StepContext, run_step
 from sophiavl_cli.engine.validation import validate
+from sophiavl_cli.engine.workers.build import compute_dtype
 from sophiavl_cli.engine.workers.facade import Workers
 from sophiavl_cli.engine.workers.objective import uses_reference
 from sophiavl_cli.engine.workers.train_worker import WorkerSpec
@@ -116,6 +117,7 @@ def build_run(
 
     say("starting Ray workers")
     workers, device = start_workers(recipe, stack, ray_address, model_dir, total_steps, processor, say)
+    builder.patch_dtype = compute_dtype(device, recipe.worker.actor.dtype)  # patches cross Ray in it
     described = workers.describe()
     atomic_write_json(run_dir / "workers.json", described, indent=1)
     peak = peak_flops(str(described[0]["device_name"]), os.environ.get("SOPHIAVL_PEAK_FLOPS"))

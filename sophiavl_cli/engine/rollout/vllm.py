@@ -288,7 +288,9 @@ class VLLMRollout:
         ids = self.processor.collapse_image_tokens(prompt.prompt_ids)
         if prompt.pixel_values is None or prompt.image_grid_thw is None:
             return {"prompt_token_ids": ids}
-        images = images_from_patches(prompt.pixel_values, prompt.image_grid_thw, self.processor.image_config)
+        images = images_from_patches(
+            prompt.pixel_values, prompt.image_grid_thw, self.processor.image_config, rounded_to=self.dtype
+        )
         return {"prompt_token_ids": ids, "multi_modal_data": {"image": images}}
 
     def _sampling_params(self, sampling: SamplingParams, n: int, seed: int) -> Any:

@@ -192,12 +192,12 @@ class VLLMRollout:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         # Each rank's start-up INFO block would drown the step table; an explicit level wins.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        os.environ.update(worker_env(cfg))  # the driver sets them at the worker's start too
-        vllm = require("vllm", "worker.rollout.backend=vllm")
-        self.on_cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
         self.tp_size = cfg.tensor_parallel_size
         if self.tp_size > 1:
             _check_tensor_parallel(self.tp_size)
+        os.environ.update(worker_env(cfg))  # the driver sets them at the worker's start too
+        vllm = require("vllm", "worker.rollout.backend=vllm")
+        self.on_cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
         self.model_dir = Path(model_dir)
         self.dtype = dtype
         self.eos_token_ids = list(eos_token_ids)

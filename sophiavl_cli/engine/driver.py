@@ -117,7 +117,8 @@ def build_run(
 
     say("starting Ray workers")
     workers, device = start_workers(recipe, stack, ray_address, model_dir, total_steps, processor, say)
-    builder.patch_dtype = compute_dtype(device, recipe.worker.actor.dtype)  # patches cross Ray in it
+    actor = recipe.worker.actor
+    builder.patch_dtype = compute_dtype(device, actor.dtype, actor.master_dtype)  # patches cross Ray in it
     described = workers.describe()
     atomic_write_json(run_dir / "workers.json", described, indent=1)
     peak = peak_flops(str(described[0]["device_name"]), os.environ.get("SOPHIAVL_PEAK_FLOPS"))

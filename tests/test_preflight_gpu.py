@@ -319,7 +319,7 @@ def test_disk_check_passes_with_room_and_names_save_limit_without(tmp_path, tiny
 
 
 def test_a_small_dev_shm_stops_a_gpu_run_that_starts_its_own_ray(monkeypatch, tiny_disk):
-    from sophiavl_cli.engine.parallel.cluster import OBJECT_STORE_BYTES
+    from sophiavl_cli.engine.parallel import OBJECT_STORE_BYTES
 
     tiny_shm = Path("/dev/shm")
     if not tiny_shm.is_dir():

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from sophiavl_cli.config.recipe import Recipe, TrainerConfig
 from sophiavl_cli.config.rm_recipe import RMRecipe
+from sophiavl_cli.engine.parallel import OBJECT_STORE_BYTES
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.optional import gpu_pin, require, version_of
 
@@ -360,8 +361,6 @@ def check_shm(device: str, ray_address: str | None) -> None:
     """
     if ray_address or device != "cuda" or not SHM_PATH.is_dir():
         return
-    from sophiavl_cli.engine.parallel.cluster import OBJECT_STORE_BYTES
-
     free = shutil.disk_usage(SHM_PATH).free
     if free >= OBJECT_STORE_BYTES:
         return

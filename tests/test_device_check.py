@@ -50,6 +50,17 @@ def test_the_smoke_run_passes_part_a_and_measures_part_b_with_ray_and_vllm_unimp
     assert set(runs[0]["seconds"]) == {"old", "ref", "update", "sync"}
     assert {"ref", "update", "sync"} <= set(runs[0]["planned_peak_bytes"])  # sophiavl plan beside each phase
     assert "1 layers, update: measured - GiB, planned " in result.stderr
+    c = summary["C"]
+    assert c["ok"] and [r["layers"] for r in c["runs"]] == [1, 2]
+    for run in c["runs"]:
+        assert (
+            run["left_pad_widths"][-1] == 0 and len(set(run["left_pad_widths"])) == 4
+        )  # four prompt lengths
+        assert run["offload_round_trip_identical"] and run["left_padded_logits_finite"]
+        assert run["rollout_copy_max_abs_diff"] == 0.0 and run["step1"]["actor/approx_kl"] < 1e-3
+        assert [(p["step"], p["phase"]) for p in run["phases"]] == [
+            (step, phase) for step in (1, 2) for phase in ("old", "ref", "update", "sync")
+        ]
     assert not list(tmp_path.glob("sophiavl-device-check-*"))  # scratch removed
 
 
@@ -80,6 +91,17 @@ def test_the_fullsets_estimate_extends_each_phase_per_layer_and_swaps_unsharded_
     assert out["fullsets_8gpu_per_phase_bytes"]["old"] == pytest.approx(
         base + slope * 28 - (4 + 2 + 2) * params + old_shard + check.RUNTIME_OVERHEAD
     )
+    sync_shard = 4 * (params + check.VISION_7B_PARAMS) / 8
+    vllm_awake = 2 * (params + check.VISION_7B_PARAMS) / check.FULLSETS_TP  # its TP shard of the bf16 weights
+    assert out["fullsets_8gpu_per_phase_bytes"]["sync"] == pytest.approx(
+        base + slope * 28 - (4 + 8 + 2 + 2) * params + sync_shard + vllm_awake + check.RUNTIME_OVERHEAD
+    )
     fits = out["fullsets_fits_80gb"]
     assert fits["generate"] is True  # 32 GB of vLLM + overhead
     assert fits["training_phases"] == (max(out["fullsets_8gpu_per_phase_bytes"].values()) < 80e9)
+
+
+def test_the_fullsets_peaks_extend_linearly_to_28_layers():
+    check = _module()
+    measured = [(2, {"update": 10.0, "sync": 4.0}), (4, {"update": 14.0, "sync": 5.0})]
+    assert check.extrapolate_peaks(measured, layers=28) == {"update": 62.0, "sync": 17.0}

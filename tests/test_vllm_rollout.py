@@ -26,7 +26,13 @@ from sophiavl_cli.config.worker import RolloutConfig
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
 from sophiavl_cli.engine.rollout.hf import HFRollout
 from sophiavl_cli.engine.rollout.images import images_from_patches
-from sophiavl_cli.engine.rollout.vllm import CPU_KV_CACHE_BYTES, VLLMRollout, engine_kwargs
+from sophiavl_cli.engine.rollout.vllm import (
+    CPU_KV_CACHE_BYTES,
+    TP_ALLREDUCE_ENV,
+    VLLMRollout,
+    engine_kwargs,
+    worker_env,
+)
 from sophiavl_cli.engine.workers.batching import TrainSequence, micro_batches
 from sophiavl_cli.engine.workers.forward import ResponseForward, response_tokens
 from sophiavl_cli.errors import MissingExtraError, UserError
@@ -141,6 +147,21 @@ def test_engine_arguments_follow_the_recipe_on_gpu_and_leave_cpu_ram_alone(tmp_p
     tp = engine_kwargs(sized, tmp_path, dtype=torch.bfloat16, max_model_len=2048, on_cuda=True)
     assert tp["kv_cache_memory_bytes"] == 2**30 and "gpu_memory_utilization" not in tp
     assert tp["tensor_parallel_size"] == 2 and tp["distributed_executor_backend"] == "external_launcher"
+
+
+def test_tp_engines_turn_off_the_all_reduces_that_map_peer_gpu_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The variables are vLLM's own (names checked against the installed vLLM) and read back as off."""
+    assert worker_env(RolloutConfig(backend="vllm", tensor_parallel_size=2)) == TP_ALLREDUCE_ENV
+    assert worker_env(RolloutConfig(backend="vllm", tensor_parallel_size=1)) == {}
+    assert worker_env(RolloutConfig(backend="hf", tensor_parallel_size=2)) == {}
+    envs = pytest.importorskip("vllm.envs")
+    assert set(TP_ALLREDUCE_ENV) <= set(envs.environment_variables)
+    for name in TP_ALLREDUCE_ENV:
+        assert envs.environment_variables[name]() is True, f"{name} is on by default in this vLLM"
+        monkeypatch.setenv(name, TP_ALLREDUCE_ENV[name])
+        assert envs.environment_variables[name]() is False
 
 
 def test_building_the_vllm_backend_without_vllm_names_the_extra(
@@ -340,5 +361,8 @@ def test_sophiavl_train_with_the_vllm_backend_runs_a_step_and_logs_every_phase_t
     assert row["timing/val"] > 0 and "val/outcome" in row
     assert row["perf/gen_tokens_per_s"] > 0 and 0 < row["response/length_max"] <= 32
     assert row["actor/skipped"] == 0.0 and row["actor/grad_norm"] > 0
-    assert [w["rank"] for w in json.loads((run_dir / "workers.json").read_text())] == [0, 1]
+    workers = json.loads((run_dir / "workers.json").read_text())
+    assert [w["rank"] for w in workers] == [0, 1]
+    if tensor_parallel_size > 1:  # a TP group's ranks all run with the peer-memory all-reduces off
+        assert [w["vllm_allreduce_env"] for w in workers] == [TP_ALLREDUCE_ENV, TP_ALLREDUCE_ENV]
     assert "Traceback" not in result.stderr

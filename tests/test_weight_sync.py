@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.fsdp_fixtures import finish, init_gloo, spawn
 
 
@@ -50,8 +52,47 @@ def _sync_rank(rank: int, world_size: int, port: int, model_dir: str, out_dir: s
             "buckets": [len(b) for b in full_tensor_buckets(policy, bucket_bytes)],
             "collectives": _collectives(prof),
         }
+    report["bytes"] = _cast_sync(policy, rollout, expected, model_dir, total)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(report))
     finish()
+
+
+def _cast_sync(policy: object, fp32_rollout: object, expected: dict, model_dir: str, fp32_bytes: int) -> dict:
+    """Bytes the all-gathers receive per sync (counted at torch.distributed), fp32 and into a bf16 rollout."""
+    import torch
+    import torch.distributed as dist
+
+    from sophiavl_cli.engine.parallel.weight_sync import stream_full_tensors
+    from sophiavl_cli.engine.rollout.hf import HFRollout
+    from sophiavl_cli.models.loading import load_vl_model
+
+    name = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
+    real = getattr(dist, name)
+    received: list[int] = []
+
+    def counting(output: torch.Tensor, *args: object, **kwargs: object) -> object:
+        received.append(output.numel() * output.element_size())
+        return real(output, *args, **kwargs)
+
+    setattr(dist, name, counting)
+    try:
+        fp32_rollout.sync_weights(stream_full_tensors(policy, 64 << 20))
+        fp32_gathered, received[:] = sum(received), []
+        bf16 = HFRollout(
+            load_vl_model(model_dir, dtype=torch.bfloat16, device="cpu"), eos_token_ids=[0], pad_token_id=0
+        )
+        bf16.sync_weights(stream_full_tensors(policy, 64 << 20, torch.bfloat16))
+        bf16_gathered = sum(received)
+    finally:
+        setattr(dist, name, real)
+    synced = dict(bf16.model.named_parameters())
+    return {
+        "fp32_minimum": fp32_bytes,
+        "fp32_gathered": fp32_gathered,
+        "bf16_minimum": fp32_bytes // 2,
+        "bf16_gathered": bf16_gathered,
+        "bf16_equal": all(torch.equal(synced[n], t.to(torch.bfloat16)) for n, t in expected.items()),
+    }
 
 
 def _collectives(prof: object) -> int:
@@ -59,10 +100,16 @@ def _collectives(prof: object) -> int:
     return sum(event.count for event in prof.key_averages() if event.key.startswith("gloo:"))
 
 
-def test_rollout_weights_equal_the_policy_after_a_bucketed_sync(tiny_model_dir: Path, tmp_path: Path) -> None:
-    spawn(_sync_rank, 2, str(tiny_model_dir), str(tmp_path))
-    for rank in range(2):
-        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+@pytest.fixture(scope="module")
+def reports(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Both ranks' reports of one 2-rank run (spawned once for the module's tests)."""
+    out = tmp_path_factory.mktemp("sync")
+    spawn(_sync_rank, 2, str(tiny_model_dir), str(out))
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
+
+
+def test_rollout_weights_equal_the_policy_after_a_bucketed_sync(reports: list[dict]) -> None:
+    for report in reports:
         runs = list(report["runs"].values())
         assert all(run["equal"] for run in runs)
         assert all(sum(run["buckets"]) == report["params"] for run in runs)
@@ -72,3 +119,15 @@ def test_rollout_weights_equal_the_policy_after_a_bucketed_sync(tiny_model_dir: 
         assert report["unbucketed"] == report["params"]
         for run in runs:
             assert run["collectives"] == len(run["buckets"])  # one all-gather per bucket
+
+
+def test_a_bf16_rollout_is_synced_in_bf16_with_half_the_bytes_gathered(reports: list[dict]) -> None:
+    """Shards are cast before the all-gather: the bytes received are within 1.1x of the full weights
+    in bf16 (padding of the last rank's rows is the rest), half the fp32 sync, and the bf16 copy
+    equals the fp32 policy rounded to bf16 exactly."""
+    for report in reports:
+        counts = report["bytes"]
+        assert counts["bf16_equal"]
+        assert counts["bf16_minimum"] <= counts["bf16_gathered"] <= 1.1 * counts["bf16_minimum"], counts
+        assert counts["fp32_minimum"] <= counts["fp32_gathered"] <= 1.1 * counts["fp32_minimum"], counts
+        assert counts["bf16_gathered"] * 2 == counts["fp32_gathered"]

@@ -19,10 +19,20 @@ B, memory and speed (a random model of Qwen2.5-VL-7B's language width: hidden 35
 sync), update tokens/s and MFU; then the per-layer growth extrapolated to 28 layers and to
 `fullsets.yaml` (8 GPUs, full shard, vLLM's 0.4 reservation) with a fits / does-not-fit verdict.
 
-Prints one JSON summary (and writes it to --out). Exit status 1 when a check of A fails.
+C, the run users make, at reduced depth (random weights at Qwen2.5-VL-7B's text width with 2 and 4
+layers and its real vision tower: depth 32, hidden 1280, window attention, full-attention blocks
+7/15/23/31): fullsets' settings at world size 1 over NCCL (bf16, gradient checkpointing, every
+offload key on), four sequences with one image each at `max_pixels`, left-padded to different
+prompt lengths, `--response-length` (1,024) response tokens; over two steps each phase's peak and
+the free memory after it (does offload release it?), where AdamW's state and the policy rest, the
+weights bit-identical after one more offload round trip, finite logits on the left-padded rows,
+the first `approx_kl` < 1e-3, the rollout copy equal to the policy after the sync; each phase's
+peak extrapolated to 28 layers.
+
+Prints one JSON summary (and writes it to --out). Exit status 1 when a check of A or C fails.
 
 Usage:
-    PYTHONPATH=.device-deps python benchmarks/gpu/device_check.py             # GPU, A and B
+    PYTHONPATH=.device-deps python benchmarks/gpu/device_check.py             # GPU, A, B and C
     python benchmarks/gpu/device_check.py --smoke                             # CPU, tiny shapes (CI)
     python benchmarks/gpu/device_check.py --depths 2 4 --prompt-length 2048   # B's knobs
 """
@@ -52,6 +62,8 @@ FULLSETS_WORLD = 8
 FULLSETS_VLLM_SHARE = 0.4  # worker.rollout.gpu_memory_utilization in fullsets.yaml
 RUNTIME_OVERHEAD = 3 * GIB  # CUDA context, NCCL buffers, allocator slack (a rule of thumb)
 VISION_7B_PARAMS = 676e6  # Qwen2.5-VL-7B's vision tower (32 blocks of 1280 + merger); B runs a tiny one
+FULLSETS_TP = 2  # worker.rollout.tensor_parallel_size in fullsets.yaml: vLLM holds half the bf16 weights
+FULLSETS_MIN_PIXELS, FULLSETS_MAX_PIXELS = 262144, 4194304  # data.min_pixels / max_pixels in fullsets.yaml
 
 # States resident on the GPU in each measured phase: B's first step (world of one, nothing offloaded;
 # AdamW's state appears in the update, gradients are freed after it) and fullsets' steady state
@@ -78,6 +90,24 @@ QWEN25_VL_7B_TEXT: dict[str, Any] = {  # public config.json numbers of Qwen2.5-V
     "tie_word_embeddings": False,
     "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
     "vision_config": {"out_hidden_size": 3584},
+}
+VISION_7B: dict[str, Any] = {  # Qwen2.5-VL-7B-Instruct's vision tower, as released
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "out_hidden_size": 3584,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+}
+SMOKE_VISION: dict[str, Any] = {  # the same layout at CPU size: window attention, two full-attention blocks
+    "depth": 4,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "out_hidden_size": 64,
+    "window_size": 112,
+    "fullatt_block_indexes": [1, 3],
 }
 SMOKE_TEXT: dict[str, Any] = {  # the same layout at CPU size (head_dim 16: mrope sections sum to 8)
     "hidden_size": 64,
@@ -419,7 +449,8 @@ def fullsets_estimate(
     state bytes B held unsharded in that phase (`B_RESIDENT`, its hf rollout copy included) are
     replaced by the 8-way shards fullsets keeps on the GPU then (`FULLSETS_RESIDENT`, with the 7B
     vision tower); activations are per rank and stay. vLLM's weights rest in host memory while
-    it sleeps through the training phases.
+    it sleeps through old, ref and update; in the sync they are awake (its tensor-parallel shard
+    of the bf16 weights) while the policy's full tensors stream in.
     """
     (low_layers, low), (high_layers, high) = measured[0], measured[-1]
     per_layer = {name: (high[name] - low[name]) / (high_layers - low_layers) for name in high}
@@ -434,6 +465,8 @@ def fullsets_estimate(
         + RUNTIME_OVERHEAD
         for name in at_full
     }
+    # in the sync vLLM's weights are awake (its KV cache still asleep): its TP shard of the bf16 weights
+    per_gpu["sync"] += fullsets["rollout_bf16"] / FULLSETS_TP
     vllm_awake = FULLSETS_VLLM_SHARE * card_bytes
     worst = max(per_gpu.values())
     return {
@@ -448,13 +481,197 @@ def fullsets_estimate(
     }
 
 
+# --------------------------------------------------------------------------- C: the fullsets run, shallow
+
+
+def _image_sequences(model_dir: Path, args: argparse.Namespace, count: int) -> list[Any]:
+    """`count` sequences, each one random image at `max_pixels` and a prompt of its own length (so
+    micro-batches left-pad them), with `response_length` random response tokens."""
+    import numpy as np
+    from PIL import Image
+
+    from sophiavl_cli.engine.workers.batching import TrainSequence
+    from sophiavl_cli.models.processing import VLProcessor
+
+    processor = VLProcessor.from_pretrained(
+        model_dir, min_pixels=min(args.max_pixels, FULLSETS_MIN_PIXELS), max_pixels=args.max_pixels
+    )
+    rng = np.random.default_rng(0)
+    side = int(math.sqrt(args.max_pixels))
+    vocab = len(processor.tokenizer)
+    sequences = []
+    for i in range(count):
+        image = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+        words = " ".join(["look"] * (8 + 24 * i))  # prompt lengths differ by 24+ tokens
+        text = f"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{words}<|im_end|>\n<|im_start|>assistant\n"
+        encoded = processor.encode(text, [image])
+        response = rng.integers(100, min(vocab, 150000), args.response_length).tolist()
+        sequences.append(
+            TrainSequence(i, list(encoded.input_ids), response, encoded.pixel_values, encoded.image_grid_thw)
+        )
+    return sequences
+
+
+def _fullsets_depth(device: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Two steps of fullsets' settings (bf16, checkpointing, every offload key) on four image sequences."""
+    import numpy as np
+    import torch
+
+    from sophiavl_cli.engine.parallel.fsdp import full_tensors
+    from sophiavl_cli.engine.workers.batching import micro_batches
+    from sophiavl_cli.engine.workers.forward import ResponseForward
+    from sophiavl_cli.metrics.keys import ACTOR_APPROX_KL, ACTOR_LOSS, ACTOR_SKIPPED
+
+    sequences = _image_sequences(model_dir, args, 4)
+    longest = max(len(s.prompt_ids) for s in sequences)
+    recipe = _recipe(
+        device,
+        [
+            "data.rollout_batch_size=1",
+            "worker.actor.global_batch_size=1",
+            "worker.rollout.n=4",
+            "worker.actor.micro_batch_size_per_device_for_update=4",
+            "worker.actor.micro_batch_size_per_device_for_experience=4",
+            f"data.max_prompt_length={longest}",
+            f"data.max_response_length={args.response_length}",
+            f"data.min_pixels={min(args.max_pixels, FULLSETS_MIN_PIXELS)}",
+            f"data.max_pixels={args.max_pixels}",
+            "worker.actor.fsdp.offload_params=true",
+            "worker.actor.fsdp.offload_optimizer=true",
+            "worker.ref.offload=true",
+            "worker.actor.optim.lr=1e-6",
+        ],
+    )
+    worker = _worker(recipe, model_dir, device)
+    cuda = device == "cuda"
+    phases: list[dict[str, Any]] = []
+
+    def phase(step: int, name: str, fn: Any) -> Any:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        out = fn()
+        if cuda:
+            torch.cuda.synchronize()
+        phases.append(
+            {
+                "step": step,
+                "phase": name,
+                "seconds": time.perf_counter() - start,
+                "peak_bytes": float(torch.cuda.max_memory_allocated()) if cuda else None,
+                "free_bytes_after": float(torch.cuda.mem_get_info()[0])
+                if cuda
+                else None,  # offload released?
+                "allocated_bytes_after": float(torch.cuda.memory_allocated()) if cuda else None,
+            }
+        )
+        return out
+
+    out: dict[str, Any] = {"prompt_lengths": [len(s.prompt_ids) for s in sequences]}
+    try:
+        rng = np.random.default_rng(1)
+        for step in (1, 2):
+            worker.set_sequences(sequences)
+            phase(step, "old", worker.compute_old_logprobs)
+            phase(step, "ref", worker.compute_ref_logprobs)
+            advantages = rng.standard_normal(len(sequences)).tolist()
+            metrics = phase(step, "update", lambda a=advantages: worker.update(a, num_updates=1))
+            phase(step, "sync", worker.sync_weights)
+            out[f"step{step}"] = {k: metrics[k] for k in (ACTOR_LOSS, ACTOR_APPROX_KL, ACTOR_SKIPPED)}
+        states = [
+            t for state in worker.optimizer.state.values() for t in state.values() if torch.is_tensor(t)
+        ]
+        out["optimizer_state_devices"] = sorted({str(t.device) for t in states if t.dim() > 0})
+        out["policy_devices_between_phases"] = sorted({str(p.device) for p in worker.policy.parameters()})
+
+        before = _weights(worker)
+        with worker.offload.on_device(worker.policy):  # one more round trip to the GPU and back
+            pass
+        after = _weights(worker)
+        out["offload_round_trip_identical"] = before.keys() == after.keys() and all(
+            torch.equal(before[n], after[n]) for n in before
+        )
+        with worker.offload.on_device(worker.policy):
+            copy = dict(worker.rollout.model.named_parameters())
+            out["rollout_copy_max_abs_diff"] = max(
+                float((copy[name] - tensor.to(copy[name].dtype)).abs().max())
+                for name, tensor in full_tensors(worker.policy)
+            )
+            mb = micro_batches(sequences, len(sequences), 0)[0]  # left-padded to the longest prompt
+            worker.policy.eval()
+            with torch.no_grad():
+                logits = ResponseForward(worker.policy.config, worker.device).logits(worker.policy, mb)
+            mask = torch.tensor(mb.response_mask, device=logits.device).bool()
+            out["left_padded_logits_finite"] = bool(torch.isfinite(logits[mask]).all())
+            out["left_pad_widths"] = [int(mb.prompt_width - len(s.prompt_ids)) for s in sequences]
+        config = worker.policy.config
+        out["layers"] = int(getattr(config, "text_config", config).num_hidden_layers)
+    finally:
+        worker.shutdown()
+    out["phases"] = phases
+    return out
+
+
+def part_c(device: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """fullsets' settings at reduced depth with the real 7B vision tower, extrapolated to 28 layers."""
+    from sophiavl_cli.metrics.keys import ACTOR_APPROX_KL, ACTOR_LOSS, ACTOR_SKIPPED
+
+    text, vision = (SMOKE_TEXT, SMOKE_VISION) if args.smoke else (QWEN25_VL_7B_TEXT, VISION_7B)
+    runs = []
+    for layers in args.depths:
+        model_dir = _shaped_model(
+            work, {**text, "vision_config": {**text["vision_config"], **vision}}, layers, device
+        )
+        runs.append(_fullsets_depth(device, model_dir, args))
+        shutil.rmtree(model_dir, ignore_errors=True)
+    out: dict[str, Any] = {
+        "max_pixels": args.max_pixels,
+        "response_length": args.response_length,
+        "runs": runs,
+    }
+    checks = [
+        math.isfinite(r[f"step{k}"][ACTOR_LOSS]) and r[f"step{k}"][ACTOR_SKIPPED] == 0.0
+        for r in runs
+        for k in (1, 2)
+    ]
+    checks += [r["step1"][ACTOR_APPROX_KL] < 1e-3 for r in runs]
+    checks += [r["offload_round_trip_identical"] and r["left_padded_logits_finite"] for r in runs]
+    checks += [r["rollout_copy_max_abs_diff"] == 0.0 for r in runs]
+    if device == "cuda":  # every offload key on: AdamW's state and the policy rest in host memory
+        checks += [r["optimizer_state_devices"] == ["cpu"] for r in runs]
+        checks += [r["policy_devices_between_phases"] == ["cpu"] for r in runs]
+    out["ok"] = all(checks)
+    if device == "cuda" and len(runs) >= 2:
+        out["extrapolated_28_layers_peak_bytes"] = extrapolate_peaks(
+            [(r["layers"], _step_peaks(r["phases"], 2)) for r in runs], layers=28
+        )
+    return out
+
+
+def _step_peaks(phases: list[dict[str, Any]], step: int) -> dict[str, float]:
+    return {p["phase"]: p["peak_bytes"] for p in phases if p["step"] == step}
+
+
+def extrapolate_peaks(measured: list[tuple[int, dict[str, float]]], *, layers: int) -> dict[str, float]:
+    """Each phase's peak, extended linearly in depth from the shallowest and deepest run to `layers`."""
+    (low_layers, low), (high_layers, high) = measured[0], measured[-1]
+    return {
+        name: high[name] + (high[name] - low[name]) / (high_layers - low_layers) * (layers - high_layers)
+        for name in high
+    }
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes: the CI test")
-    parser.add_argument("--parts", default="AB", help="A, B or AB")
+    parser.add_argument("--parts", default="ABC", help="any of A, B, C")
+    parser.add_argument(
+        "--max-pixels", type=int, default=FULLSETS_MAX_PIXELS, help="C's image size (fullsets)"
+    )
     parser.add_argument(
         "--depths", type=int, nargs="+", default=None, help="B's reduced depths (two or more)"
     )
@@ -470,6 +687,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.depths = args.depths or [1, 2]
         args.micro_batch, args.prompt_length, args.response_length = 2, 24, 8
+        args.max_pixels = 56 * 56
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     args.depths = args.depths or [2, 4]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -486,6 +704,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             summary["A"] = part_a(device, work)
         if "B" in args.parts:
             summary["B"] = part_b(device, work, args)
+        if "C" in args.parts:
+            summary["C"] = part_c(device, work, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary["seconds"] = time.perf_counter() - started
@@ -499,4 +719,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     result = main()
-    sys.exit(0 if result.get("A", {"ok": True})["ok"] else 1)
+    sys.exit(0 if all(result.get(part, {"ok": True})["ok"] for part in ("A", "C")) else 1)

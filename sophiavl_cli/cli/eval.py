@@ -146,8 +146,32 @@ def eval_command(
             shards=shards,
             tensor_parallel=tensor_parallel,
         )
+        if backend == "vllm":
+            _vllm_preflight(tensor_parallel)
         results = _run_with_progress(settings, quiet=as_json)
     _show(results, output_dir, as_json)
+
+
+def _vllm_preflight(tensor_parallel: int) -> None:
+    """`--backend vllm`'s start-up problems, all at once, before any data or model loads."""
+    from sophiavl_cli.engine.lifecycle import machine_checks as machine
+    from sophiavl_cli.engine.lifecycle.preflight import raise_problems, run_check
+
+    device = "cuda" if machine.gpu_driver_loaded() else "cpu"
+
+    def gpus() -> None:
+        have = machine.local_gpu_count()
+        if device == "cuda" and have < tensor_parallel:
+            raise UserError(
+                f"--tensor-parallel {tensor_parallel} needs {tensor_parallel} GPUs; this machine has {have}"
+            )
+
+    checks = [
+        ("vLLM", lambda: machine.check_vllm("--backend vllm")),
+        ("CUDA driver", lambda: machine.check_cuda_driver(device)),
+        ("GPUs", gpus),
+    ]
+    raise_problems([run_check(name, check) for name, check in checks], what="eval")
 
 
 def _budget(

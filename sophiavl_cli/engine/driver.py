@@ -43,6 +43,7 @@ from sophiavl_cli.engine.prompting import PromptBuilder
 from sophiavl_cli.engine.reward_model.served import thinking_service
 from sophiavl_cli.engine.step import StepContext, run_step
 from sophiavl_cli.engine.validation import validate
+from sophiavl_cli.engine.workers.build import compute_dtype
 from sophiavl_cli.engine.workers.facade import Workers
 from sophiavl_cli.engine.workers.objective import uses_reference
 from sophiavl_cli.engine.workers.train_worker import WorkerSpec
@@ -116,6 +117,8 @@ def build_run(
 
     say("starting Ray workers")
     workers, device = start_workers(recipe, stack, ray_address, model_dir, total_steps, processor, say)
+    actor = recipe.worker.actor
+    builder.patch_dtype = compute_dtype(device, actor.dtype, actor.master_dtype)  # patches cross Ray in it
     described = workers.describe()
     atomic_write_json(run_dir / "workers.json", described, indent=1)
     peak = peak_flops(str(described[0]["device_name"]), os.environ.get("SOPHIAVL_PEAK_FLOPS"))
@@ -195,7 +198,9 @@ def start_workers(
     device = resolve_device(recipe.trainer.device)
     for note in ignored_options(recipe, device):
         say(note)
-    workers = Workers(cluster.WorkerGroup(recipe.world_size, device))
+    from sophiavl_cli.engine.rollout.vllm import worker_env
+
+    workers = Workers(cluster.WorkerGroup(recipe.world_size, device, env=worker_env(recipe.worker.rollout)))
     stack.callback(workers.shutdown)
     workers.setup(_worker_spec(recipe, model_dir, workers, device, total_steps, processor))
     return workers, device

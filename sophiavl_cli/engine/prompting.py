@@ -1,15 +1,16 @@
 """Data rows -> encoded prompts on the driver: messages, chat text, token ids and numpy pixels.
 
 Done once per prompt on the driver (not per rank), so the workers, the thinking reward model and
-the logs all see the same prompt: token ids with image placeholders expanded and float32 pixel
-arrays (numpy crosses Ray several times cheaper than torch tensors).
+the logs all see the same prompt: token ids with image placeholders expanded and pixel arrays,
+float32 or, once the workers' device is known, the policy's compute dtype (`patches_to_wire`; numpy
+crosses Ray several times cheaper than torch tensors).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -18,8 +19,12 @@ from sophiavl_cli.data.images import load_image
 from sophiavl_cli.data.length import capped_token_count
 from sophiavl_cli.data.prompts import build_messages, load_template
 from sophiavl_cli.engine.rollout import RolloutPrompt
+from sophiavl_cli.engine.rollout.base import patches_to_wire
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.models.processing import VLProcessor
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -36,9 +41,14 @@ class BuiltPrompt:
 class PromptBuilder:
     """Renders rows with the recipe's prompt preset/template and encodes them with the processor."""
 
-    def __init__(self, processor: VLProcessor, data: DataConfig) -> None:
+    def __init__(
+        self, processor: VLProcessor, data: DataConfig, patch_dtype: torch.dtype | None = None
+    ) -> None:
         self.processor = processor
         self.data = data
+        # the dtype patches cross Ray in (the policy's compute dtype); the driver sets it once the
+        # workers' device is known
+        self.patch_dtype = patch_dtype
         self.template = load_template(data.prompt_template) if data.prompt_template else None
 
     def build(self, row: dict[str, Any], index: int) -> BuiltPrompt:
@@ -51,7 +61,7 @@ class PromptBuilder:
             prompt=RolloutPrompt(
                 index=index,
                 prompt_ids=list(encoded.input_ids),
-                pixel_values=encoded.pixel_values,
+                pixel_values=patches_to_wire(encoded.pixel_values, self.patch_dtype),
                 image_grid_thw=encoded.image_grid_thw,
             ),
             text=text,

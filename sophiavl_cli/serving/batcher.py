@@ -69,7 +69,7 @@ class RequestBatcher:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
+                except TimeoutError:
                     break
             live = [(request, future) for request, future in batch if not future.done()]  # cancelled: gone
             if not live:

@@ -1,76 +1,139 @@
 """Everything that can be known to fail before Ray starts, checked at once and reported together.
 
 A recipe that cannot run here used to reveal its problems one per try (vLLM missing, then the model
-not cached, then the data not registered) and then spend a minute in Ray's autoscaler before saying
-it cannot place GPU workers. `preflight` runs every check in about a second and raises one
-`UserError` listing them all, each with what to change. `finished_run` is the other question to
-answer before starting anything: whether the run folder's last checkpoint already ends the run.
+not cached, then the data not registered) and then spend a minute in Ray's autoscaler, or load the
+7B policy on every rank, before saying what was missing. `preflight` runs every check in seconds
+and raises one `UserError` listing them all, each with what to change; `findings` is the same list
+with the checks that passed, for `sophiavl doctor RECIPE`'s table. The recipe's own checks (model,
+data, output folder) live here; what the run needs from the machine (packages, credentials, GPUs,
+driver, disk, shared memory) in `machine_checks.py`. `finished_run` is the other question to answer
+before starting anything: whether the run folder's last checkpoint already ends the run.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from sophiavl_cli.config.recipe import Recipe, TrainerConfig
+from sophiavl_cli.config.recipe import Recipe
 from sophiavl_cli.config.rm_recipe import RMRecipe
+from sophiavl_cli.engine.lifecycle import machine_checks as machine
 from sophiavl_cli.errors import UserError
 
 Check = Callable[[], None]
+NamedCheck = tuple[str, Check]  # (what is checked, as a table row names it; the check)
 
 
-def preflight(recipe: Recipe, *, ray_address: str | None, env: dict[str, str] | None = None) -> None:
-    """Raise one `UserError` naming every start-up problem of `recipe` on this machine (none: return)."""
+@dataclass(frozen=True)
+class Finding:
+    """One check's outcome: `problem` is the one-line problem with its fix, None when the need is met."""
+
+    check: str
+    problem: str | None
+
+
+def findings(
+    recipe: Recipe | RMRecipe, *, ray_address: str | None, env: Mapping[str, str] | None = None
+) -> list[Finding]:
+    """Every start-up check of `recipe` on this machine, run in order, none skipped for an earlier failure."""
     env = dict(os.environ) if env is None else env
-    checks: list[Check] = [
-        lambda: _rollout_backend(recipe),
-        lambda: _model(recipe.worker.actor.model_path, "worker.actor.model_path"),
+    checks = (
+        _train_checks(recipe, ray_address, env)
+        if isinstance(recipe, Recipe)
+        else _rm_checks(recipe, ray_address, env)
+    )
+    return [run_check(name, check) for name, check in checks]
+
+
+def preflight(recipe: Recipe, *, ray_address: str | None, env: Mapping[str, str] | None = None) -> None:
+    """Raise one `UserError` naming every start-up problem of `recipe` on this machine (none: return)."""
+    raise_problems(findings(recipe, ray_address=ray_address, env=env))
+
+
+def preflight_rm(recipe: RMRecipe, *, ray_address: str | None, env: Mapping[str, str] | None = None) -> None:
+    """`preflight` for `sophiavl train-rm`: the model to fine-tune, data, machine, output folder."""
+    raise_problems(findings(recipe, ray_address=ray_address, env=env))
+
+
+def _train_checks(recipe: Recipe, ray_address: str | None, env: Mapping[str, str]) -> list[NamedCheck]:
+    model_dir = _ModelDir(recipe.worker.actor.model_path, "worker.actor.model_path")
+    checks: list[NamedCheck] = [
+        ("rollout backend", lambda: _rollout_backend(recipe)),
+        ("model", model_dir.check),
     ]
     thinking = recipe.reward.thinking
     if recipe.algorithm.trust.enable and not (thinking.url or env.get("OPENAI_API_URL")):
         if thinking.serve is not None:  # a Ray actor of the run serves it (engine/reward_model/served.py)
-            served = thinking.serve.model
-            checks.append(lambda: _model(served, "reward.thinking.serve.model"))
+            serve = thinking.serve
+            checks.append(("reward model", lambda: _model(serve.model, "reward.thinking.serve.model")))
+            if serve.backend == "vllm":
+                checks.append(
+                    ("reward model vLLM", lambda: machine.check_vllm("reward.thinking.serve.backend=vllm"))
+                )
         else:
-            checks.append(lambda: _reward_model(thinking.serve_model))
-    _run_all(checks + _shared_checks(recipe, ray_address))
+            checks.append(("reward model", lambda: _reward_model(thinking.serve_model)))
+    return checks + _shared_checks(recipe, ray_address, env, model_dir)
 
 
-def preflight_rm(recipe: RMRecipe, *, ray_address: str | None) -> None:
-    """`preflight` for `sophiavl train-rm`: the model to fine-tune, data, devices, output folder."""
-    model = recipe.model.model_path
-    _run_all([lambda: _model(model, "model.model_path"), *_shared_checks(recipe, ray_address)])
+def _rm_checks(recipe: RMRecipe, ray_address: str | None, env: Mapping[str, str]) -> list[NamedCheck]:
+    model_dir = _ModelDir(recipe.model.model_path, "model.model_path")
+    return [("model", model_dir.check), *_shared_checks(recipe, ray_address, env, model_dir)]
 
 
-def _shared_checks(recipe: Recipe | RMRecipe, ray_address: str | None) -> list[Check]:
-    """What both trainers need: data names that resolve, the devices asked for, a writable output."""
+def _shared_checks(
+    recipe: Recipe | RMRecipe, ray_address: str | None, env: Mapping[str, str], model_dir: _ModelDir
+) -> list[NamedCheck]:
+    """What both trainers need: data names that resolve, the machine's side, a writable output."""
     data, trainer = recipe.data, recipe.trainer
-    checks: list[Check] = [lambda: _data(data.train_files, data.registry, "data.train_files")]
+    checks: list[NamedCheck] = [
+        ("training data", lambda: _data(data.train_files, data.registry, "data.train_files"))
+    ]
     val_files = data.val_files
     if val_files and (trainer.val_freq > 0 or trainer.val_before_train):
-        checks.append(lambda: _data(val_files, data.registry, "data.val_files"))
+        checks.append(("validation data", lambda: _data(val_files, data.registry, "data.val_files")))
+    device = machine.run_device(trainer, ray_address)
     return [
         *checks,
-        lambda: _devices(trainer, ray_address),
-        lambda: _output_writable(Path(trainer.output_dir)),
+        ("GPUs", lambda: machine.check_gpus(recipe, ray_address, env)),
+        ("CUDA driver", lambda: machine.check_cuda_driver(device)),
+        ("flash-attn", lambda: machine.check_flash_attn(device)),
+        ("loggers", lambda: machine.check_loggers(trainer, env)),
+        ("output folder", lambda: _output_writable(Path(trainer.output_dir))),
+        ("disk", lambda: machine.check_disk(recipe, model_dir.path)),
+        ("/dev/shm", lambda: machine.check_shm(device, ray_address)),
     ]
 
 
-def _run_all(checks: list[Check]) -> None:
-    """Run every check, then raise one `UserError` with all their problems (one problem: one line)."""
-    problems: list[str] = []
-    for check in checks:
-        try:
-            check()
-        except UserError as exc:
-            problems.append(str(exc))
+class _ModelDir:
+    """The model folder a recipe key names, resolved once by its check and read by the disk check."""
+
+    def __init__(self, ref: str, key: str) -> None:
+        self.ref, self.key = ref, key
+        self.path: Path | None = None
+
+    def check(self) -> None:
+        self.path = _model(self.ref, self.key)
+
+
+def run_check(name: str, check: Check) -> Finding:
+    try:
+        check()
+    except UserError as exc:
+        return Finding(name, str(exc))
+    return Finding(name, None)
+
+
+def raise_problems(results: list[Finding], what: str = "training") -> None:
+    """One `UserError` with every problem of `results` (one problem: one line); none: return."""
+    problems = [f.problem for f in results if f.problem]
     if len(problems) == 1:
-        raise UserError(f"cannot start training: {problems[0]}")
+        raise UserError(f"cannot start {what}: {problems[0]}")
     if problems:
         raise UserError(
-            f"cannot start training ({len(problems)} problems):\n" + "\n".join(f"- {p}" for p in problems)
+            f"cannot start {what} ({len(problems)} problems):\n" + "\n".join(f"- {p}" for p in problems)
         )
 
 
@@ -78,13 +141,15 @@ def _rollout_backend(recipe: Recipe) -> None:
     from sophiavl_cli.engine.rollout import check_backend
 
     check_backend(recipe.worker.rollout)
+    if recipe.worker.rollout.backend == "vllm":
+        machine.check_vllm("worker.rollout.backend=vllm")
 
 
-def _model(ref: str, key: str) -> None:
+def _model(ref: str, key: str) -> Path:
     from sophiavl_cli.models.resolve import resolve_model
 
     try:
-        resolve_model(ref)
+        return resolve_model(ref)
     except UserError as exc:
         raise UserError(f"{key}: {exc}") from None
 
@@ -111,31 +176,6 @@ def _data(spec: str, registry_file: str | None, key: str) -> None:
             missing.append(str(exc))
     if missing:
         raise UserError(f"{key}: " + "; ".join(missing))
-
-
-def _devices(t: TrainerConfig, ray_address: str | None) -> None:
-    """GPU count and node count this machine can give, unless a cluster is joined (it may have more)."""
-    if ray_address:
-        return
-    if t.nnodes > 1:
-        raise UserError(
-            f"trainer.nnodes={t.nnodes} needs a Ray cluster of {t.nnodes} nodes: start one (`ray start --head` on the "
-            "head, `ray start --address HEAD:6379` on the others) and pass --ray-address, or set trainer.nnodes=1"
-        )
-    if t.device != "cuda":
-        return
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus >= t.n_workers_per_node:
-        return
-    have = "this machine has no GPU" if gpus == 0 else f"this machine has {gpus} GPU{'s' if gpus > 1 else ''}"
-    fix = (
-        "set trainer.device=cpu (slow; for trying things out) or run on a GPU machine"
-        if gpus == 0
-        else f"set trainer.n_workers_per_node={gpus} (and batch sizes that divide) or run on a bigger machine"
-    )
-    raise UserError(f"{have}: trainer.device=cuda needs {t.n_workers_per_node}; {fix}, or pass --ray-address")
 
 
 def _output_writable(output_dir: Path) -> None:

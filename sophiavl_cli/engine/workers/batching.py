@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class TrainSequence:
     index: int  # position in the step's batch: prompt_index * n + sample_index
     prompt_ids: list[int]
     response_ids: list[int]
-    pixel_values: np.ndarray | None  # float32 [patches, patch_dim]
+    pixel_values: Any  # float32 [patches, patch_dim] (base.WirePatches on the way to a worker) | None
     image_grid_thw: np.ndarray | None  # int64 [images, 3]
     advantage: float | np.ndarray = 0.0  # per sequence, or float32 [len(response_ids)] per token
     old_logprobs: np.ndarray | None = None  # float32 [len(response_ids)]: the rollout's, when opted in

@@ -10,6 +10,7 @@ every argument and result has a type. Calls on all ranks wait for all of them an
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,20 @@ import numpy as np
 
 from sophiavl_cli.engine.parallel.cluster import WorkerGroup
 from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams
+from sophiavl_cli.engine.rollout.base import HeldPatches, WirePatches
 from sophiavl_cli.engine.workers.batching import TrainSequence
 from sophiavl_cli.engine.workers.train_worker import TrainWorker, WorkerSpec
 
 
 def _rpc(method: Callable[..., Any]) -> str:
     return method.__name__
+
+
+def _held_or_sent(sequence: TrainSequence, held: set[int]) -> TrainSequence:
+    patches = sequence.pixel_values
+    if isinstance(patches, WirePatches) and patches.key in held:
+        return replace(sequence, pixel_values=HeldPatches(patches.key))
+    return sequence
 
 
 class CommonWorkers:
@@ -60,13 +69,20 @@ class CommonWorkers:
 class Workers(CommonWorkers):
     """All ranks of one `train` run."""
 
+    def __init__(self, group: WorkerGroup) -> None:
+        super().__init__(group)
+        # per rank: WirePatches.key of the prompts it generated since the last set_sequences (it holds them)
+        self.held_patches: list[set[int]] = [set() for _ in range(group.world_size)]
+
     def setup(self, spec: WorkerSpec) -> list[dict[str, float]]:
         return self.group.run(_rpc(TrainWorker.setup), spec)
 
     def generate(
         self, prompts: Sequence[list[RolloutPrompt]], n: int, sampling: SamplingParams, seed: int
     ) -> list[list[RolloutOutput]]:
-        """Each rank samples `n` rollouts for its own prompts."""
+        """Each rank samples `n` rollouts for its own prompts (and keeps their patches for the step)."""
+        for held, rank_prompts in zip(self.held_patches, prompts, strict=True):
+            held.update(p.pixel_values.key for p in rank_prompts if isinstance(p.pixel_values, WirePatches))
         per_rank = [(rank_prompts, n, sampling, seed) for rank_prompts in prompts]
         return self.group.run_each(_rpc(TrainWorker.generate), per_rank)
 
@@ -76,8 +92,16 @@ class Workers(CommonWorkers):
         experience_count: int | None,
         update_counts: list[int] | None,
     ) -> None:
-        """Each rank's sequences for the step, with the micro-batch plan every rank shares."""
-        per_rank = [(rank_sequences, experience_count, update_counts) for rank_sequences in sequences]
+        """Each rank's sequences for the step, with the micro-batch plan every rank shares.
+
+        Patches a rank holds from `generate` are named (`HeldPatches`), not sent again: each rank
+        gets each prompt's patches once per step."""
+        sent = [
+            [_held_or_sent(s, held) for s in rank_sequences]
+            for held, rank_sequences in zip(self.held_patches, sequences, strict=True)
+        ]
+        self.held_patches = [set() for _ in range(self.world_size)]  # the workers let theirs go too
+        per_rank = [(rank_sequences, experience_count, update_counts) for rank_sequences in sent]
         self.group.run_each(_rpc(TrainWorker.set_sequences), per_rank)
 
     def compute_old_logprobs(self) -> list[dict[str, float]]:

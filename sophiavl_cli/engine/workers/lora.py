@@ -88,6 +88,11 @@ def merge_weight(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: fl
     return (base.float() + scale * (b.float() @ a.float())).to(base.dtype)
 
 
+def is_merge_input(name: str) -> bool:
+    """Whether `merged_tensors` merges this parameter: an adapter's A / B or the base weight under it."""
+    return is_lora_name(name) or name.endswith(BASE_SEGMENT + ".weight")
+
+
 def merged_tensors(
     named: Iterable[tuple[str, torch.Tensor]], scale: float
 ) -> Iterator[tuple[str, torch.Tensor]]:

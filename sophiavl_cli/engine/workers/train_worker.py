@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from sophiavl_cli.engine.parallel import fsdp
 from sophiavl_cli.engine.parallel.offload import Offload
 from sophiavl_cli.engine.parallel.weight_sync import stream_full_tensors
 from sophiavl_cli.engine.rollout import RolloutOutput, RolloutPrompt, SamplingParams, build_rollout_engine
-from sophiavl_cli.engine.rollout.base import derive_seed
+from sophiavl_cli.engine.rollout.base import HeldPatches, WirePatches, derive_seed, patches_from_wire
 from sophiavl_cli.engine.schedule import lr_multiplier
 from sophiavl_cli.engine.workers import build, lora
 from sophiavl_cli.engine.workers.batching import (
@@ -79,6 +79,7 @@ class TrainWorker:
         self._sequences: list[TrainSequence] = []
         self._experience_count: int | None = None  # micro-batches per log-prob pass (token budget)
         self._update_counts: list[int] | None = None  # micro-batches per optimizer step (token budget)
+        self._held_patches: dict[int, np.ndarray] = {}  # WirePatches.key -> float32 patches, for one step
         self._old_logp: dict[int, np.ndarray] = {}
         self._ref_logp: dict[int, np.ndarray] = {}
         self.optimizer_step = 0
@@ -91,9 +92,13 @@ class TrainWorker:
         return fsdp.node_ip(), int(self._store.port)
 
     def describe(self) -> dict[str, object]:
-        """Rank, host, pid and device: written to the run dir's workers.json (debugging, kill tests, MFU)."""
+        """Rank, host, pid, device and the vLLM all-reduce variables it runs with: written to the run
+        dir's workers.json (debugging, kill tests, MFU)."""
+        from sophiavl_cli.engine.rollout.vllm import TP_ALLREDUCE_ENV
+
         cuda = getattr(self, "device", torch.device("cpu")).type == "cuda"
         device_name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
+        allreduce = {name: os.environ[name] for name in TP_ALLREDUCE_ENV if name in os.environ}
         return {
             "rank": self.rank,
             "host": fsdp.node_ip(),
@@ -102,6 +107,7 @@ class TrainWorker:
             "niceness": os.nice(
                 0
             ),  # 15 under a `ray start` without RAY_worker_niceness=0 (docs/multinode.md)
+            "vllm_allreduce_env": allreduce,
         }
 
     def _join(self, spec: Any) -> None:
@@ -161,10 +167,11 @@ class TrainWorker:
         )
         self.offload.rest(self.policy, self.ref, self.optimizer)
         # after the rest: vLLM reserves its share of what is free, so offloaded shards must be gone by then
+        self.rollout_dtype = param_dtype or torch.float32
         self.rollout = build_rollout_engine(
             spec.recipe,
             spec.model_dir,
-            dtype=param_dtype or torch.float32,
+            dtype=self.rollout_dtype,
             device=self.device,
             eos_token_ids=spec.eos_token_ids,
             pad_token_id=spec.pad_token_id,
@@ -178,8 +185,34 @@ class TrainWorker:
         self, prompts: list[RolloutPrompt], n: int, sampling: SamplingParams, seed: int
     ) -> list[RolloutOutput]:
         """Local generation on the rollout copy (no collectives)."""
+        prompts = self.receive_prompts(prompts)
         with explain_oom("generate", self.recipe, self.spec.device):
             return self.rollout.generate(prompts, n, sampling, seed)
+
+    def receive_prompts(self, prompts: list[RolloutPrompt]) -> list[RolloutPrompt]:
+        """Prompts with float32 patches; each prompt's patches are kept until the step's sequences
+        arrive (they name them with `HeldPatches` instead of sending them again)."""
+        for prompt in prompts:
+            if isinstance(prompt.pixel_values, WirePatches):
+                self._held_patches[prompt.pixel_values.key] = patches_from_wire(prompt.pixel_values)
+        return [replace(p, pixel_values=self._patches(p.pixel_values)) for p in prompts]
+
+    def receive_sequences(self, sequences: list[TrainSequence]) -> list[TrainSequence]:
+        """Sequences with float32 patches (sent, or held since `generate`); the held ones are let go."""
+        received = [replace(s, pixel_values=self._patches(s.pixel_values)) for s in sequences]
+        self._held_patches = {}
+        return received
+
+    def _patches(self, value: Any) -> np.ndarray | None:
+        if isinstance(value, HeldPatches):
+            return self._held_patches[value.key]
+        if isinstance(value, WirePatches):
+            return (
+                self._held_patches.get(value.key)
+                if value.key in self._held_patches
+                else patches_from_wire(value)
+            )
+        return value
 
     def sync_weights(self) -> float:
         """Stream the policy's full tensors into the rollout copy in buckets (collective); seconds."""
@@ -191,10 +224,12 @@ class TrainWorker:
     def policy_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(transformers name, full tensor) of the policy, LoRA merged in (collective: all ranks iterate).
 
-        Gathered in buckets of `worker.rollout.weight_sync_bucket_mb` (one all-gather per bucket)."""
+        Gathered in buckets of `worker.rollout.weight_sync_bucket_mb` (one all-gather per bucket), cast
+        to the rollout dtype before the gather (LoRA: what merges stays fp32 until merged)."""
         bucket_bytes = self.recipe.worker.rollout.weight_sync_bucket_mb << 20
-        tensors = stream_full_tensors(self.policy, bucket_bytes)
         lora_cfg = self.recipe.worker.actor.lora
+        keep = lora.is_merge_input if lora_cfg.rank > 0 else None
+        tensors = stream_full_tensors(self.policy, bucket_bytes, self.rollout_dtype, keep)
         return lora.merged_tensors(tensors, lora_cfg.alpha / lora_cfg.rank) if lora_cfg.rank > 0 else tensors
 
     # ---- experience --------------------------------------------------------------------------
@@ -210,7 +245,7 @@ class TrainWorker:
         With a token budget the driver also says how many micro-batches every rank runs in the
         log-prob passes and in each optimizer step (the same on all ranks; see `step.micro_batch_plan`).
         """
-        self._sequences = list(sequences)
+        self._sequences = self.receive_sequences(sequences)
         self._experience_count, self._update_counts = experience_count, update_counts
         self._old_logp, self._ref_logp = {}, {}
         return len(self._sequences)

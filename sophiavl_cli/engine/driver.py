@@ -32,9 +32,9 @@ from sophiavl_cli.config.recipe import DataConfig, Recipe, TrainerConfig
 from sophiavl_cli.engine.checkpoint.layout import checkpoints_dir
 from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 from sophiavl_cli.engine.lifecycle.preflight import preflight
-from sophiavl_cli.engine.lifecycle.run_folder import check_resumed_model, opened_run, run_dir_of
+from sophiavl_cli.engine.lifecycle.run_folder import check_resumed_model, run_dir_of
 from sophiavl_cli.engine.lifecycle.signals import StopFlag
-from sophiavl_cli.engine.loop import Loop, RunBase, RunResult, run_steps
+from sophiavl_cli.engine.loop import Loop, RunBase, RunResult, run_steps, run_trainer
 from sophiavl_cli.engine.observe import quiet
 from sophiavl_cli.engine.observe.throughput import FlopsModel, peak_flops, throughput_metrics
 from sophiavl_cli.engine.observe.timing import StepTimer
@@ -64,15 +64,15 @@ def train(
     recipe: Recipe, *, ray_address: str | None = None, resume: str = "auto", status: Any = None
 ) -> RunResult:
     """Run training as the recipe says; returns where everything went. `status(text)` reports progress."""
-    say = status or (lambda text: None)
-    started_at = time.perf_counter()
-    preflight(recipe, ray_address=ray_address)
-    with opened_run(recipe, resume, say) as (stack, checkpoint, stop):
-        run = build_run(recipe, stack, ray_address=ray_address, checkpoint=checkpoint, say=say)
-        stop.install()  # again: ray.init took SIGTERM for itself
-        result = fit(run, stack, stop)
-    result.seconds = time.perf_counter() - started_at
-    return result
+    return run_trainer(
+        recipe,
+        checks=preflight,
+        build=build_run,
+        fit=fit,
+        ray_address=ray_address,
+        resume=resume,
+        status=status,
+    )
 
 
 def build_run(

@@ -9,6 +9,7 @@ step is on disk before `run_steps` returns.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 from sophiavl_cli.config.recipe import TrainerConfig
 from sophiavl_cli.engine.checkpoint.store import CheckpointManager
+from sophiavl_cli.engine.lifecycle.run_folder import opened_run
 from sophiavl_cli.engine.lifecycle.signals import StopFlag
 from sophiavl_cli.engine.observe.timing import StepTimer
 
@@ -124,3 +126,26 @@ def last_step_of_this_run(trainer: TrainerConfig, start_step: int, total_steps: 
     """
     stop_after = trainer.stop_after_steps
     return total_steps if stop_after is None else min(total_steps, start_step + stop_after)
+
+
+def run_trainer(
+    recipe: Any,
+    *,
+    checks: Callable[..., Any],
+    build: Callable[..., RunBase],
+    fit: Callable[[Any, ExitStack, StopFlag], RunResult],
+    ray_address: str | None,
+    resume: str,
+    status: Any,
+) -> RunResult:
+    """Both trainers' life: every pre-flight check, the run folder (lock, resume, stop flag), build,
+    the step loop; `status(text)` reports progress."""
+    say = status or (lambda text: None)
+    started_at = time.perf_counter()
+    checks(recipe, ray_address=ray_address)
+    with opened_run(recipe, resume, say) as (stack, checkpoint, stop):
+        run = build(recipe, stack, ray_address=ray_address, checkpoint=checkpoint, say=say)
+        stop.install()  # again: ray.init took SIGTERM for itself
+        result = fit(run, stack, stop)
+    result.seconds = time.perf_counter() - started_at
+    return result

@@ -35,9 +35,9 @@ from sophiavl_cli.engine.driver import (
     restore_driver_state,
 )
 from sophiavl_cli.engine.lifecycle.preflight import preflight_rm
-from sophiavl_cli.engine.lifecycle.run_folder import check_resumed_model, opened_run, run_dir_of
+from sophiavl_cli.engine.lifecycle.run_folder import check_resumed_model, run_dir_of
 from sophiavl_cli.engine.lifecycle.signals import StopFlag
-from sophiavl_cli.engine.loop import Loop, RunBase, RunResult, run_steps
+from sophiavl_cli.engine.loop import Loop, RunBase, RunResult, run_steps, run_trainer
 from sophiavl_cli.engine.observe.timing import StepTimer
 from sophiavl_cli.engine.parallel import cluster
 from sophiavl_cli.engine.reward_model.prompting import RMEncoder, greedy_choice
@@ -66,15 +66,15 @@ def train_rm(
     recipe: RMRecipe, *, ray_address: str | None = None, resume: str = "auto", status: Any = None
 ) -> RunResult:
     """Fine-tune the reward model as the recipe says; returns where everything went."""
-    say = status or (lambda text: None)
-    started_at = time.perf_counter()
-    preflight_rm(recipe, ray_address=ray_address)
-    with opened_run(recipe, resume, say) as (stack, checkpoint, stop):
-        run = build_rm_run(recipe, stack, ray_address=ray_address, checkpoint=checkpoint, say=say)
-        stop.install()  # again: ray.init took SIGTERM for itself
-        result = fit_rm(run, stack, stop)
-    result.seconds = time.perf_counter() - started_at
-    return result
+    return run_trainer(
+        recipe,
+        checks=preflight_rm,
+        build=build_rm_run,
+        fit=fit_rm,
+        ray_address=ray_address,
+        resume=resume,
+        status=status,
+    )
 
 
 def build_rm_run(

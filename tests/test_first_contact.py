@@ -134,7 +134,7 @@ logging.getLogger("ray").warning("a real Ray problem")
 
 _UNREACHABLE_RM = """
 import socket
-from sophiavl_cli.config.recipe import ThinkingRewardConfig
+from sophiavl_cli.config.reward import ThinkingRewardConfig
 from sophiavl_cli.engine.reward_model.service import ThinkingService
 from sophiavl_cli.errors import UserError
 

@@ -485,6 +485,13 @@ def main() -> None:
 
     console = Console(width=max(120, Console().width))
     loads = [load_average()]
+    if os.getloadavg()[0] > (os.cpu_count() or 1) and args.omp_wait_policy is None:
+        console.print(
+            f"[yellow]load average {loads[0]} on {os.cpu_count()} CPUs: the machine is busy. The TRL and bare "
+            "processes run 2 OpenMP threads whose spinning collapses when cores are oversubscribed (several "
+            "times slower), which flatters sophiavl's ratios; rerun on a quiet machine, or with "
+            "--omp-wait-policy passive.[/]"
+        )
     slow_name = f"{args.rm_delay * 1000:.0f} ms"
     sides = ["sophiavl"] + ([] if args.skip_bare else ["bare"]) + ([] if args.skip_trl else ["TRL"])
     records: dict[str, list[dict[str, float]]] = {side: [] for side in sides}

@@ -4,6 +4,10 @@ Atomic writes go to a temp file in the target's folder, are fsynced, renamed ove
 `os.replace` and the folder is fsynced: a reader sees the old file or the new one, never a mix, and
 a process killed (or a disk that fills up) mid-write leaves the old file as it was.
 
+Every JSON this package writes (files, JSON lines, `--json` output) goes through `json_text`, where
+NaN and infinities, which JSON cannot hold (Python would write a bare `NaN` that other readers
+reject), become `null`: a statistic that is undefined is written as "no value".
+
 JSON-lines files are appended one record per line and flushed. A kill can cut only the last line
 (it has no newline yet): `read_jsonl` skips exactly that line, and `JsonlAppender` cuts it off
 before appending. Any other line that is not JSON is damage nobody should paper over, so it is a
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -33,6 +38,7 @@ __all__ = [
     "cut_partial_line",
     "fsync_dir",
     "fsync_tree",
+    "json_text",
     "jsonl_line",
     "read_jsonl",
 ]
@@ -77,8 +83,8 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 
 def atomic_write_json(path: Path | str, data: Any, *, indent: int | None = 2) -> None:
-    """`data` as one JSON document (UTF-8, non-ASCII kept) with a final newline."""
-    atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+    """`data` as one JSON document (UTF-8, non-ASCII kept, NaN as null) with a final newline."""
+    atomic_write_text(path, json_text(data, indent=indent) + "\n")
 
 
 def atomic_write_jsonl(path: Path | str, records: Iterable[Any]) -> None:
@@ -87,8 +93,29 @@ def atomic_write_jsonl(path: Path | str, records: Iterable[Any]) -> None:
 
 
 def jsonl_line(record: Any) -> str:
-    """One record as a JSON line (non-ASCII kept; values JSON cannot hold are written as str)."""
-    return json.dumps(record, ensure_ascii=False, default=str) + "\n"
+    """One record as a JSON line (non-ASCII kept, NaN as null; other values JSON cannot hold as str)."""
+    return json_text(record, default=str) + "\n"
+
+
+def json_text(data: Any, *, indent: int | None = None, default: Any = None) -> str:
+    """`data` as JSON text that every reader accepts: NaN and +-inf (at any depth) become null.
+
+    `default` is json's hook for objects it cannot encode (None: such an object is a TypeError).
+    """
+    try:
+        return json.dumps(data, indent=indent, ensure_ascii=False, allow_nan=False, default=default)
+    except ValueError:  # a non-finite float somewhere: the rare case pays for the walk
+        return json.dumps(_finite(data), indent=indent, ensure_ascii=False, allow_nan=False, default=default)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def fsync_dir(path: Path | str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from sophiavl_cli.console import console
+from sophiavl_cli.console import console, fail, stat
 from sophiavl_cli.rewards.rm_quality import NUM_BINS, RMQuality
 
 EPILOG = (
@@ -40,7 +40,10 @@ def eval_rm(
     backend: str = typer.Option("hf", "--backend", help="Serving a model reference: hf (CPU/dev) or vllm."),
     concurrency: int = typer.Option(16, "--concurrency", min=1, help="Requests in flight at once."),
 ) -> None:
-    """Score labelled rows with a served or local thinking reward model: MAE, within 0.1, Spearman."""
+    """Score labelled rows with a served or local thinking reward model: MAE, within 0.1, Spearman.
+
+    Exit 1 when no row was scored: a report of nothing is a failed evaluation, not a result.
+    """
     from sophiavl_cli.errors import UserError
     from sophiavl_cli.eval.reward_model import evaluate_reward_model, is_endpoint
 
@@ -62,6 +65,13 @@ def eval_rm(
     if result.failures:
         console.print("failed calls: " + ", ".join(f"{k}: {v}" for k, v in sorted(result.failures.items())))
     console.print(f"report: [bold]{result.written[0].parent}[/]", soft_wrap=True)
+    if result.quality.scored == 0:
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(result.failures.items())) or "no reply"
+        fail(
+            f"no row was scored ({result.quality.failures} of {result.quality.rows} calls failed: {kinds}); "
+            f"check that {model} is a thinking reward model answering <answer>score</answer>"
+        )
+        raise typer.Exit(1)
 
 
 def render_quality(quality: RMQuality, *, title: str) -> None:
@@ -70,9 +80,9 @@ def render_quality(quality: RMQuality, *, title: str) -> None:
     summary.add_column("value", justify="right")
     for key, value in (
         ("rows (scored / failed)", f"{quality.scored} / {quality.failures}"),
-        ("mean absolute error", f"{quality.mae:.4f}"),
-        ("within 0.1", f"{quality.within:.3f}"),
-        ("Spearman", f"{quality.spearman:.4f}"),
+        ("mean absolute error", stat(quality.mae, ".4f")),
+        ("within 0.1", stat(quality.within, ".3f")),
+        ("Spearman", stat(quality.spearman, ".4f")),
     ):
         summary.add_row(key, value)
     console.print(summary)

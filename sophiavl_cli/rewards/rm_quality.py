@@ -9,12 +9,13 @@ other numbers.
 Spearman is scipy's when scipy is installed, else the same statistic computed here (Pearson
 correlation of average ranks, ties sharing their mean rank). A constant prediction (or label)
 column has no rank correlation; it is reported as 0.0, "no monotone association", so an untrained
-model that answers one score for everything reads as 0 rather than NaN.
+model that answers one score for everything reads as 0 rather than NaN. With no scored row (or
+one) there is nothing to compare: MAE, within 0.1 and Spearman are undefined, NaN here, `null` in
+`report.json` and `n/a` on screen.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sophiavl_cli.fileio import atomic_path, atomic_write_text
+from sophiavl_cli.console import stat
+from sophiavl_cli.fileio import atomic_path, atomic_write_json, atomic_write_text
 
 NUM_BINS = 11  # scores 0, 0.1, ..., 1.0
 WITHIN = 0.1
@@ -55,8 +57,10 @@ def average_ranks(values: Sequence[float]) -> np.ndarray:
 
 
 def spearman(labels: Sequence[float], predictions: Sequence[float]) -> float:
-    """Spearman's rho; 0.0 when either side is constant or there are fewer than two pairs."""
-    if len(labels) < 2 or len(set(labels)) < 2 or len(set(predictions)) < 2:
+    """Spearman's rho; 0.0 when either side is constant; NaN (undefined) for fewer than two pairs."""
+    if len(labels) < 2:
+        return float("nan")
+    if len(set(labels)) < 2 or len(set(predictions)) < 2:
         return 0.0
     try:
         from scipy.stats import spearmanr
@@ -141,7 +145,8 @@ def plot_calibration(
     ax.set_xlabel("predicted score")
     ax.set_ylabel("mean label")
     ax.set_title(
-        f"{title}\nMAE {quality.mae:.3f}, within 0.1 {quality.within:.2f}, Spearman {quality.spearman:.3f}"
+        f"{title}\nMAE {stat(quality.mae, '.3f')}, within 0.1 {stat(quality.within, '.2f')}, "
+        f"Spearman {stat(quality.spearman, '.3f')}"
     )
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(True, alpha=0.3)
@@ -153,15 +158,12 @@ def plot_calibration(
 
 
 def write_report(quality: RMQuality, out_dir: Path, *, title: str = "") -> list[Path]:
-    """`report.json`, `confusion.md` and `calibration.png` in `out_dir` (each written atomically)."""
+    """`report.json` (undefined statistics as null), `confusion.md` and `calibration.png` in `out_dir`
+    (each written atomically)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in (
-        ("report.json", json.dumps(quality.to_json(), indent=1, allow_nan=True) + "\n"),
-        ("confusion.md", confusion_markdown(quality)),
-    ):
-        atomic_write_text(out_dir / name, text)
-        written.append(out_dir / name)
+    atomic_write_json(out_dir / "report.json", quality.to_json(), indent=1)
+    atomic_write_text(out_dir / "confusion.md", confusion_markdown(quality))
+    written = [out_dir / "report.json", out_dir / "confusion.md"]
     written.append(plot_calibration(quality, out_dir / "calibration.png", title or "Thinking reward model"))
     return written

@@ -101,7 +101,7 @@ def test_an_image_that_does_not_decode_names_the_file_and_row(tmp_path: Path) ->
     text[2] = "\t".join(cells)
     path.write_text("\n".join(text) + "\n", encoding="utf-8")
     samples = load_samples(get_benchmark("ChartQA"), path)
-    with pytest.raises(UserError, match=r"ChartQA_TEST\.tsv row 2: the image does not decode"):
+    with pytest.raises(UserError, match=r"ChartQA_TEST\.tsv row 2: cannot read image raw image bytes"):
         open_image(samples[1].images[0], samples[1].origin)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -31,6 +32,9 @@ from sophiavl_cli.infer.inferencer import (
     InferRequest,
     InferResult,
 )
+
+if TYPE_CHECKING:
+    from sophiavl_cli.infer.batch import BatchPlan
 
 # The question when only a picture is given: a photo or screenshot of a problem is the most common
 # input. It takes the place of {Question} in the released prompt template (docs/method.md), so the
@@ -78,6 +82,9 @@ def infer(
             raise UserError(
                 "--input takes the questions from the file: drop --image/--prompt/--type/--options"
             )
+        from sophiavl_cli.infer.batch import plan_batch
+
+        plan = plan_batch(input_, output)  # the whole file, before the model loads
     else:
         if not type_ or not (prompt or image):
             raise UserError(
@@ -96,7 +103,7 @@ def infer(
         )
     try:
         if batch:
-            _run_batch(inferencer, input_, output, settings, json_out)  # type: ignore[arg-type]
+            _run_batch(inferencer, plan, settings, json_out)
         else:
             _run_single(inferencer, request, settings, json_out)
     finally:
@@ -150,10 +157,10 @@ def render_result(result: InferResult, model: str, backend: str, timing: dict[st
     )
 
 
-def _run_batch(
-    inferencer: Inferencer, input_: Path, output: Path, settings: GenerationSettings, json_out: bool
-) -> None:
+def _run_batch(inferencer: Inferencer, plan: BatchPlan, settings: GenerationSettings, json_out: bool) -> None:
     from sophiavl_cli.infer.batch import run_batch
+
+    input_, output = plan.input_path, plan.output_path
 
     with Progress(
         TextColumn("answering"),
@@ -169,7 +176,7 @@ def _run_batch(
         def on_progress(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        summary = run_batch(inferencer, input_, output, settings, on_progress=on_progress)
+        summary = run_batch(inferencer, plan, None, settings, on_progress=on_progress)
     if json_out:
         print_json(
             {

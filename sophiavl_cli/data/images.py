@@ -1,5 +1,10 @@
 """Image references in data rows: normalise them, resolve paths, open them as RGB PIL images.
 
+`open_image` / `load_image` are the one way sophiavl opens an image from data (training rows, eval
+samples, `infer` requests, the data check): every way a file can be bad, a decompression bomb
+included (an image whose header claims more pixels than PIL will decode, e.g. a 48 KB one-bit PNG
+of 20000 x 20000), is one `UserError` naming the image and where it was found.
+
 An image column may hold a path, a list of paths, an HF image dict (`{"bytes": ..., "path": ...}`,
 what parquet files written by `datasets` carry), raw bytes or a PIL image. Rows keep the light
 reference (an absolute path or the dict); pixels are decoded only where they are needed, so a
@@ -78,7 +83,7 @@ def open_image(obj: ImageRef, base: Path | None = None, *, where: str = "") -> I
     prefix = f"{where}: " if where else ""
     if isinstance(obj, Image.Image):
         return obj
-    ref = resolve_image_ref(obj, base)
+    ref = resolve_image_ref(os.fspath(obj) if isinstance(obj, os.PathLike) else obj, base)
     try:
         if isinstance(ref, str):
             return Image.open(ref)
@@ -94,7 +99,14 @@ def open_image(obj: ImageRef, base: Path | None = None, *, where: str = "") -> I
         raise UserError(
             f"{prefix}image {describe(ref)} does not exist; fix the path or the dataset's image_base_path"
         ) from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise UserError(_bomb(prefix, describe(ref), exc)) from None
+    except UnidentifiedImageError as exc:
+        raise UserError(
+            f"{prefix}cannot read image {describe(ref)} (not a format PIL knows, or not an image); "
+            "replace or drop it"
+        ) from exc
+    except (OSError, ValueError) as exc:
         raise UserError(f"{prefix}cannot read image {describe(ref)} ({exc}); replace or drop it") from exc
     raise UserError(
         f"{prefix}unsupported image value of type {type(ref).__name__}; use a path or an image dict"
@@ -104,10 +116,25 @@ def open_image(obj: ImageRef, base: Path | None = None, *, where: str = "") -> I
 def load_image(obj: ImageRef, base: Path | None = None, *, where: str = "") -> Image.Image:
     """Decode an image fully and return it as RGB; a truncated or corrupt file is a `UserError`."""
     image = open_image(obj, base, where=where)
+    prefix = f"{where}: " if where else ""
     try:
         image.load()
         return image if image.mode == "RGB" else image.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise UserError(_bomb(prefix, describe(_plain(obj, base)), exc)) from None
     except (OSError, ValueError, SyntaxError) as exc:
-        prefix = f"{where}: " if where else ""
-        name = describe(resolve_image_ref(obj, base))
-        raise UserError(f"{prefix}cannot decode image {name} ({exc}); replace or drop it") from exc
+        raise UserError(
+            f"{prefix}cannot decode image {describe(_plain(obj, base))} ({exc}); replace or drop it"
+        ) from exc
+
+
+def _plain(obj: ImageRef, base: Path | None) -> ImageRef:
+    return resolve_image_ref(os.fspath(obj) if isinstance(obj, os.PathLike) else obj, base)
+
+
+def _bomb(prefix: str, name: str, exc: Exception) -> str:
+    """PIL refuses images over 2 x `Image.MAX_IMAGE_PIXELS` pixels before decoding them: the header
+    of a few KB can claim gigabytes of pixels."""
+    return (
+        f"{prefix}image {name} is too large to decode safely ({exc}); shrink it below PIL's limit or drop it"
+    )

@@ -123,7 +123,12 @@ def map_row(table: Table, index: int) -> dict[str, Any]:
 
 
 def check_mapping(table: Table) -> None:
-    """A wrong column mapping fails here, naming the file, the column and the columns it has."""
+    """A wrong column mapping fails here, naming the file, the column and the columns it has.
+
+    A table with no rows (an empty file, `[]`) has no columns either: that is said as it is, not
+    as a mapping problem.
+    """
+    table.require_rows()
     have = ", ".join(table.columns) or "none"
     for src, dst in table.mapping.items():
         natively_present = dst in table.columns and dst not in table.mapping

@@ -61,6 +61,7 @@ def rm_mapping(table: Table) -> dict[str, str]:
 
 def check_rm_table(table: Table) -> dict[str, str]:
     """The mapping to use; a missing required column is a `UserError` naming the file and the fix."""
+    table.require_rows()
     mapping = rm_mapping(table)
     have = ", ".join(table.columns) or "none"
     for internal in REQUIRED:

@@ -54,6 +54,11 @@ class Table:
             return f"{self.label}: line {self.lines[index]}"
         return f"{self.label}: row {index + 1}"
 
+    def require_rows(self) -> None:
+        """An empty file (or `[]`) has no columns either: say what it is, not a mapping problem."""
+        if len(self) == 0:
+            raise UserError(f"no rows in {self.label}; add rows to it or take it out of the data spec")
+
     def source_column(self, internal: str) -> str | None:
         """The stored column that becomes `internal` after mapping (None when there is none)."""
         for src, dst in self.mapping.items():

@@ -21,15 +21,15 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
-import io
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from sophiavl_cli.data.images import load_image
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.eval.benchmarks.base import HF, TSV, Benchmark, ImageSource, Sample
 from sophiavl_cli.eval.matching import parse_list_literal
@@ -292,10 +292,6 @@ def _hf_image(value: Any, base: Path, origin: str) -> ImageSource | None:
 
 
 def open_image(source: ImageSource, origin: str) -> Image.Image:
-    """Decode one image to RGB; a broken one is a one-line error naming the file and row."""
-    try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"{origin}: the image does not decode ({exc}); fix or drop this row") from exc
-    return image.convert("RGB") if image.mode != "RGB" else image
+    """Decode one image to RGB; a broken one (a decompression bomb included) is a one-line error
+    naming the file and row (`data.images.load_image`, the one way images are opened)."""
+    return load_image(source, where=origin)

@@ -3,8 +3,11 @@
 Request rows: `{"id": "q1", "images": ["a.png"], "prompt": "...", "type": "numerical",
 "options": [...]}`; `id` and `options` are optional, `images` may be one path or a list (relative
 paths are taken from the request file's folder, then the working folder), `problem_type` is
-accepted for `type`. Every row is validated (and every image path checked) before the model
-loads, so a typo on line 9,000 fails in a second, not after an hour.
+accepted for `type`. Every row is validated (JSON, fields, unique ids, and every image opened far
+enough to read its header: missing, not an image, a decompression bomb) before the model loads
+(`plan_batch`), so a typo on line 9,000 fails in a second, not after an hour. Every error names
+the input line; so does an image that turns out not to decode while its row is answered (the
+answers of earlier batches are kept).
 
 Resume: each answer line carries the request's key, its `id` or, without one, its line number
 (`line`, 1-based). A rerun skips keys already in the output, so an interrupted run keeps what it
@@ -141,10 +144,29 @@ def answered_keys(output: Path) -> set[str]:
     return keys
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """A validated batch: every request of the input, and those the output does not hold yet."""
+
+    input_path: Path
+    output_path: Path
+    rows: list[BatchRow]
+    todo: list[BatchRow]
+
+
+def plan_batch(input_path: Path, output_path: Path) -> BatchPlan:
+    """Read and validate the whole input and the answers already written; no model needed."""
+    if output_path.resolve() == input_path.resolve():
+        raise UserError("--output must differ from --input; answers are appended to the output file")
+    rows = read_requests(input_path)
+    done = answered_keys(output_path)
+    return BatchPlan(input_path, output_path, rows, [row for row in rows if row.key not in done])
+
+
 def run_batch(
     inferencer: Inferencer,
-    input_path: Path,
-    output_path: Path,
+    input_path: Path | BatchPlan,
+    output_path: Path | None,
     settings: GenerationSettings,
     *,
     batch_size: int | None = None,
@@ -152,15 +174,17 @@ def run_batch(
 ) -> BatchSummary:
     """Answer the rows of `input_path` not yet in `output_path`, appending as each batch finishes.
 
+    `input_path` may be a `plan_batch` made before the model loaded (then `output_path` is None).
     `batch_size` rows are handed to the backend at a time (default: all at once for vLLM, whose
     scheduler batches internally, and the hf backend's own batch size otherwise); `on_progress(done,
     total)` is called after each.
     """
-    rows = read_requests(input_path)
-    if output_path.resolve() == input_path.resolve():
-        raise UserError("--output must differ from --input; answers are appended to the output file")
-    done = answered_keys(output_path)
-    todo = [row for row in rows if row.key not in done]
+    if isinstance(input_path, BatchPlan):
+        plan = input_path
+    else:
+        assert output_path is not None, "run_batch: an input file needs its output file"
+        plan = plan_batch(input_path, output_path)
+    rows, todo, output_path = plan.rows, plan.todo, plan.output_path
     skipped = len(rows) - len(todo)
     step = batch_size or (
         len(todo) if inferencer.backend.name == "vllm" else getattr(inferencer.backend, "batch_size", 8)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
 
 from sophiavl_cli.config.recipe import DataConfig
+from sophiavl_cli.data.images import load_image, open_image
 from sophiavl_cli.data.problem_types import PROBLEM_TYPES, normalize_problem_type
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.hub.names import DEFAULT_MODEL
@@ -55,6 +56,7 @@ class InferRequest:
     images: tuple[str, ...] = ()
     options: tuple[str, ...] = ()
     id: str | None = None
+    where: str = field(default="", compare=False)  # `requests.jsonl line 3`: named by decode errors
 
     @classmethod
     def create(
@@ -81,7 +83,9 @@ class InferRequest:
                 f"{at}options are only used with type 'multiple choice' (type is {kind!r}); drop them"
             )
         paths = tuple(resolve_image_path(image, base, where) for image in images)
-        return cls(prompt=prompt, problem_type=kind, images=paths, options=opts, id=id)
+        for path in paths:  # the header only, before any model loads: not an image, a decompression bomb
+            open_image(path, where=where).close()
+        return cls(prompt=prompt, problem_type=kind, images=paths, options=opts, id=id, where=where)
 
     def row(self) -> dict[str, Any]:
         """The data-row view the prompt presets take (`data.prompts.build_messages`)."""
@@ -241,9 +245,7 @@ class Inferencer:
         return self.processor.apply_chat_template(build_messages(row, preset=self.preset))
 
     def images(self, request: InferRequest) -> list[Image.Image]:
-        from sophiavl_cli.data.images import load_image
-
-        return [load_image(path, where=f"image {path}") for path in request.images]
+        return [load_image(path, where=request.where) for path in request.images]
 
     def generate(self, requests: Sequence[InferRequest], settings: GenerationSettings) -> list[InferResult]:
         """Answer `requests` in order; the backend decides how to batch them."""

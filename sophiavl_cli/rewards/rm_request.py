@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from PIL import Image
 
+from sophiavl_cli.data.images import open_image
 from sophiavl_cli.data.prompts import RM_SYSTEM_PROMPT, rm_user_text
 from sophiavl_cli.errors import UserError
 
@@ -41,9 +42,10 @@ def image_to_data_url(image: ImageLike) -> str:
         pil = image
     else:
         raw = Path(image).read_bytes() if isinstance(image, str | Path) else bytes(image)
+        pil = open_image(raw)  # the header only: a decompression bomb is refused here, not decoded
         if raw.startswith(_PNG_MAGIC):
+            pil.close()
             return "data:image/png;base64," + base64.b64encode(raw).decode("ascii")
-        pil = Image.open(io.BytesIO(raw))
     if pil.mode not in ("RGB", "RGBA", "L", "LA", "P", "I;16", "1"):
         pil = pil.convert("RGB")
     buffer = io.BytesIO()

@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import httpx2
 import openai
-from PIL import Image
 
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.hub.names import RM_SERVED_NAME
@@ -214,7 +213,7 @@ class ThinkingRewardClient:
     ) -> ThinkingResult:
         try:
             urls = await encoder.urls(sample.images)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # one bad file fails one call
+        except (OSError, ValueError, UserError) as exc:  # one bad file (a bomb too) fails one call
             logger.warning("thinking RM: an image of a sample cannot be read (%s)", type(exc).__name__)
             return ThinkingResult(score=None, failure="bad_image", attempts=0, latency_s=0.0)
         return await self._score_one(state, self._request_body(build_messages(sample, urls)))

@@ -177,7 +177,9 @@ def _write_requests(path: Path, rows: list[Any], raw_lines: dict[int, str] | Non
 )
 def test_infer_input_errors_name_their_line_before_the_model_loads(fault, message, tmp_path, capsys) -> None:
     good = small_png(tmp_path / "ok.png")
-    rows: list[Any] = [{"id": chr(97 + i), "images": [str(good)], "prompt": "q", "type": "OCR"} for i in range(6)]
+    rows: list[Any] = [
+        {"id": chr(97 + i), "images": [str(good)], "prompt": "q", "type": "OCR"} for i in range(6)
+    ]
     raw: dict[int, str] = {}
     if fault == "json":
         raw[5] = '{"id": "e", "prompt": "q", '

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -12,7 +15,13 @@ from PIL import Image, ImageDraw
 
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.models import VLProcessor, load_vl_model, model_family, resolve_model
-from sophiavl_cli.models.builtin import BUILD_VERSION, build_builtin, ensure_builtin
+from sophiavl_cli.models.builtin import (
+    BUILD_VERSION,
+    CHECKSUMS_FILE,
+    build_builtin,
+    ensure_builtin,
+    verify_builtin,
+)
 from sophiavl_cli.models.tokenizer import QWEN_ADDED_TOKENS, qwen_tiktoken_file
 
 torch.set_num_threads(1)
@@ -63,6 +72,59 @@ def test_concurrent_resolves_build_once_into_one_folder(
     built_at = (expected / "model.safetensors").stat().st_mtime_ns
     assert ensure_builtin("tiny-qwen2-vl") == expected
     assert (expected / "model.safetensors").stat().st_mtime_ns == built_at
+
+
+def _resolve_in_a_new_process(home: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """`resolve_model` and a load of the weights, as the next command a user runs would do them."""
+    code = (
+        "import sys; from safetensors.torch import load_file; from sophiavl_cli.models import resolve_model; "
+        f"folder = resolve_model('builtin:{name}'); load_file(str(folder / 'model.safetensors')); print(folder)"
+    )
+    env = {**os.environ, "SOPHIAVL_HOME": str(home)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_builtin_is_caught_by_its_checksum_and_rebuilt_with_a_line(
+    damage: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    first = _resolve_in_a_new_process(home, "tiny-qwen2-vl")
+    assert first.returncode == 0, first.stderr
+    folder = Path(first.stdout.strip())
+    weights = folder / "model.safetensors"
+    good = weights.read_bytes()
+    if damage == "truncated":  # a copy or a download cut short
+        weights.write_bytes(good[: len(good) // 2])
+    else:  # 8 bytes flipped inside a tensor: same size, safetensors would load it without a word
+        middle = len(good) // 2
+        weights.write_bytes(
+            good[:middle] + bytes(b ^ 0xFF for b in good[middle : middle + 8]) + good[middle + 8 :]
+        )
+
+    second = _resolve_in_a_new_process(home, "tiny-qwen2-vl")
+    assert second.returncode == 0, second.stderr
+    assert Path(second.stdout.strip()) == folder
+    assert weights.read_bytes() == good
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"builtin:tiny-qwen2-vl in {folder} is damaged (model.safetensors does not match its checksum); "
+        "rebuilding it"
+    ]
+    assert not [
+        p for p in folder.parent.iterdir() if p.name.startswith(".") and p.is_dir()
+    ]  # nothing left over
+
+
+def test_a_builtin_without_its_checksum_list_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOPHIAVL_HOME", str(tmp_path))
+    folder = ensure_builtin("tiny-qwen2-vl")
+    (folder / CHECKSUMS_FILE).unlink()  # what a build interrupted before its last file leaves
+    assert verify_builtin(folder) == f"{CHECKSUMS_FILE} is missing (an interrupted or older build)"
+    assert ensure_builtin("tiny-qwen2-vl") == folder
+    assert verify_builtin(folder) is None
 
 
 # ---- contents -------------------------------------------------------------------------------------

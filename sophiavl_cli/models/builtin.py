@@ -12,10 +12,18 @@ for it at the same moment. Every byte is a function of the code (fixed seed per 
 deterministic BPE training, sorted JSON, safetensors without timestamps), so two machines build
 identical files. Bump `BUILD_VERSION` whenever anything here, in `tokenizer.py` or in
 `corpus.py` changes the output.
+
+A build ends with `.checksums.json` (SHA-256 of every other file). Since the files are a pure
+function of the code, a file that no longer matches is damage (a disk error, a copy cut short, a
+stray edit), never a newer version: `ensure_builtin` verifies the folder the first time a process
+uses it (again whenever a file's size or mtime changes) and rebuilds a damaged one, saying so in
+one line, instead of letting safetensors fail with a raw error or train on flipped bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -24,6 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rich.markup import escape
+
+from sophiavl_cli.console import err_console
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.models.processing import CLIP_MEAN, CLIP_STD
 from sophiavl_cli.models.tokenizer import (
@@ -36,7 +47,7 @@ from sophiavl_cli.models.tokenizer import (
 )
 from sophiavl_cli.paths import builtin_dir
 
-BUILD_VERSION = "v1"
+BUILD_VERSION = "v2"  # v2: .checksums.json
 SEED = 1234
 INIT_STD = 0.02
 MIN_PIXELS = 4 * 28 * 28  # 4 vision tokens
@@ -71,19 +82,32 @@ BUILTINS: dict[str, BuiltinSpec] = {
 }
 
 
+CHECKSUMS_FILE = ".checksums.json"
+_HASH_CHUNK = 4 * 1024**2
+_verified: dict[Path, tuple[tuple[str, int, int], ...]] = {}  # folder -> file stats when it last checked out
+
+
 def ensure_builtin(name: str) -> Path:
-    """The folder of built-in model `name`, building it first if this machine has not yet."""
+    """The folder of built-in model `name`, verified; built first if this machine has not yet, and
+    built again (with a line on stderr) when a file no longer matches its checksum."""
     from filelock import FileLock
 
     spec = _spec(name)
     root = builtin_dir()
     final = root / f"{spec.name}-{BUILD_VERSION}"
-    if final.is_dir():
+    if final.is_dir() and verify_builtin(final) is None:
         return final
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{spec.name}-{BUILD_VERSION}.lock")):
-        if final.is_dir():  # another process built it while we waited
-            return final
+        if final.is_dir():
+            problem = verify_builtin(final)
+            if problem is None:  # another process built (or rebuilt) it while we waited
+                return final
+            err_console.print(
+                f"[yellow]{escape(f'builtin:{spec.name} in {final} is damaged ({problem}); rebuilding it')}[/]",
+                soft_wrap=True,
+            )
+            _remove_tree(final)
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
         try:
             build_builtin(spec.name, staging)
@@ -91,7 +115,51 @@ def ensure_builtin(name: str) -> Path:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+    if (problem := verify_builtin(final)) is not None:  # the build itself is wrong: not worth a loop
+        raise UserError(f"builtin:{spec.name} was just built into {final} but {problem}; report this")
     return final
+
+
+def verify_builtin(folder: Path) -> str | None:
+    """None when every file `.checksums.json` lists has its SHA-256; else what is wrong, in words.
+
+    Checked once per process while the files' sizes and mtimes stay as they were: an in-place
+    edit changes the mtime, so it is checked again.
+    """
+    listing = folder / CHECKSUMS_FILE
+    try:
+        expected = json.loads(listing.read_text(encoding="utf-8"))["files"]
+        names = sorted(expected)
+    except FileNotFoundError:
+        return f"{CHECKSUMS_FILE} is missing (an interrupted or older build)"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return f"{CHECKSUMS_FILE} is not readable"
+    try:
+        stats = tuple((n, (st := (folder / n).stat()).st_size, st.st_mtime_ns) for n in names)
+    except FileNotFoundError as exc:
+        return f"{Path(str(exc.filename)).name} is missing"
+    if _verified.get(folder) == stats:
+        return None
+    for file_name in names:
+        if file_sha256(folder / file_name) != expected[file_name]:
+            return f"{file_name} does not match its checksum"
+    _verified[folder] = stats
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _remove_tree(path: Path) -> None:
+    """Rename first, then delete: a reader never sees half a folder under the final name."""
+    doomed = path.with_name(f".{path.name}.damaged-{os.getpid()}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def build_builtin(name: str, dest: Path) -> None:
@@ -120,6 +188,8 @@ def build_builtin(name: str, dest: Path) -> None:
     config = model_config(spec.family, vocab_size=vocab_size, ids=ids, tie_word_embeddings=spec.real_vocab)
     _write(dest / "config.json", dump_json(config))
     _write_weights(dest)
+    files = sorted(p.name for p in dest.iterdir() if p.is_file() and p.name != CHECKSUMS_FILE)
+    _write(dest / CHECKSUMS_FILE, dump_json({"files": {n: file_sha256(dest / n) for n in files}}))
 
 
 def known_builtins() -> list[str]:

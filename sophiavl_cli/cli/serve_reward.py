@@ -15,7 +15,12 @@ from enum import Enum
 import typer
 
 from sophiavl_cli.console import console, err_console
-from sophiavl_cli.serving.hf_server import API_KEY_ENV, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_SERVED_NAME
+from sophiavl_cli.serving.hf_server import (
+    API_KEY_ENV,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_SERVED_NAME,
+)
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -88,6 +93,12 @@ def serve_reward(
     max_request_mb: float = typer.Option(
         DEFAULT_MAX_REQUEST_BYTES / 2**20, "--max-request-mb", help="hf: larger request bodies get HTTP 413."
     ),
+    max_image_pixels: int = typer.Option(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        "--max-image-pixels",
+        min=1,
+        help="hf: requests whose images hold more pixels in all get HTTP 400, before decoding.",
+    ),
 ) -> None:
     """Serve MODEL on an OpenAI-compatible API (chat completions, /v1/models, /health) until Ctrl-C."""
     chosen = pick_backend(backend)
@@ -111,6 +122,7 @@ def serve_reward(
             max_new_tokens=max_new_tokens,
             dtype=dtype.value,
             max_request_bytes=int(max_request_mb * 2**20),
+            max_image_pixels=max_image_pixels,
         )
         return
     from sophiavl_cli.models.resolve import resolve_model

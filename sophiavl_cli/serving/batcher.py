@@ -26,6 +26,11 @@ class BatchEngine(Protocol):
         request alone failed with."""
         ...
 
+    def admit(self, texts: list[str], image_sizes: list[tuple[int, int]]) -> None:
+        """Raise `RequestError` for a request that cannot fit, before anything is decoded; called
+        outside the batch, from any thread (`chat_request.parse_chat_request`)."""
+        ...
+
 
 class RequestBatcher:
     """Queue of pending requests, drained in batches by one task on the server's event loop."""

@@ -4,6 +4,12 @@ The subset a reward model needs: text and image parts, greedy or sampled decodin
 choice constraint under the key the installed vLLM reads (`structured_outputs: {"choice": [...]}`;
 the older `guided_choice` is ignored with a warning, as vLLM 0.32 does). Images must be inline
 `data:` URLs: fetching http(s) URLs from a server would let any caller make it reach the network.
+
+Work is refused before it is done: the body is checked first, then every image's header is read
+(its pixels counted against `max_image_pixels`, a decompression bomb refused), then `admit` (the
+engine's question: does the text plus those images fit the model?) is asked with the texts and
+the image sizes, and only then are the images decoded. A 50 MB prompt is a 400 in milliseconds,
+not minutes of tokenizing and gigabytes of memory.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import base64
 import binascii
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +57,12 @@ def _bad(message: str) -> RequestError:
     return RequestError(400, message)
 
 
-def decode_data_url(url: str) -> Image.Image:
-    """`data:image/...;base64,...` -> a loaded PIL image; anything else is a 400."""
+Admit = Callable[[list[str], list[tuple[int, int]]], None]  # (texts, (width, height) per image)
+
+
+def open_data_url(url: str) -> Image.Image:
+    """`data:image/...;base64,...` -> a PIL image with only its header read (size known, pixels not
+    decoded); anything else is a 400."""
     if not url.startswith("data:"):
         scheme = url.split(":", 1)[0] if ":" in url else "no scheme"
         raise _bad(
@@ -61,15 +72,12 @@ def decode_data_url(url: str) -> Image.Image:
     if not header.startswith("data:image/") or not header.endswith(";base64"):
         raise _bad("image data URLs must look like data:image/<format>;base64,<payload>")
     try:
-        raw = base64.b64decode(payload, validate=True)
-        image = Image.open(io.BytesIO(raw))
-        image.load()
+        return Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
     except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as exc:
         raise _bad(f"an image data URL does not hold a readable image ({type(exc).__name__})") from None
-    return image
 
 
-def _content_parts(content: Any, images: list[Image.Image], max_images: int) -> list[dict[str, Any]]:
+def _content_parts(content: Any, images: list[str], max_images: int) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if not isinstance(content, list):
@@ -86,7 +94,7 @@ def _content_parts(content: Any, images: list[Image.Image], max_images: int) -> 
                 raise _bad("an image_url part needs image_url.url")
             if len(images) >= max_images:
                 raise _bad(f"at most {max_images} images per request")
-            images.append(decode_data_url(url))
+            images.append(url)
             parts.append({"type": "image"})
         else:
             raise _bad(f"unsupported content part type {kind!r}; use text or image_url")
@@ -121,8 +129,14 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
     return float(value)
 
 
-def parse_chat_request(body: Any, *, max_images: int = 8) -> ChatRequest:
-    """Check the body and decode its images; raises `RequestError` (400) naming the bad field."""
+def parse_chat_request(
+    body: Any, *, max_images: int = 8, max_image_pixels: int | None = None, admit: Admit | None = None
+) -> ChatRequest:
+    """Check the body and decode its images; raises `RequestError` (400) naming the bad field.
+
+    Before any image is decoded: their pixels are counted from the headers (over `max_image_pixels`
+    in all: 400) and `admit(texts, sizes)` may refuse the request (the module docstring says why).
+    """
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
     model = body.get("model")
@@ -135,13 +149,13 @@ def parse_chat_request(body: Any, *, max_images: int = 8) -> ChatRequest:
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise _bad("messages must be a non-empty list")
-    images: list[Image.Image] = []
+    urls: list[str] = []
     messages = []
     for message in raw_messages:
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ("system", "user", "assistant"):
             raise _bad(f"message role {role!r} is not supported; use system, user or assistant")
-        messages.append({"role": role, "content": _content_parts(message.get("content"), images, max_images)})
+        messages.append({"role": role, "content": _content_parts(message.get("content"), urls, max_images)})
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None and (
         not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
@@ -150,6 +164,7 @@ def parse_chat_request(body: Any, *, max_images: int = 8) -> ChatRequest:
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise _bad("seed must be an integer")
+    images = _decoded_images(messages, urls, max_image_pixels, admit)
     return ChatRequest(
         model=model,
         messages=messages,
@@ -160,3 +175,28 @@ def parse_chat_request(body: Any, *, max_images: int = 8) -> ChatRequest:
         seed=seed,
         choices=_choices(body),
     )
+
+
+def _decoded_images(
+    messages: list[dict[str, Any]], urls: list[str], max_image_pixels: int | None, admit: Admit | None
+) -> list[Image.Image]:
+    """The images, decoded only once their headers and the text have passed the limits."""
+    opened = [open_data_url(url) for url in urls]
+    sizes = [image.size for image in opened]
+    pixels = sum(width * height for width, height in sizes)
+    if max_image_pixels is not None and pixels > max_image_pixels:
+        raise _bad(
+            f"the images hold {pixels:,} pixels, over this server's limit of {max_image_pixels:,} per request; "
+            "send smaller images"
+        )
+    if admit is not None:
+        texts = [p["text"] for m in messages for p in m["content"] if p["type"] == "text"]
+        admit(texts, sizes)
+    images = []
+    for image in opened:
+        try:
+            image.load()
+        except (ValueError, OSError, Image.DecompressionBombError) as exc:
+            raise _bad(f"an image data URL does not hold a readable image ({type(exc).__name__})") from None
+        images.append(image)
+    return images

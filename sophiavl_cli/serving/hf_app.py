@@ -1,14 +1,21 @@
 """The built-in reward server's ASGI app: OpenAI-style routes over an engine, behind guards.
 
 Routes: GET /health (no key, as in vLLM), GET /v1/models, POST /v1/chat/completions. Guards: a
-bearer key when one is set (401), a request size limit (413, see `BodyLimit`). Generation goes
-through a `RequestBatcher`: concurrent requests share one batched `generate` in a worker thread,
-one batch at a time, so /health keeps answering while the model works.
+bearer key when one is set (401), a request size limit (413, see `BodyLimit`), then, in a worker
+thread and before anything is decoded, the image pixels of a request and whether its text and
+images can fit the model (400, `chat_request` and the engine's `admit`). Generation goes through
+a `RequestBatcher`: concurrent requests share one batched `generate` in a worker thread, one batch
+at a time, so /health keeps answering while the model works, and an oversized request is refused
+beside the batch instead of inside it. After a large body the memory it took is handed back to
+the system (`release_memory`), so one big request does not leave the server gigabytes heavier.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import json
 import logging
 import secrets
@@ -24,6 +31,8 @@ from sophiavl_cli.serving.batcher import BatchEngine, RequestBatcher
 from sophiavl_cli.serving.chat_request import RequestError, parse_chat_request
 
 logger = logging.getLogger(__name__)
+
+LARGE_BODY_BYTES = 1 << 20  # after a body this large, freed memory is handed back to the system
 
 
 Scope = MutableMapping[str, Any]
@@ -43,7 +52,8 @@ class BodyLimit:
     """ASGI middleware answering 413 to bodies over `limit` bytes, declared or streamed (chunked).
 
     The body is read here, up to the limit, before the app runs, then replayed to it: an app that
-    has started answering can no longer be told to send a 413 instead.
+    has started answering can no longer be told to send a 413 instead. After a large body has been
+    answered, the memory it took is handed back (`release_memory`).
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
@@ -81,12 +91,33 @@ class BodyLimit:
             return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
         await self.app(scope, replay, send)
+        if size >= LARGE_BODY_BYTES:  # the request is answered and nothing refers to its body now
+            chunks.clear()
+            await asyncio.to_thread(release_memory)
 
     async def _reject(self, send: Send) -> None:
         body = _error_body(413, f"request body over the server's limit of {self.limit} bytes")
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def release_memory() -> None:
+    """Collect, then ask glibc to return free heap pages to the system (`malloc_trim`): CPython
+    and glibc keep freed memory for reuse, so without this the peak of one large request stays
+    in the server's RSS. Elsewhere (musl, macOS) only the collection happens."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
 
 
 def build_app(
@@ -96,6 +127,7 @@ def build_app(
     api_key: str | None,
     max_request_bytes: int,
     max_images: int = 8,
+    max_image_pixels: int | None = None,
     batcher: RequestBatcher | None = None,
 ) -> ASGIApp:
     """The ASGI app over a loaded engine (FastAPI inside a body-size guard).
@@ -106,6 +138,7 @@ def build_app(
     """
     app = FastAPI(title="sophiavl reward server", docs_url=None, redoc_url=None, openapi_url=None)
     batcher = batcher or RequestBatcher(engine)
+    admit = getattr(engine, "admit", None)
     created = int(time.time())
 
     def error(status: int, message: str) -> Response:
@@ -133,12 +166,19 @@ def build_app(
     async def chat_completions(request: Request) -> Response:
         if not authorised(request):
             return error(401, "missing or wrong API key (send Authorization: Bearer <key>)")
+        return await answer(await request.body())
+
+    def parse(raw: bytes) -> Any:
+        """JSON, checks and image decoding: off the event loop, beside whatever batch is running."""
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, "the request body is not valid JSON")
+            raise RequestError(400, "the request body is not valid JSON") from None
+        return parse_chat_request(body, max_images=max_images, max_image_pixels=max_image_pixels, admit=admit)
+
+    async def answer(raw: bytes) -> Response:
         try:
-            chat = await asyncio.to_thread(parse_chat_request, body, max_images=max_images)
+            chat = await asyncio.to_thread(parse, raw)
             if chat.model != served_model_name:
                 return error(
                     404, f"The model `{chat.model}` does not exist; this server serves `{served_model_name}`."

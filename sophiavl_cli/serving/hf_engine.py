@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import LogitsProcessorList
 
+from sophiavl_cli.data.length import capped_token_count
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.generation.hf import HFGenerator, trim_at_stop
 from sophiavl_cli.generation.row_sampling import RowSampling
@@ -68,6 +69,25 @@ class HFRewardEngine:
         )
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.max_positions = int(getattr(text_config, "max_position_embeddings", 0) or 0)
+        self._counter = _TokenCounter(tokenizer)
+
+    def admit(self, texts: list[str], image_sizes: list[tuple[int, int]]) -> None:
+        """Refuse a request whose text and images cannot fit the model, before its images are
+        decoded or its prompt tokenized: texts counted with a ceiling (`data.length`), images by
+        their headers' sizes. Thread-safe (its own tokenizer copy), so the app calls it beside the
+        batch that is generating, and a huge request never holds the others up."""
+        if not self.max_positions:
+            return
+        images = sum(self.processor.num_image_tokens(height, width) for width, height in image_sizes)
+        room = self.max_positions - images
+        text = capped_token_count(self._counter, "\n".join(texts), max(room, 0))
+        if text > room:
+            counted = f"{room + 1:,}+" if text == max(room, 0) + 1 else f"{text:,}"
+            raise RequestError(
+                400,
+                f"the prompt has {counted} text tokens and {images:,} image tokens, over the model's "
+                f"{self.max_positions:,} positions; send a shorter prompt or smaller images",
+            )
 
     def generate(self, request: ChatRequest) -> Generation:
         """One completion; with `request.choices`, exactly one of them (see choice_constraint)."""
@@ -158,3 +178,24 @@ class _Plan:
     sampling: RowSampling
     trie: ChoiceTrie | None
     choice_ids: dict[str, list[int]]
+
+
+class _TokenCounter:
+    """The served tokenizer's own rules in an independent copy, used only to count.
+
+    transformers' tokenizer object reconfigures its Rust tokenizer on calls (a mutable borrow), so
+    counting with it beside the generating batch could fail with "Already borrowed"; this copy is
+    only ever read, which the Rust side allows from any number of threads at once.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        from tokenizers import Tokenizer
+
+        self._backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self._vocab = self._backend.get_vocab(with_added_tokens=True)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._vocab
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self._backend.encode(text, add_special_tokens=add_special_tokens).ids

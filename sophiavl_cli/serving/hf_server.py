@@ -8,8 +8,9 @@ endpoint. It speaks the part of vLLM's API the thinking-reward client uses:
     POST /v1/chat/completions    text + data-URL images, temperature/top_p/seed/max_tokens, and
                                  structured_outputs={"choice": [...]} (answer is one of the strings)
 
-Guards (see `hf_app`): a bearer key when one is set (401), a request size limit (413), data-URL
-images only (http URLs are refused). Concurrent requests are batched (`batcher`: up to
+Guards (see `hf_app`): a bearer key when one is set (401), a request size limit (413, 16 MiB by
+default), data-URL images only (http URLs are refused), and before anything is decoded a pixel
+budget per request and a check that the text and images fit the model (400). Concurrent requests are batched (`batcher`: up to
 --max-batch-size requests per `generate`, gathered within --batch-window-ms). This module stays light (no
 FastAPI or torch at import) so the CLI and the launcher can read its defaults cheaply.
 
@@ -28,7 +29,12 @@ from sophiavl_cli.serving.batcher import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_S, Re
 
 API_KEY_ENV = "SOPHIAVL_REWARD_API_KEY"
 DEFAULT_SERVED_NAME = RM_SERVED_NAME
-DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a few multi-megapixel PNGs, base64-encoded
+# A thinking-RM request is a question, a response and its images. 16 MiB holds several
+# multi-megapixel PNGs base64-encoded; 64 MiB let a 50 MB text through to the tokenizer.
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# Decoded pixels per request (all images), counted from the headers before decoding: 48 M is
+# ~150 MB of RGB, far above what the processor keeps (it resizes to its max_pixels).
+DEFAULT_MAX_IMAGE_PIXELS = 48_000_000
 
 
 def serve(
@@ -42,6 +48,7 @@ def serve(
     dtype: str = "auto",
     device: str | None = None,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     max_batch_size: int = DEFAULT_MAX_BATCH,
     batch_window_ms: float = DEFAULT_WINDOW_S * 1000,
 ) -> None:
@@ -60,6 +67,7 @@ def serve(
         served_model_name=served_model_name,
         api_key=api_key,
         max_request_bytes=max_request_bytes,
+        max_image_pixels=max_image_pixels,
         batcher=RequestBatcher(engine, max_batch=max_batch_size, window_s=batch_window_ms / 1000),
     )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
@@ -79,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--device", default=None)
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
     parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH, help="requests per generate")
     parser.add_argument(
         "--batch-window-ms",
@@ -99,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             dtype=args.dtype,
             device=args.device,
             max_request_bytes=args.max_request_bytes,
+            max_image_pixels=args.max_image_pixels,
             max_batch_size=args.max_batch_size,
             batch_window_ms=args.batch_window_ms,
         )

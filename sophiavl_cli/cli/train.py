@@ -4,7 +4,7 @@ Usage:
     sophiavl train recipes/quickstart.yaml
     sophiavl train recipes/fullsets.yaml trainer.max_steps=20 worker.rollout.n=4
     sophiavl train recipes/fullsets.yaml --ray-address 10.0.0.1:6379      # a cluster from `ray start`
-    sophiavl train recipes/quickstart.yaml --resume none                    # ignore old checkpoints
+    sophiavl train recipes/quickstart.yaml --resume none                    # start over (the old run is kept)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from sophiavl_cli.console import console, fail
@@ -38,7 +39,10 @@ def train(
         None, "--ray-address", help="Join this Ray cluster (from `ray start --head`) instead of starting one."
     ),
     resume: str = typer.Option(
-        "auto", "--resume", help="auto: latest complete checkpoint of the run dir; a checkpoint path; none."
+        "auto",
+        "--resume",
+        help="auto: latest complete checkpoint of the run dir; a checkpoint path; none: start over "
+        "(an earlier run in the run dir is kept, moved aside).",
     ),
 ) -> None:
     """Train a vision-language policy with Trust-GRPO on Ray + FSDP2."""
@@ -57,7 +61,7 @@ def train(
     )
     result = launch(run_training, loaded, ray_address, resume)
     if result is not None:
-        show_result(result)
+        show_result(result, resume=resume)
 
 
 def check_resume_arg(resume: str) -> None:
@@ -78,7 +82,7 @@ def launch(
             recipe,
             ray_address=ray_address,
             resume=resume,
-            status=lambda text: console.print(f"[dim]{text}[/]"),
+            status=lambda text: console.print(f"[dim]{escape(text)}[/]", soft_wrap=True),  # paths whole
         )
     except WorkerFailure as exc:
         fail(str(exc))
@@ -88,7 +92,15 @@ def launch(
         return None
 
 
-def show_result(result: RunResult, notes: tuple[str, ...] = ()) -> None:
+def continue_hint(resume: str) -> str:
+    """How to go on from where a stopped run left off. Repeating `--resume none` (or a checkpoint
+    path) would start over (or go back) instead, so the hint says to drop it."""
+    if resume == "auto":
+        return "continue: the same command again (--resume auto is the default)"
+    return f"continue: the same command without --resume {resume} (--resume auto, the default, takes the newest checkpoint)"
+
+
+def show_result(result: RunResult, notes: tuple[str, ...] = (), resume: str = "auto") -> None:
     """The closing table of a training run (`train` and `train-rm`), then exit 128 + signal if stopped."""
     finished = result.last_step >= result.total_steps and not result.interrupted
     table = Table(
@@ -107,6 +119,6 @@ def show_result(result: RunResult, notes: tuple[str, ...] = ()) -> None:
         for note in notes:
             console.print(note, soft_wrap=True)
     else:
-        console.print("continue: the same command again (--resume auto is the default)", soft_wrap=True)
+        console.print(continue_hint(resume), soft_wrap=True, markup=False)
     if result.interrupted:  # like any command stopped by a signal (130 Ctrl-C, 143 SIGTERM), checkpoint safe
         sys.exit(128 + (result.stop_signal or signal.SIGINT))

@@ -30,7 +30,10 @@ def train_rm(
         None, "--ray-address", help="Join this Ray cluster (from `ray start --head`) instead of starting one."
     ),
     resume: str = typer.Option(
-        "auto", "--resume", help="auto: latest complete checkpoint of the run dir; a checkpoint path; none."
+        "auto",
+        "--resume",
+        help="auto: latest complete checkpoint of the run dir; a checkpoint path; none: start over "
+        "(an earlier run in the run dir is kept, moved aside).",
     ),
 ) -> None:
     """Fine-tune a vision-language model into the thinking reward model (SFT on Ray + FSDP2)."""
@@ -53,4 +56,4 @@ def train_rm(
         return
     report = result.run_dir / EVAL_DIRNAME
     notes = (f"held-out report: {report}",) if (report / "report.json").is_file() else ()
-    show_result(result, notes)
+    show_result(result, notes, resume=resume)

@@ -230,5 +230,6 @@ def finished_run(recipe: Recipe | RMRecipe, run_dir: Path, checkpoint: Path | No
             return None
     return (
         f"already finished (step {step} of {total}): run dir {run_dir}; pass trainer.max_steps={int(total) * 2} "
-        "(or any number above the last step) to go on, or --resume none to start over"
+        "(or any number above the last step) to go on, or --resume none to start over (this run is kept, "
+        "moved aside)"
     )

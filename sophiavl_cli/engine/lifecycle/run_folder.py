@@ -1,7 +1,8 @@
 """What a trainer holds on its run folder while it runs (`train` and `train-rm` alike).
 
 The folder's lock (one trainer per folder), the checkpoint to resume, whether the run is already
-over (exit 0, nothing started), a reaper so nothing outlives the trainer, the Ctrl-C / SIGTERM
+over (exit 0, nothing started), an earlier run moved aside when this one starts over
+(`fresh_start.py`), a reaper so nothing outlives the trainer, the Ctrl-C / SIGTERM
 flag, and the check that a resume rebuilds the network the checkpoint was trained on.
 """
 
@@ -16,6 +17,7 @@ from sophiavl_cli.config.recipe import Recipe, TrainerConfig
 from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.engine.checkpoint.layout import HF_DIRNAME
 from sophiavl_cli.engine.checkpoint.store import resolve_resume
+from sophiavl_cli.engine.lifecycle.fresh_start import set_aside
 from sophiavl_cli.engine.lifecycle.preflight import finished_run
 from sophiavl_cli.engine.lifecycle.reaper import start_reaper
 from sophiavl_cli.engine.lifecycle.runlock import RunLock
@@ -43,11 +45,17 @@ def opened_run(
     (None: fresh), a reaper for every process they start and the Ctrl-C / SIGTERM flag; teardown
     goes on the stack. Raises `AlreadyFinished` before anything starts when the run is over."""
     run_dir = run_dir_of(recipe.trainer)
-    with RunLock(run_dir), ExitStack() as stack:
+    with ExitStack() as stack:
+        lock = RunLock(run_dir).acquire()
+        stack.callback(lambda: lock.release())  # the lock held at the end, which set_aside may replace
         checkpoint = resolve_resume(resume, run_dir, say)
         finished = finished_run(recipe, run_dir, checkpoint)
         if finished is not None:
             raise AlreadyFinished(finished)
+        if checkpoint is None:  # a fresh start: an earlier run in the folder is kept, never mixed in
+            aside, lock = set_aside(run_dir, lock)
+            if aside is not None:
+                say(f"starting over: the earlier run in {run_dir} is kept, moved to {aside}")
         stack.callback(start_reaper().stop)  # first in, last out: after Ray and the RM are stopped
         stop = stack.enter_context(StopFlag(recipe.trainer.stop_grace_s))
         yield stack, checkpoint, stop

@@ -8,7 +8,8 @@ its score `sum_t r_it` first, as verl does. numpy float64, no torch, no Ray: the
 these on the whole step's batch.
 
 Groups of one carry no comparison: the group estimators give them advantage 0 (verl passes
-the raw reward through with mean 0 / std 1, EasyR1 refuses n = 1). A group whose rewards are
+the raw reward through with mean 0 / std 1, EasyR1 refuses n = 1, and so does the recipe here:
+`config.algorithm.GROUP_ESTIMATORS`). A group whose rewards are
 all equal is centred to exactly 0 (the group mean of equal floats can differ from them in the
 last bit, which GRPO's division by std + 1e-6 would turn into ~1e-10); the REINFORCE++-baseline
 then whitens those zeros with the rest of the batch. See docs/method.md for the formulas side by side.

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sophiavl_cli.config.algorithm import AlgorithmConfig
+from sophiavl_cli.config.algorithm import GROUP_ESTIMATORS, AlgorithmConfig
 from sophiavl_cli.config.fields import Name, Section
 from sophiavl_cli.config.reward import RewardConfig
 from sophiavl_cli.config.worker import WorkerConfig
@@ -187,6 +187,12 @@ class Recipe(Section):
             raise ValueError(
                 f"reward.overlong.buffer_length ({self.reward.overlong.buffer_length}) must not exceed "
                 f"data.max_response_length ({self.data.max_response_length})"
+            )
+        if self.algorithm.adv_estimator in GROUP_ESTIMATORS and n < 2:
+            raise ValueError(
+                f"algorithm.adv_estimator={self.algorithm.adv_estimator} compares the rollouts of a prompt "
+                "with each other, so worker.rollout.n=1 makes every advantage 0 and nothing trains: set "
+                "worker.rollout.n >= 2 (the paper uses 8), or algorithm.adv_estimator=reinforce_plus_plus"
             )
         if self.algorithm.dynamic_sampling.enable and n < 2:
             raise ValueError(

@@ -36,6 +36,7 @@ from sophiavl_cli.engine.lifecycle.run_folder import check_resumed_model, run_di
 from sophiavl_cli.engine.lifecycle.signals import StopFlag
 from sophiavl_cli.engine.loop import Loop, RunBase, RunResult, run_steps, run_trainer
 from sophiavl_cli.engine.observe import quiet
+from sophiavl_cli.engine.observe.stalls import ZeroAdvantageWatch
 from sophiavl_cli.engine.observe.throughput import FlopsModel, peak_flops, throughput_metrics
 from sophiavl_cli.engine.observe.timing import StepTimer
 from sophiavl_cli.engine.parallel import cluster
@@ -48,7 +49,7 @@ from sophiavl_cli.engine.workers.facade import Workers
 from sophiavl_cli.engine.workers.objective import uses_reference
 from sophiavl_cli.engine.workers.train_worker import WorkerSpec
 from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
-from sophiavl_cli.metrics.keys import TRAIN_EPOCH
+from sophiavl_cli.metrics.keys import ADV_ZERO_FRACTION, TRAIN_EPOCH
 
 
 @dataclass(kw_only=True)
@@ -216,12 +217,16 @@ def fit(run: Run, stack: ExitStack, stop: StopFlag | None = None) -> RunResult:
         stop = stack.enter_context(StopFlag(recipe.trainer.stop_grace_s))
     timer = StepTimer()  # the step's phases
 
+    zero_advantages = ZeroAdvantageWatch()
+
     def one_step(step: int) -> dict[str, float]:
         timer.reset()
         metrics = run_step(run.ctx, run.loader.next_batch(), step, timer)
         metrics |= timer.metrics()
         metrics |= throughput_metrics(metrics, recipe.world_size, run.peak_flops)
         metrics[TRAIN_EPOCH] = float(run.loader.epoch)
+        if (notice := zero_advantages.update(step, metrics.get(ADV_ZERO_FRACTION))) is not None:
+            run.say(notice)
         return metrics
 
     def validation(step: int) -> dict[str, float]:

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sophiavl_cli.config.fields import Section
 
-GROUP_ESTIMATORS = frozenset({"grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline"})
+GROUP_ESTIMATORS = frozenset({"grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline", "grpo_passk"})
 """Estimators whose advantage compares a rollout with the other rollouts of its prompt: with
 `worker.rollout.n = 1` every advantage is 0 and nothing trains, so the recipe refuses that. The one
 place this set is written; a new group estimator joins it."""

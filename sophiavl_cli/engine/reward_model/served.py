@@ -3,10 +3,11 @@
 The actor (`RewardModelActor`) reserves `serve.gpus` GPUs (none on CPU) and runs the same server
 `sophiavl serve-reward` runs (`serving.launcher`: vLLM, or the built-in hf server on CPU) on its
 node, behind a fresh API key. The driver's client speaks to it over the OpenAI-compatible API like
-to any endpoint. A monitor thread checks it every `serve.health_interval` seconds; when the server
-(or its actor) dies it is started again, up to `serve.max_restarts` times, on the same port when it
-is free (else the client is pointed at the new address), and `rm/serve_restarts` counts it. Calls in flight meanwhile are retried by the
-client (connection errors back off) or fall back to outcome-only rewards for their group.
+to any endpoint. `watch.ServerWatch` checks it every `serve.health_interval` seconds; when the
+server (or its actor) dies it is started again, up to `serve.max_restarts` times, on the same port
+when it is free (else the client is pointed at the new address), `rm/serve_restarts` counts it and
+the run says so. Calls in flight meanwhile are retried by the client (connection errors back off)
+or fall back to outcome-only rewards for their group.
 
 Placement: the actor is created once the training workers hold their GPUs, in its own placement
 group; the run checks first that the cluster has the GPUs of both (`trainer` world size + `gpus`)
@@ -20,23 +21,19 @@ wired in; here one `sophiavl train` owns the reward model's lifetime.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import secrets
-import threading
 from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from sophiavl_cli.config.reward import RMServeConfig, ThinkingRewardConfig
+from sophiavl_cli.engine.reward_model.watch import RestartingClient, ServerWatch
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.fileio import atomic_write_json
 from sophiavl_cli.hub.names import RM_SERVED_NAME
-from sophiavl_cli.metrics.keys import RM_SERVE_RESTARTS
-from sophiavl_cli.rewards.thinking import ThinkingRewardClient
 
-logger = logging.getLogger(__name__)
 PLACEMENT_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 900.0
 RECORD_FILE = "reward_server.json"
@@ -108,15 +105,6 @@ class RewardModelActor:
             self.server = None
 
 
-class ServedRewardClient(ThinkingRewardClient):
-    """The thinking-reward client of a served model: its stats also carry `rm/serve_restarts`."""
-
-    restarts: int = 0
-
-    def stats(self, reset: bool = False) -> dict[str, float]:
-        return super().stats(reset) | {RM_SERVE_RESTARTS: float(self.restarts)}
-
-
 class ServedThinkingService:
     """`ThinkingService`'s interface (start / client / describe / close) over a `RewardModelActor`.
 
@@ -147,18 +135,17 @@ class ServedThinkingService:
         self.actor: Any = None
         self.placement: Any = None
         self.info: dict[str, Any] = {}
-        self._client: ServedRewardClient | None = None
-        self._stop = threading.Event()
+        self._client: RestartingClient | None = None
         self._stop_registered = False
-        self._monitor: threading.Thread | None = None
+        self._watch: ServerWatch | None = None
 
     def start(self) -> None:
         """Nothing yet: the actor needs the cluster, which the workers bring up (see `client`)."""
 
-    def client(self) -> ServedRewardClient:
+    def client(self) -> RestartingClient:
         if self._client is None:
             self.info = self._start_actor()
-            client = ServedRewardClient.from_config(
+            client = RestartingClient.from_config(
                 self.cfg,
                 self.env,
                 url=self.info["base_url"],
@@ -168,8 +155,16 @@ class ServedThinkingService:
             client.health_check()
             self._client = client
             self._record()
-            self._monitor = threading.Thread(target=self._watch, name="sophiavl-rm-monitor", daemon=True)
-            self._monitor.start()
+            self._watch = ServerWatch(
+                "the served reward model",
+                client,
+                healthy=self._healthy,
+                restart=self._restart_url,
+                interval=self.serve.health_interval,
+                max_restarts=self.serve.max_restarts,
+                on_restart=self._record,
+            )
+            self._watch.start()
             self.stack.callback(self._halt_monitor)  # runs before the actor stops: no restart at teardown
         return self._client
 
@@ -225,38 +220,14 @@ class ServedThinkingService:
         )
         return dict(ray.get(self.actor.start.remote(), timeout=READY_TIMEOUT_S))
 
-    def _watch(self) -> None:
-        """Health checks; a dead server (or actor) is restarted up to `max_restarts` times."""
+    def _healthy(self) -> bool:
         import ray
 
-        while not self._stop.wait(self.serve.health_interval):
-            try:
-                ok = bool(ray.get(self.actor.healthy.remote(), timeout=60))
-            except Exception:  # the actor itself died (or hangs)
-                ok = False
-            if ok or self._stop.is_set():
-                continue
-            assert self._client is not None
-            if self._client.restarts >= self.serve.max_restarts:
-                logger.error(
-                    "the served reward model is down and its %d restart(s) are used up",
-                    self.serve.max_restarts,
-                )
-                return
-            self._client.restarts += 1
-            logger.warning(
-                "the served reward model died; restarting it (%d of %d)",
-                self._client.restarts,
-                self.serve.max_restarts,
-            )
-            try:
-                self.info = self._restart()
-            except Exception as exc:
-                logger.error("restarting the served reward model failed: %s", exc)
-                return
-            self._client.repoint(self.info["base_url"])
-            self._record()
-            logger.warning("the served reward model is back at %s", self.info["base_url"])
+        return bool(ray.get(self.actor.healthy.remote(), timeout=60))  # raises when the actor itself died
+
+    def _restart_url(self) -> str:
+        self.info = self._restart()
+        return str(self.info["base_url"])
 
     def _restart(self) -> dict[str, Any]:
         import ray
@@ -301,9 +272,8 @@ class ServedThinkingService:
         self.placement = None
 
     def _halt_monitor(self) -> None:
-        self._stop.set()
-        if self._monitor is not None:
-            self._monitor.join(timeout=READY_TIMEOUT_S)
+        if self._watch is not None:
+            self._watch.halt(timeout=READY_TIMEOUT_S)
 
     def close(self) -> None:
         self._halt_monitor()

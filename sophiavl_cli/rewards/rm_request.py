@@ -95,6 +95,12 @@ def normalize_base_url(url: str, *, source: str = "reward.thinking.url") -> str:
     """
     text = url.strip()
     parts = urlsplit(text)
+    if parts.username is not None or parts.password is not None:  # never echoed: it holds a secret
+        raise UserError(
+            f"{source}: the URL carries credentials (user:password@), which would be sent and logged with "
+            "every request; remove them and put the API key in the variable reward.thinking.api_key_env "
+            "names (default OPENAI_API_KEY)"
+        )
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UserError(
             f"{source}: {text!r} is not an http(s) URL; use e.g. http://127.0.0.1:8000/v1 "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sophiavl_cli.config.recipe import Recipe
+from sophiavl_cli.config.reward import ThinkingRewardConfig
 from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.engine.lifecycle import machine_checks as machine
 from sophiavl_cli.errors import UserError
@@ -75,7 +76,26 @@ def _train_checks(recipe: Recipe, ray_address: str | None, env: Mapping[str, str
                 )
         else:
             checks.append(("reward model", lambda: _reward_model(thinking.serve_model)))
+    elif recipe.algorithm.trust.enable:
+        checks.append(("reward model endpoint", lambda: reward_endpoint(thinking, env)))
     return checks + _shared_checks(recipe, ray_address, env, model_dir)
+
+
+ENDPOINT_TIMEOUT_S = 10.0  # the pre-flight's wait for a configured endpoint (the run's: reward.thinking.timeout)
+
+
+def reward_endpoint(cfg: ThinkingRewardConfig, env: Mapping[str, str]) -> None:
+    """A configured endpoint (`reward.thinking.url` > $OPENAI_API_URL) answers GET /models with the
+    model, taking the key, within `ENDPOINT_TIMEOUT_S`: a closed port, a wrong key or a URL with
+    `user:password@` fails here in one line (credentials never printed), not after Ray started."""
+    from sophiavl_cli.rewards.thinking import ThinkingRewardClient
+
+    quick = cfg.model_copy(update={"timeout": min(cfg.timeout, ENDPOINT_TIMEOUT_S)})
+    client = ThinkingRewardClient.from_config(quick, env)
+    try:
+        client.health_check()
+    finally:
+        client.close()
 
 
 def _rm_checks(recipe: RMRecipe, ray_address: str | None, env: Mapping[str, str]) -> list[NamedCheck]:

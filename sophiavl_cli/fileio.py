@@ -17,6 +17,7 @@ before appending. Any other line that is not JSON is damage nobody should paper 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -38,10 +39,21 @@ __all__ = [
     "cut_partial_line",
     "fsync_dir",
     "fsync_tree",
+    "is_disk_full",
     "json_text",
     "jsonl_line",
     "read_jsonl",
 ]
+
+
+# --------------------------------------------------------------------------- a full disk
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError saying the disk (or the user's quota) has no room left."""
+    return isinstance(exc, OSError) and exc.errno in _NO_SPACE
 
 
 # --------------------------------------------------------------------------- atomic writes

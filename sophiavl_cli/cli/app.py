@@ -26,6 +26,7 @@ from sophiavl_cli.cli import train as train_cli
 from sophiavl_cli.cli import train_rm as train_rm_cli
 from sophiavl_cli.console import fail
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.fileio import is_disk_full
 
 app = typer.Typer(
     name="sophiavl",
@@ -69,12 +70,21 @@ dataset.app.command("check-rm")(eval_rm_cli.check_rm)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: user errors become one line and exit code 2, never a traceback."""
+    """Console-script entry: user errors (and a full disk) become one line and exit code 2, never a
+    traceback."""
     try:
         app(args=argv, prog_name="sophiavl")
     except UserError as exc:
         fail(str(exc))
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        fail(
+            f"no space left on the disk{where}; free space there (or write elsewhere) and run the command again"
+        )
+        sys.exit(2)
     except (
         KeyboardInterrupt
     ) as exc:  # a `Stopped` (engine/lifecycle/signals.py) carries its message and exit code

@@ -65,9 +65,12 @@ def merge(
     from sophiavl_cli.engine.checkpoint.merge import find_default_checkpoint, plan_merge, run_merge
 
     if checkpoint is None:
-        checkpoint = find_default_checkpoint(runs_dir)
+        checkpoint = find_default_checkpoint(
+            runs_dir, say=lambda text: console.print(f"[yellow]{escape(text)}[/]", soft_wrap=True)
+        )
         console.print(
-            f"merging [bold]{escape(str(checkpoint))}[/] (latest checkpoint of the most recent run)"
+            f"merging [bold]{escape(str(checkpoint))}[/] (the newest complete checkpoint of the most recent run)",
+            soft_wrap=True,
         )
     if adapter_only:
         from sophiavl_cli.engine.checkpoint.merge import export_adapter

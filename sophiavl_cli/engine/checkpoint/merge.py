@@ -111,22 +111,28 @@ def parse_size(text: str | int) -> int:
 # --------------------------------------------------------------------------- finding checkpoints
 
 
-def find_default_checkpoint(runs_root: Path = Path("runs")) -> Path:
+def find_default_checkpoint(runs_root: Path = Path("runs"), say: Callable[[str], None] | None = None) -> Path:
     """The latest complete checkpoint of the run that most recently completed one under `runs_root`.
 
     Runs live at `runs_root/<project>/<experiment>/checkpoints/` (any depth up to 3 is searched).
+    `say` hears about the chosen run's checkpoints passed over (`CheckpointManager.find_latest`).
     """
-    candidates: list[tuple[float, Path]] = []
+    candidates: list[tuple[float, Path, list[str]]] = []
     for depth in ("*/checkpoints", "*/*/checkpoints", "*/*/*/checkpoints"):
         for folder in Path(runs_root).glob(depth):
-            latest = CheckpointManager(folder).find_latest()
+            notes: list[str] = []
+            latest = CheckpointManager(folder).find_latest(notes.append)
             if latest is not None:
-                candidates.append((latest.stat().st_mtime, latest))
+                candidates.append((latest.stat().st_mtime, latest, notes))
     if not candidates:
         raise UserError(
             f"no complete checkpoint under {runs_root}/; pass CHECKPOINT (a global_step_N folder)"
         )
-    return max(candidates)[1]
+    _, chosen, notes = max(candidates, key=lambda c: c[0])
+    if say is not None:
+        for note in notes:
+            say(note)
+    return chosen
 
 
 def default_output(checkpoint: Path) -> Path:

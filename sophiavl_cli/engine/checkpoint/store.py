@@ -72,7 +72,7 @@ class CheckpointManager:
     def begin(self, step: int) -> Path:
         """Create and return an empty temporary folder for step `step`, removing stale `.tmp-*` leftovers."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temps()
+        self.remove_stale_temps()
         tmp = self.root / f".tmp-global_step_{step}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -138,15 +138,20 @@ class CheckpointManager:
             _remove_tree_atomically(path)
         return doomed
 
-    def _remove_stale_temps(self) -> None:
-        """Leftovers of a killed save (or prune) by an earlier process; readers ignore them anyway."""
-        for path in self.root.glob(".tmp-*"):
+    def remove_stale_temps(self) -> list[tuple[str, int]]:
+        """Remove the leftovers of a killed save (or prune) by an earlier process (readers ignore them,
+        but they hold disk space); returns (name, bytes) of each. Run at start and before each save."""
+        removed = []
+        for path in sorted(self.root.glob(".tmp-*")) if self.root.is_dir() else []:
             if path.name.endswith(f"-{os.getpid()}"):
                 continue
+            size = tree_size(path)
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+            removed.append((path.name, size))
+        return removed
 
     # ---- reading
 
@@ -157,15 +162,44 @@ class CheckpointManager:
         found = [p for p in self.root.iterdir() if p.is_dir() and is_complete(p)]
         return sorted(found, key=lambda p: step_of(p) or 0)
 
-    def find_latest(self) -> Path | None:
-        """The checkpoint `latest` names if it is complete, else the highest complete step, else None."""
+    def incomplete_checkpoints(self) -> list[Path]:
+        """`global_step_N` folders (final names) that are not complete: their `complete` marker (or
+        driver state, or DCP metadata) is gone; oldest step first."""
+        if not self.root.is_dir():
+            return []
+        found = [
+            p for p in self.root.iterdir() if p.is_dir() and step_of(p) is not None and not is_complete(p)
+        ]
+        return sorted(found, key=lambda p: step_of(p) or 0)
+
+    def find_latest(self, say: Callable[[str], None] | None = None) -> Path | None:
+        """The checkpoint `latest` names if it is complete, else the highest complete step, else None.
+
+        With `say`, every surprise on the way is one line naming the file and what is taken instead:
+        a `latest` that is not a checkpoint name (not UTF-8 text, say) or names an incomplete
+        checkpoint, and each newer `global_step_N` passed over because it is incomplete.
+        """
+        complete = self.complete_checkpoints()
+        chosen = complete[-1] if complete else None
+        instead = f"taking {chosen.name} instead" if chosen is not None else "no complete checkpoint is left"
         pointer = self.root / LATEST_POINTER
         if pointer.is_file():
-            named = self.root / pointer.read_text(encoding="utf-8").strip()
-            if named.parent == self.root and is_complete(named):
+            try:
+                named: Path | None = self.root / pointer.read_bytes().decode("utf-8").strip()
+            except UnicodeDecodeError:
+                named = None
+                if say is not None:
+                    say(f"{pointer}: not a checkpoint name (its bytes are not UTF-8 text); {instead}")
+            if named is not None and named.parent == self.root and is_complete(named):
                 return named
-        complete = self.complete_checkpoints()
-        return complete[-1] if complete else None
+            if named is not None and say is not None and not (named.parent == self.root and named.is_dir()):
+                say(f"{pointer} names {named.name!r}, which is not a checkpoint folder here; {instead}")
+        if say is not None:
+            newest = step_of(chosen) if chosen is not None else None
+            for path in self.incomplete_checkpoints():
+                if newest is None or (step_of(path) or 0) > newest:
+                    say(f"{path}: {missing_part(path)}, so the checkpoint is incomplete; {instead}")
+        return chosen
 
     @staticmethod
     def load_driver_state(path: Path) -> dict[str, Any]:
@@ -191,7 +225,7 @@ def resolve_resume(arg: str, run_dir: Path, say: Callable[[str], None] | None = 
         return None
     if arg == "auto":
         manager = CheckpointManager(checkpoints_dir(run_dir))
-        latest = manager.find_latest()
+        latest = manager.find_latest(say)
         candidates = [p for p in reversed(manager.complete_checkpoints()) if p != latest]
         for path in ([latest] if latest is not None else []) + candidates:
             problem = verify_checkpoint(path)
@@ -200,14 +234,14 @@ def resolve_resume(arg: str, run_dir: Path, say: Callable[[str], None] | None = 
             if say is not None:
                 say(f"skipping checkpoint {path.name}: {problem}")
         return None
-    chosen = _resolve_path(arg)
+    chosen = _resolve_path(arg, say)
     problem = verify_checkpoint(chosen)
     if problem is not None:
         raise UserError(f"--resume {arg}: {problem}; pass an older global_step_N or --resume auto")
     return chosen
 
 
-def _resolve_path(arg: str) -> Path:
+def _resolve_path(arg: str, say: Callable[[str], None] | None = None) -> Path:
     path = Path(arg).expanduser()
     if not path.exists():
         raise UserError(
@@ -220,12 +254,27 @@ def _resolve_path(arg: str) -> Path:
             )
         return path
     for root in (path, checkpoints_dir(path)):
-        latest = CheckpointManager(root).find_latest()
+        latest = CheckpointManager(root).find_latest(say)
         if latest is not None:
             return latest
     raise UserError(
         f"--resume {arg}: no complete global_step_N checkpoint in this folder; pass --resume none to start over"
     )
+
+
+def missing_part(path: Path) -> str:
+    """What makes a `global_step_N` folder incomplete, in words."""
+    for name in (COMPLETE_MARKER, DRIVER_STATE_FILE, f"{DCP_DIRNAME}/.metadata"):
+        if not (path / name).is_file():
+            return f"its `{name}` is missing"
+    return "it is not a complete checkpoint"
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the files under `path` (a file: its size)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -17,6 +17,7 @@ from sophiavl_cli.config.recipe import Recipe, TrainerConfig
 from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.engine.checkpoint.layout import HF_DIRNAME
 from sophiavl_cli.engine.checkpoint.store import resolve_resume
+from sophiavl_cli.engine.lifecycle.disk import disk_full_said, reclaim_stale_saves
 from sophiavl_cli.engine.lifecycle.fresh_start import set_aside
 from sophiavl_cli.engine.lifecycle.preflight import finished_run
 from sophiavl_cli.engine.lifecycle.reaper import start_reaper
@@ -56,9 +57,18 @@ def opened_run(
             aside, lock = set_aside(run_dir, lock)
             if aside is not None:
                 say(f"starting over: the earlier run in {run_dir} is kept, moved to {aside}")
+        reclaim_stale_saves(run_dir, say)  # before anything else needs the space
         stack.callback(start_reaper().stop)  # first in, last out: after Ray and the RM are stopped
         stop = stack.enter_context(StopFlag(recipe.trainer.stop_grace_s))
-        yield stack, checkpoint, stop
+        with disk_full_said(run_dir, lambda: _model_dir(recipe)):
+            yield stack, checkpoint, stop
+
+
+def _model_dir(recipe: Recipe | RMRecipe) -> Path:
+    from sophiavl_cli.models.resolve import resolve_model
+
+    path = recipe.model.model_path if isinstance(recipe, RMRecipe) else recipe.worker.actor.model_path
+    return resolve_model(path)
 
 
 def check_resumed_model(model_dir: Path, checkpoint: Path, key: str) -> None:

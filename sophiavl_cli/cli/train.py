@@ -73,20 +73,26 @@ def launch(
     trainer: Callable[..., RunResult], recipe: Any, ray_address: str | None, resume: str
 ) -> RunResult | None:
     """Run `trainer` (`train` or `train-rm`) with status lines on the console. A failed worker is one
-    line and exit 1; a run that is already over is said plainly and gives None (exit 0)."""
+    line and exit 1; a run that is already over is said plainly and gives None (exit 0); a signal that
+    stops it (`Stopped`) is its line and 128 + the signal number."""
     from sophiavl_cli.engine.lifecycle.run_folder import AlreadyFinished
+    from sophiavl_cli.engine.lifecycle.signals import StopFlag, Stopped
     from sophiavl_cli.engine.parallel.cluster import WorkerFailure
 
     try:
-        return trainer(
-            recipe,
-            ray_address=ray_address,
-            resume=resume,
-            status=lambda text: console.print(f"[dim]{escape(text)}[/]", soft_wrap=True),  # paths whole
-        )
+        with StopFlag(starting=True):  # a signal around the run's own flag: stop at once, with a line
+            return trainer(
+                recipe,
+                ray_address=ray_address,
+                resume=resume,
+                status=lambda text: console.print(f"[dim]{escape(text)}[/]", soft_wrap=True),  # paths whole
+            )
     except WorkerFailure as exc:
         fail(str(exc))
         sys.exit(1)
+    except Stopped as exc:  # said here: typer turns any KeyboardInterrupt into a silent exit 130
+        fail(exc.message)
+        sys.exit(exc.exit_code)
     except AlreadyFinished as exc:  # nothing to do is not an error
         console.print(str(exc), soft_wrap=True, markup=False)
         return None

@@ -33,7 +33,7 @@ from sophiavl_cli.engine.checkpoint.layout import checkpoints_dir
 from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 from sophiavl_cli.engine.lifecycle.preflight import preflight
 from sophiavl_cli.engine.lifecycle.run_folder import check_resumed_model, run_dir_of
-from sophiavl_cli.engine.lifecycle.signals import StopFlag
+from sophiavl_cli.engine.lifecycle.signals import StopFlag, take_back
 from sophiavl_cli.engine.loop import Loop, RunBase, RunResult, run_steps, run_trainer
 from sophiavl_cli.engine.observe import quiet
 from sophiavl_cli.engine.observe.stalls import ZeroAdvantageWatch
@@ -195,6 +195,7 @@ def start_workers(
     """Ray, one worker per rank, each set up with the policy (and reference, rollout engine)."""
     quiet.install(ray_logs=True)
     started = cluster.connect(ray_address)
+    take_back()  # ray.init took SIGTERM for itself (a silent exit 15): the run's flag handles it again
     stack.callback(cluster.disconnect, started)
     device = resolve_device(recipe.trainer.device)
     for note in ignored_options(recipe, device):

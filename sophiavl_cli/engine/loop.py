@@ -145,7 +145,7 @@ def run_trainer(
     checks(recipe, ray_address=ray_address)
     with opened_run(recipe, resume, say) as (stack, checkpoint, stop):
         run = build(recipe, stack, ray_address=ray_address, checkpoint=checkpoint, say=say)
-        stop.install()  # again: ray.init took SIGTERM for itself
+        stop.ready()  # the first step may begin: a signal now lets it finish and save
         result = fit(run, stack, stop)
     result.seconds = time.perf_counter() - started_at
     return result

@@ -59,7 +59,7 @@ def opened_run(
                 say(f"starting over: the earlier run in {run_dir} is kept, moved to {aside}")
         reclaim_stale_saves(run_dir, say)  # before anything else needs the space
         stack.callback(start_reaper().stop)  # first in, last out: after Ray and the RM are stopped
-        stop = stack.enter_context(StopFlag(recipe.trainer.stop_grace_s))
+        stop = stack.enter_context(StopFlag(recipe.trainer.stop_grace_s, starting=True))
         with disk_full_said(run_dir, lambda: _model_dir(recipe)):
             yield stack, checkpoint, stop
 

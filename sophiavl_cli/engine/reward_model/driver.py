@@ -36,7 +36,7 @@ from sophiavl_cli.engine.driver import (
 )
 from sophiavl_cli.engine.lifecycle.preflight import preflight_rm
 from sophiavl_cli.engine.lifecycle.run_folder import check_resumed_model, run_dir_of
-from sophiavl_cli.engine.lifecycle.signals import StopFlag
+from sophiavl_cli.engine.lifecycle.signals import StopFlag, take_back
 from sophiavl_cli.engine.loop import Loop, RunBase, RunResult, run_steps, run_trainer
 from sophiavl_cli.engine.observe.timing import StepTimer
 from sophiavl_cli.engine.parallel import cluster
@@ -116,6 +116,7 @@ def build_rm_run(
 
     say("starting Ray workers")
     started = cluster.connect(ray_address)
+    take_back()  # ray.init took SIGTERM for itself (a silent exit 15): the run's flag handles it again
     stack.callback(cluster.disconnect, started)
     device = resolve_device(recipe.trainer.device)
     workers = RMWorkers(cluster.WorkerGroup(recipe.world_size, device, worker_cls=RMWorker))

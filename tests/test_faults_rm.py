@@ -5,6 +5,7 @@ credentials, a wrong key) fails the pre-flight before Ray (real loopback servers
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from sophiavl_cli.cli.app import main
 from sophiavl_cli.config.reward import ThinkingRewardConfig
@@ -152,3 +154,112 @@ def test_a_wrong_key_is_reported_by_the_preflight_and_the_right_one_passes(
         reward_endpoint(cfg, {"OPENAI_API_KEY": "sk-wrong"})
     reward_endpoint(cfg, {"OPENAI_API_KEY": "sk-right-key-5e1"})
     assert models_server.seen_auth == ["Bearer sk-wrong", "Bearer sk-right-key-5e1"]
+
+
+# --------------------------------------------------------------------------- 7. a reward model slower than the timeout
+
+
+class _SlowRM(ThreadingHTTPServer):
+    """Lists the model at once; holds every chat call until `release` is set (then answers 0.5)."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _SlowHandler)
+        self.release = threading.Event()
+        self.posts = 0
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return  # a client that gave up leaves a broken pipe behind: expected here
+
+
+class _SlowHandler(BaseHTTPRequestHandler):
+    server: _SlowRM
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _send(self, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._send({"object": "list", "data": [{"id": "thinking-reward-model", "object": "model"}]})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with self.server.lock:
+            self.server.posts += 1
+        self.server.release.wait()
+        message = {"role": "assistant", "content": "<answer>0.5</answer>"}
+        self._send({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": message}]})
+
+
+@pytest.fixture
+def slow_rm() -> Iterator[_SlowRM]:
+    server = _SlowRM()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_call_slower_than_the_timeout_is_tried_twice_not_max_retries_plus_one_times(slow_rm):
+    """Five retries of a timeout made a step wait six timeouts before the failure policy heard of it."""
+    from sophiavl_cli.rewards.thinking import ThinkingRewardClient
+
+    client = ThinkingRewardClient(
+        slow_rm.url, "thinking-reward-model", api_key="k", timeout=0.5, max_retries=5, backoff_base=0.01
+    )
+    try:
+        results = client.score_many_sync([SAMPLE, SAMPLE])
+    finally:
+        client.close()
+    assert [(r.score, r.failure, r.attempts) for r in results] == [(None, "timeout", 2)] * 2
+    assert slow_rm.posts == 4
+
+
+def test_the_progress_line_says_the_step_waits_on_the_reward_model(slow_rm, monkeypatch):
+    from sophiavl_cli.engine import step
+    from sophiavl_cli.engine.observe.loggers import ConsoleBackend
+    from sophiavl_cli.rewards.thinking import ThinkingRewardClient
+
+    monkeypatch.setattr(step, "WAIT_NOTE_S", 0.05)
+    console = ConsoleBackend(log_freq=1, console=Console(file=io.StringIO()))
+    console.start(total_steps=4)
+    lines: list[str | None] = []
+    said = threading.Event()
+
+    def waiting(text: str | None) -> None:
+        lines.append(text)
+        console.note(text)
+        if text is not None:
+            said.set()
+
+    client = ThinkingRewardClient(
+        slow_rm.url, "thinking-reward-model", api_key="k", timeout=600, max_retries=0
+    )
+    try:
+        rollouts = step.Rollouts([], [], [], None, [0, 1, 2], pending=client.submit([SAMPLE] * 3))  # type: ignore[arg-type]
+        collector = threading.Thread(target=rollouts.collect, args=(waiting,))
+        collector.start()
+        assert said.wait(timeout=300), "no waiting line"
+        shown = console._progress.tasks[0].description  # type: ignore[union-attr]
+        assert shown.startswith("training: waiting on the reward model (3 calls, ")
+        slow_rm.release.set()  # the handshake: answers only after the line was shown
+        collector.join(timeout=300)
+    finally:
+        client.close()
+        console.stop()
+    assert lines[-1] is None and [r.score for r in rollouts.results] == [0.5, 0.5, 0.5]  # type: ignore[union-attr]

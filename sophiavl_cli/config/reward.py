@@ -73,7 +73,9 @@ class ThinkingRewardConfig(Section):
     )
     concurrency: int = Field(64, gt=0, description="Requests in flight at once.")
     timeout: float = Field(60.0, gt=0, description="Seconds per request before it is retried.")
-    max_retries: int = Field(5, ge=0, description="Retries on timeouts, connection errors, 429 and 5xx.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries on connection errors, 429 and 5xx; a timeout is retried once at most."
+    )
     constrained: bool = Field(
         True, description="Ask the server to answer with one of the eleven scores when it can."
     )

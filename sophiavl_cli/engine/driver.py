@@ -148,6 +148,7 @@ def build_run(
     atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
     loggers = build_loggers(recipe, run_dir, resume_step=start_step)
     stack.callback(loggers.close)
+    ctx.waiting = loggers.note  # "waiting on the reward model (...)" on the progress line
     return Run(
         recipe=recipe,
         run_dir=run_dir,

@@ -17,7 +17,9 @@ step is a function of (weights, batch, step seed) only.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,7 @@ class StepContext:
     dump_dir: Path | None = None  # decoded rollouts go here every trainer.rollout_dump_freq steps
     flops: FlopsModel | None = None  # the policy's shape, for perf/update_flops (MFU)
     next_rows: Callable[[], list[dict[str, Any]]] | None = None  # more rows, for dynamic sampling
+    waiting: Callable[[str | None], None] | None = None  # says on the progress line what the step waits on
 
     @property
     def n(self) -> int:
@@ -133,11 +136,32 @@ class Rollouts:
         """The prompt of each rollout."""
         return [self.prompts[o.prompt_index] for o in self.outputs]
 
-    def collect(self) -> list[ThinkingResult]:
-        """The RM results (waits for them once)."""
+    def collect(self, waiting: Callable[[str | None], None] | None = None) -> list[ThinkingResult]:
+        """The RM results (waits for them once). While they are late, `waiting` hears every
+        `WAIT_NOTE_S` seconds how long the step has waited (and None once they are in)."""
         if self.results is None:
-            self.results = self.pending.result() if self.pending is not None else []
+            self.results = (
+                [] if self.pending is None else _wait_for(self.pending, len(self.positions), waiting)
+            )
         return self.results
+
+
+WAIT_NOTE_S = 2.0  # how often the progress line is told that the step still waits on the reward model
+
+
+def _wait_for(pending: Any, calls: int, waiting: Callable[[str | None], None] | None) -> list[ThinkingResult]:
+    if waiting is None:
+        return pending.result()
+    start = time.monotonic()
+    try:
+        while True:
+            try:
+                return pending.result(timeout=WAIT_NOTE_S)
+            except FuturesTimeout:
+                plural = "s" if calls != 1 else ""
+                waiting(f"waiting on the reward model ({calls} call{plural}, {time.monotonic() - start:.0f} s)")
+    finally:
+        waiting(None)
 
 
 def sample_round(
@@ -200,7 +224,7 @@ def dynamic_rollouts(
                 step,
                 ctx.total_steps,
                 batch.positions,
-                batch.collect(),
+                batch.collect(ctx.waiting),
                 [len(o.response_ids) for o in batch.outputs],
             )
         pool.offer([rewards.final[g * n : (g + 1) * n].tolist() for g in range(len(batch.prompts))])
@@ -277,7 +301,7 @@ def run_step(ctx: StepContext, rows: list[dict[str, Any]], step: int, timer: Ste
             ctx.workers.compute_ref_logprobs()
 
     with timer("reward"):
-        results = rollouts.collect()
+        results = rollouts.collect(ctx.waiting)
     with timer("adv"):
         rewards = combine(
             recipe, outcome.overall, n, step, ctx.total_steps, rollouts.positions, results, lengths

@@ -74,6 +74,11 @@ __all__ = ["RETRYABLE", "ThinkingResult", "ThinkingRewardClient", "ThinkingSampl
 
 logger = logging.getLogger(__name__)
 
+# Timeouts are retried once at most, whatever `max_retries` says: a server that answered too slowly
+# twice will again, and five more timeouts per call made a step wait ~6 timeouts before the
+# failure policy heard of it. Connection errors, 429 and 5xx are quick and keep all their retries.
+TIMEOUT_RETRIES = 1
+
 DEFAULT_MODEL = RM_SERVED_NAME
 
 
@@ -220,7 +225,7 @@ class ThinkingRewardClient:
 
     async def _score_one(self, state: _LoopState, body: dict[str, Any]) -> ThinkingResult:
         start: float | None = None
-        attempts = 0
+        attempts = timeouts = 0
         while True:
             async with state.semaphore:
                 if start is None:
@@ -230,7 +235,12 @@ class ThinkingRewardClient:
             elapsed = time.perf_counter() - start
             if attempt.failure is None:
                 return ThinkingResult(attempt.score, None, attempts, elapsed)
-            retry = attempt.failure in RETRYABLE and attempts <= self.max_retries
+            timeouts += attempt.failure == "timeout"
+            retry = (
+                attempt.failure in RETRYABLE
+                and attempts <= self.max_retries
+                and timeouts <= TIMEOUT_RETRIES  # a server slower than the timeout stays slower
+            )
             logger.debug(
                 "thinking RM attempt %d failed: %s%s%s",
                 attempts,

@@ -141,15 +141,20 @@ class ConsoleBackend:
         self.stop()
         self._total = total_steps
         self._progress = Progress(
-            TextColumn("[bold]training"),
+            TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
         )
-        self._task = self._progress.add_task("steps", total=total_steps, completed=start_step)
+        self._task = self._progress.add_task("training", total=total_steps, completed=start_step)
         self._progress.start()
+
+    def note(self, text: str | None) -> None:
+        """What the step is waiting on, shown on the progress line (None: plain `training` again)."""
+        if self._progress is not None:
+            self._progress.update(self._task, description=f"training: {text}" if text else "training")
 
     def stop(self) -> None:
         if self._progress is not None:
@@ -344,6 +349,11 @@ class MultiLogger:
     def stop(self) -> None:
         if self.console is not None:
             self.console.stop()
+
+    def note(self, text: str | None) -> None:
+        """What the step is waiting on, on the progress line (`ConsoleBackend.note`)."""
+        if self.console is not None:
+            self.console.note(text)
 
     @contextmanager
     def progress(self, total_steps: int, start_step: int = 0) -> Iterator[MultiLogger]:

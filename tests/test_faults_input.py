@@ -133,6 +133,28 @@ def test_infer_input_names_the_line_of_a_bomb_before_the_model_loads(bomb: Path,
     assert not (tmp_path / "answers.jsonl").exists()
 
 
+def test_training_data_with_a_bomb_names_the_file_and_row_before_ray(bomb: Path, tmp_path, capsys) -> None:
+    good = small_png(tmp_path / "ok.png")
+    rows = [
+        {
+            "problem": f"How many? {i}",
+            "solution": "<answer>1</answer>",
+            "path": str(good),
+            "problem_type": "numerical",
+        }
+        for i in range(6)
+    ]
+    rows[2]["path"] = str(bomb)
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(rows), encoding="utf-8")
+    code, out = _cli(
+        capsys, "train", str(QUICKSTART), f"data.train_files={data}", f"trainer.output_dir={tmp_path}"
+    )
+    assert code == 2, out
+    assert f"{data}: row 3: image {bomb} is too large to decode safely" in out
+    assert "Traceback" not in out and _error_lines(out) == 1
+
+
 # --------------------------------------------------------------------------- 9. empty data files
 
 

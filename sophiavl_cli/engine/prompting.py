@@ -81,11 +81,12 @@ class PromptBuilder:
                 )
         return built
 
-    def prompt_length(self, row: dict[str, Any]) -> int:
+    def prompt_length(self, row: dict[str, Any], where: str = "") -> int:
         """Token count of a row's prompt without decoding its pixels (image sizes come from headers).
 
         Counted up to `data.max_prompt_length` (beyond it: that + 1 or more), so a huge row costs
-        no more memory than a row at the limit (data/length.py).
+        no more memory than a row at the limit (data/length.py). An image that cannot be opened (a
+        decompression bomb too) is a `UserError` naming it and `where` (the row's file and row).
         """
         messages = build_messages(row, preset=self.data.prompt_preset, template=self.template)
         text = self.processor.apply_chat_template(messages)
@@ -95,13 +96,19 @@ class PromptBuilder:
             return text_tokens
         extra = 0
         for ref in _image_refs(row.get(self.data.image_key)):
-            with _open_header(ref) as image:
+            with _open_header(ref, where) as image:
                 extra += self.processor.num_image_tokens(image.height, image.width) - 1
         return text_tokens + extra
 
     def keep_fitting(self, rows: Sequence[dict[str, Any]]) -> tuple[list[int], int]:
         """Indices of rows whose prompt fits `data.max_prompt_length`, and how many were dropped."""
-        kept = [i for i in range(len(rows)) if self.prompt_length(rows[i]) <= self.data.max_prompt_length]
+        origin = getattr(rows, "origin", None)  # loader.Rows knows each row's file and row number
+
+        def fits(i: int) -> bool:
+            where = origin(i).where if origin is not None else f"row {i + 1}"
+            return self.prompt_length(rows[i], where) <= self.data.max_prompt_length
+
+        kept = [i for i in range(len(rows)) if fits(i)]
         return kept, len(rows) - len(kept)
 
 
@@ -111,7 +118,7 @@ def _image_refs(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _open_header(ref: Any) -> Image.Image:
+def _open_header(ref: Any, where: str = "") -> Image.Image:
     from sophiavl_cli.data.images import open_image
 
-    return open_image(ref)
+    return open_image(ref, where=where)

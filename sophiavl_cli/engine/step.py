@@ -159,7 +159,9 @@ def _wait_for(pending: Any, calls: int, waiting: Callable[[str | None], None] | 
                 return pending.result(timeout=WAIT_NOTE_S)
             except FuturesTimeout:
                 plural = "s" if calls != 1 else ""
-                waiting(f"waiting on the reward model ({calls} call{plural}, {time.monotonic() - start:.0f} s)")
+                waiting(
+                    f"waiting on the reward model ({calls} call{plural}, {time.monotonic() - start:.0f} s)"
+                )
     finally:
         waiting(None)
 

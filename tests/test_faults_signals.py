@@ -41,9 +41,31 @@ def test_once_ready_the_first_sigterm_lets_the_step_finish():
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_sigterm_inside_ray_init_and_after_it_is_143_with_a_line():
-    """ray.init installs `sys.exit(15)` for SIGTERM: a SIGTERM then (before `take_back`) must still end
-    as the run's 143 with a line, and after `take_back` the run's own flag holds SIGTERM again."""
+def test_after_ray_init_take_back_gives_sigterm_back_to_the_runs_flag():
+    """ray.init installs `sys.exit(15)` for SIGTERM (a silent exit 15); `take_back` hands it back."""
+    import ray
+
+    from sophiavl_cli.engine.parallel import cluster
+
+    try:
+        with StopFlag(starting=True) as stop:
+            cluster.connect(None, num_cpus=1)
+            assert signal.getsignal(signal.SIGTERM) != stop._handle  # Ray holds it now
+            take_back()
+            assert signal.getsignal(signal.SIGTERM) == stop._handle
+            with pytest.raises(Stopped) as stopped:
+                os.kill(os.getpid(), signal.SIGTERM)
+                pytest.fail("the signal did not stop the start")
+        assert stopped.value.exit_code == 143 and "while the run was starting" in stopped.value.message
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_sigterm_caught_by_rays_own_handler_still_ends_as_143_with_a_line():
+    """A SIGTERM inside ray.init, after Ray took SIGTERM and before `take_back`: Ray's handler raises
+    SystemExit(15), which the run's flag turns into its 143 and line."""
     import ray
 
     from sophiavl_cli.engine.parallel import cluster
@@ -55,11 +77,6 @@ def test_sigterm_inside_ray_init_and_after_it_is_143_with_a_line():
             os.kill(os.getpid(), signal.SIGTERM)  # lands in Ray's handler: SystemExit(15)
             pytest.fail("Ray's handler did not exit")
         assert stopped.value.exit_code == 143 and "while the run was starting" in stopped.value.message
-        with StopFlag(starting=True) as stop:
-            ray.shutdown()
-            cluster.connect(None, num_cpus=1)
-            take_back()
-            assert signal.getsignal(signal.SIGTERM) == stop._handle
     finally:
         ray.shutdown()
 

@@ -181,7 +181,7 @@ def test_an_earlier_runs_unfinished_save_is_removed_at_start_with_a_line(tmp_pat
         assert not stale.exists()
         assert checkpoint == run_dir / "checkpoints" / "global_step_1"
     assert said == [
-        f"removed what an interrupted save left in {run_dir / 'checkpoints'} (.tmp-global_step_2-99999; 250.0 kB)"
+        f"removed what an interrupted save left in {run_dir / 'checkpoints'} (.tmp-global_step_2-99999; 0.2 MiB)"
     ]
 
 

@@ -45,7 +45,8 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
+    """Bytes as GiB or MiB, one decimal (every message about disk and memory)."""
     return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / 1024**2:.1f} MiB"
 
 
@@ -318,6 +319,16 @@ def checkpoint_bytes(weights: WeightCount, *, freeze_vision_tower: bool, lora: b
     return 4 * weights.total + 8 * trainable
 
 
+def recipe_checkpoint_bytes(recipe: Recipe | RMRecipe, model_dir: Path) -> int:
+    """`checkpoint_bytes` of the model in `model_dir` trained as `recipe` says (LoRA, frozen vision)."""
+    if isinstance(recipe, Recipe):
+        actor = recipe.worker.actor
+        lora, freeze = actor.lora.rank > 0, actor.freeze_vision_tower
+    else:
+        lora, freeze = False, recipe.model.freeze_vision_tower
+    return checkpoint_bytes(weight_count(model_dir), freeze_vision_tower=freeze, lora=lora)
+
+
 def checkpoints_kept(trainer: TrainerConfig) -> int:
     """Checkpoints on disk at the peak: `save_limit` plus the new one written before the oldest goes.
 
@@ -330,12 +341,7 @@ def check_disk(recipe: Recipe | RMRecipe, model_dir: Path | None) -> None:
     """`trainer.output_dir` has room for the checkpoints the run keeps of this model."""
     if model_dir is None:
         return  # the model problem is reported by its own check
-    if isinstance(recipe, Recipe):
-        actor = recipe.worker.actor
-        lora, freeze = actor.lora.rank > 0, actor.freeze_vision_tower
-    else:
-        lora, freeze = False, recipe.model.freeze_vision_tower
-    per_checkpoint = checkpoint_bytes(weight_count(model_dir), freeze_vision_tower=freeze, lora=lora)
+    per_checkpoint = recipe_checkpoint_bytes(recipe, model_dir)
     kept = checkpoints_kept(recipe.trainer)
     need = per_checkpoint * kept
     folder = Path(recipe.trainer.output_dir).absolute()
@@ -347,8 +353,8 @@ def check_disk(recipe: Recipe | RMRecipe, model_dir: Path | None) -> None:
     limit = recipe.trainer.save_limit
     keep = "save_limit=-1 keeps every one; room for one is the least" if limit <= 0 else f"save_limit={limit}"
     raise UserError(
-        f"trainer.output_dir={recipe.trainer.output_dir}: {_size(free)} free, but {_plural(kept, 'checkpoint')} "
-        f"of this model take {_size(need)} ({_size(per_checkpoint)} each: fp32 weights and AdamW state; {keep}): "
+        f"trainer.output_dir={recipe.trainer.output_dir}: {size_text(free)} free, but {_plural(kept, 'checkpoint')} "
+        f"of this model take {size_text(need)} ({size_text(per_checkpoint)} each: fp32 weights and AdamW state; {keep}): "
         "free space, point trainer.output_dir at a bigger disk or lower trainer.save_limit"
     )
 
@@ -365,6 +371,6 @@ def check_shm(device: str, ray_address: str | None) -> None:
     if free >= OBJECT_STORE_BYTES:
         return
     raise UserError(
-        f"{SHM_PATH} has {_size(free)} free, but the Ray this run starts keeps {_size(OBJECT_STORE_BYTES)} of "
+        f"{SHM_PATH} has {size_text(free)} free, but the Ray this run starts keeps {size_text(OBJECT_STORE_BYTES)} of "
         "objects there: start the container with a bigger --shm-size (e.g. --shm-size=16g)"
     )

@@ -81,9 +81,8 @@ def _train_checks(recipe: Recipe, ray_address: str | None, env: Mapping[str, str
     return checks + _shared_checks(recipe, ray_address, env, model_dir)
 
 
-ENDPOINT_TIMEOUT_S = (
-    10.0  # the pre-flight's wait for a configured endpoint (the run's: reward.thinking.timeout)
-)
+# The pre-flight's wait for a configured endpoint (the run's own is reward.thinking.timeout).
+ENDPOINT_TIMEOUT_S = 10.0
 
 
 def reward_endpoint(cfg: ThinkingRewardConfig, env: Mapping[str, str]) -> None:

@@ -60,15 +60,17 @@ def opened_run(
         reclaim_stale_saves(run_dir, say)  # before anything else needs the space
         stack.callback(start_reaper().stop)  # first in, last out: after Ray and the RM are stopped
         stop = stack.enter_context(StopFlag(recipe.trainer.stop_grace_s, starting=True))
-        with disk_full_said(run_dir, lambda: _model_dir(recipe)):
+        with disk_full_said(run_dir, lambda: _checkpoint_estimate(recipe)):
             yield stack, checkpoint, stop
 
 
-def _model_dir(recipe: Recipe | RMRecipe) -> Path:
+def _checkpoint_estimate(recipe: Recipe | RMRecipe) -> int:
+    """One checkpoint of this recipe's model, estimated from its weights (for a full-disk message)."""
+    from sophiavl_cli.engine.lifecycle.machine_checks import recipe_checkpoint_bytes
     from sophiavl_cli.models.resolve import resolve_model
 
     path = recipe.model.model_path if isinstance(recipe, RMRecipe) else recipe.worker.actor.model_path
-    return resolve_model(path)
+    return recipe_checkpoint_bytes(recipe, resolve_model(path))
 
 
 def check_resumed_model(model_dir: Path, checkpoint: Path, key: str) -> None:

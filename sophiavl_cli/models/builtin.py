@@ -1,17 +1,22 @@
-"""The built-in tiny models: `builtin:tiny-qwen2.5-vl`, `builtin:tiny-qwen2-vl`, `...-realvocab`.
+"""The built-in tiny models: `builtin:tiny-qwen2.5-vl`, `tiny-qwen2-vl`, `tiny-qwen3-vl`, ...
 
-Randomly initialised Qwen2.5-VL / Qwen2-VL checkpoints in the real hub layout, small enough
-(a few MB) to train, serve and test on a laptop CPU, and real enough that transformers,
-vLLM and sophiavl's own processor load them with the same calls as the 7B model:
-text hidden 64, 2 layers, 2 heads (head_dim 32, which vLLM's CPU attention needs),
-mrope_section [4, 6, 6] (sums to head_dim / 2), vision depth 2, patch 14, merge 2.
+Randomly initialised checkpoints of each family sophiavl trains, in the real hub layout, small
+enough (a few MB) to train, serve and test on a laptop CPU, and real enough that transformers,
+vLLM and sophiavl's own processor load them with the same calls as the released models:
+text hidden 64, 2 layers, 2 heads (head_dim 32, which vLLM's CPU attention needs), vision depth
+2, merge 2. Qwen2(.5)-VL: patch 14, mrope_section [4, 6, 6] (sums to head_dim / 2), the flat
+config layout. Qwen3-VL (dense and MoE) and Qwen3.5: patch 16, interleaved M-RoPE, the nested
+`text_config` / `vision_config` layout, Qwen3's added tokens (`<think>` among them), their own
+chat templates and a video processor config; Qwen3-VL adds DeepStack (vision features injected
+into the first language layers), the MoE variant 4 experts with top-2 routing, Qwen3.5 one
+Gated DeltaNet (linear-attention) layer before one full-attention layer.
 
 Built once per content version into `sophiavl_home()/builtin/<name>-<version>/`: in a temp
 folder beside it, then renamed into place under a file lock, since several Ray workers may ask
 for it at the same moment. Every byte is a function of the code (fixed seed per tensor name,
 deterministic BPE training, sorted JSON, safetensors without timestamps), so two machines build
-identical files. Bump `BUILD_VERSION` whenever anything here, in `tokenizer.py` or in
-`corpus.py` changes the output.
+identical files. Bump `BUILD_VERSION` whenever anything here, in `tokenizer.py`,
+`chat_templates.py` or in `corpus.py` changes the output.
 
 A build ends with `.checksums.json` (SHA-256 of every other file). Since the files are a pure
 function of the code, a file that no longer matches is damage (a disk error, a copy cut short, a
@@ -30,15 +35,22 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from rich.markup import escape
 
 from sophiavl_cli.console import err_console
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.models.chat_templates import QWEN3_5_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE
+from sophiavl_cli.models.families import FAMILIES
+from sophiavl_cli.models.hub_layout import hub_tensors
 from sophiavl_cli.models.processing import CLIP_MEAN, CLIP_STD
 from sophiavl_cli.models.tokenizer import (
     CHAT_TEMPLATE,
+    QWEN3_5_SPLIT_PATTERN,
+    QWEN3_ADDED_TOKENS,
+    QWEN_ADDED_TOKENS,
+    QWEN_SPLIT_PATTERN,
     dump_json,
     qwen_tiktoken_file,
     real_qwen_bpe,
@@ -52,9 +64,10 @@ SEED = 1234
 INIT_STD = 0.02
 MIN_PIXELS = 4 * 28 * 28  # 4 vision tokens
 MAX_PIXELS = 256 * 28 * 28  # 256 vision tokens: small prompts, and vLLM's profiling run stays cheap
+QWEN3_MIN_PIXELS = 4 * 32 * 32  # the same token counts at Qwen3's 32-pixel merged patch
+QWEN3_MAX_PIXELS = 256 * 32 * 32
 MAX_POSITIONS = 4096
-
-Family = Literal["qwen2_5_vl", "qwen2_vl"]
+QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5")
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class BuiltinSpec:
     """What a built-in name stands for."""
 
     name: str
-    family: Family
+    family: str  # a `model_type` of `models.families.FAMILIES`
     real_vocab: bool
     summary: str
 
@@ -77,6 +90,14 @@ BUILTINS: dict[str, BuiltinSpec] = {
             "qwen2_5_vl",
             True,
             "tiny random Qwen2.5-VL with the real Qwen vocabulary",
+        ),
+        BuiltinSpec("tiny-qwen3-vl", "qwen3_vl", False, "tiny random Qwen3-VL (DeepStack), 1.9k-token BPE"),
+        BuiltinSpec("tiny-qwen3-vl-moe", "qwen3_vl_moe", False, "tiny random Qwen3-VL-MoE, 4 experts, top-2"),
+        BuiltinSpec(
+            "tiny-qwen3.5",
+            "qwen3_5",
+            False,
+            "tiny random Qwen3.5: one Gated DeltaNet, one full-attention layer",
         ),
     )
 }
@@ -165,6 +186,8 @@ def _remove_tree(path: Path) -> None:
 def build_builtin(name: str, dest: Path) -> None:
     """Write every file of built-in model `name` into the existing empty folder `dest`."""
     spec = _spec(name)
+    qwen3 = spec.family in QWEN3_FAMILIES
+    added = QWEN3_ADDED_TOKENS if qwen3 else QWEN_ADDED_TOKENS
     if spec.real_vocab:
         rank_file = qwen_tiktoken_file()
         if rank_file is None:
@@ -174,20 +197,34 @@ def build_builtin(name: str, dest: Path) -> None:
         tokenizer = real_qwen_bpe(rank_file)
         vocab_size = 151936  # Qwen2.5-VL-3B's embedding rows
     else:
-        tokenizer = train_tiny_bpe()
+        split = QWEN3_5_SPLIT_PATTERN if spec.family == "qwen3_5" else QWEN_SPLIT_PATTERN
+        tokenizer = train_tiny_bpe(split, added)
         vocab_size = _round_up(tokenizer.get_vocab_size(), 64)
     ids = {token: tokenizer.token_to_id(token) for token in _ID_TOKENS}
+    template = _chat_template(spec.family)
 
     _write(dest / "tokenizer.json", tokenizer.to_str(pretty=True) + "\n")
+    tokenizer_class = "Qwen3_5Tokenizer" if spec.family == "qwen3_5" else "Qwen2Tokenizer"
     _write(
-        dest / "tokenizer_config.json", dump_json(tokenizer_config(tokenizer, model_max_length=MAX_POSITIONS))
+        dest / "tokenizer_config.json",
+        dump_json(
+            tokenizer_config(
+                tokenizer,
+                model_max_length=MAX_POSITIONS,
+                added=added,
+                chat_template=template,
+                tokenizer_class=tokenizer_class,
+            )
+        ),
     )
-    _write(dest / "chat_template.jinja", CHAT_TEMPLATE)
+    _write(dest / "chat_template.jinja", template)
     _write(dest / "preprocessor_config.json", dump_json(_preprocessor_config(spec.family)))
+    if qwen3:
+        _write(dest / "video_preprocessor_config.json", dump_json(_video_preprocessor_config(spec.family)))
     _write(dest / "generation_config.json", dump_json(_generation_config(ids)))
     config = model_config(spec.family, vocab_size=vocab_size, ids=ids, tie_word_embeddings=spec.real_vocab)
     _write(dest / "config.json", dump_json(config))
-    _write_weights(dest)
+    _write_weights(dest, spec.family)
     files = sorted(p.name for p in dest.iterdir() if p.is_file() and p.name != CHECKSUMS_FILE)
     _write(dest / CHECKSUMS_FILE, dump_json({"files": {n: file_sha256(dest / n) for n in files}}))
 
@@ -212,9 +249,11 @@ _ID_TOKENS = (
 
 
 def model_config(
-    family: Family, *, vocab_size: int, ids: dict[str, int], tie_word_embeddings: bool
+    family: str, *, vocab_size: int, ids: dict[str, int], tie_word_embeddings: bool
 ) -> dict[str, Any]:
-    """`config.json` in the flat layout the released Qwen2-VL / Qwen2.5-VL checkpoints use."""
+    """`config.json` in the layout the family's released checkpoints use."""
+    if family in QWEN3_FAMILIES:
+        return _qwen3_config(family, vocab_size=vocab_size, ids=ids)
     architecture = (
         "Qwen2_5_VLForConditionalGeneration" if family == "qwen2_5_vl" else "Qwen2VLForConditionalGeneration"
     )
@@ -283,7 +322,111 @@ def model_config(
     return {**text, "vision_config": vision}
 
 
-def _preprocessor_config(family: Family) -> dict[str, Any]:
+def _qwen3_config(family: str, *, vocab_size: int, ids: dict[str, int]) -> dict[str, Any]:
+    """Qwen3-VL / Qwen3-VL-MoE / Qwen3.5 `config.json`: nested text and vision configs, as released."""
+    architecture = {
+        "qwen3_vl": "Qwen3VLForConditionalGeneration",
+        "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+        "qwen3_5": "Qwen3_5ForConditionalGeneration",
+    }[family]
+    text: dict[str, Any] = {
+        "model_type": f"{family}_text",
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "hidden_act": "silu",
+        "max_position_embeddings": MAX_POSITIONS,
+        "rms_norm_eps": 1e-6,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": INIT_STD,
+        "use_cache": True,
+        "tie_word_embeddings": False,
+        "dtype": "float32",
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+    }
+    vision: dict[str, Any] = {
+        "model_type": family,  # what the released configs say (transformers maps it to the vision type)
+        "depth": 2,
+        "hidden_size": 64,
+        "hidden_act": "gelu_pytorch_tanh",
+        "intermediate_size": 128,
+        "num_heads": 2,
+        "in_channels": 3,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": 64,
+        "num_position_embeddings": 256,  # a 16 x 16 grid of learned positions, interpolated per image
+        "initializer_range": INIT_STD,
+    }
+    if family == "qwen3_5":
+        # One Gated DeltaNet layer, then one full-attention layer (the released models: 3 to 1).
+        # Full attention: rotary on a quarter of head_dim (8 dims; mrope_section sums to 4), a
+        # sigmoid output gate (q_proj twice as wide).
+        text |= {
+            "layer_types": ["linear_attention", "full_attention"],
+            "full_attention_interval": 2,
+            "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": 32,
+            "linear_value_head_dim": 32,
+            "linear_num_key_heads": 1,
+            "linear_num_value_heads": 2,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000000.0,
+                "partial_rotary_factor": 0.25,
+                "mrope_section": [2, 1, 1],
+                "mrope_interleaved": True,
+            },
+            "pad_token_id": ids["<|endoftext|>"],
+        }
+    else:
+        text |= {
+            "rope_scaling": {"rope_type": "default", "mrope_section": [6, 5, 5], "mrope_interleaved": True},
+            "rope_theta": 5000000.0,
+        }
+        vision["deepstack_visual_indexes"] = [0]  # block 0's features go into language layer 0
+    if family == "qwen3_vl_moe":
+        # moe_intermediate_size 48: neither fused expert matrix is square, so the hub layout
+        # (transposed) and the module layout can never be mistaken for each other
+        text |= {
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 48,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+            "router_aux_loss_coef": 0.001,
+            "norm_topk_prob": True,  # the released configs carry it; vLLM's loader reads it
+        }
+    return {
+        "architectures": [architecture],
+        "model_type": family,
+        "text_config": text,
+        "vision_config": vision,
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": False,
+        "transformers_version": "4.57.0",
+    }
+
+
+def _chat_template(family: str) -> str:
+    if family == "qwen3_5":
+        return QWEN3_5_CHAT_TEMPLATE
+    return QWEN3_VL_CHAT_TEMPLATE if family in QWEN3_FAMILIES else CHAT_TEMPLATE
+
+
+def _preprocessor_config(family: str) -> dict[str, Any]:
+    if family in QWEN3_FAMILIES:
+        return _qwen3_image_config(family) | {"image_processor_type": "Qwen2VLImageProcessorFast"}
     return {
         "do_convert_rgb": True,
         "do_normalize": True,
@@ -304,6 +447,37 @@ def _preprocessor_config(family: Family) -> dict[str, Any]:
     }
 
 
+def _qwen3_image_config(family: str) -> dict[str, Any]:
+    """Qwen3-VL / Qwen3.5 image settings: patch 16 (32-pixel merged patches), mean and std 0.5."""
+    processor = "Qwen3VLProcessor"  # Qwen3.5's processor is Qwen3-VL's too
+    return {
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "merge_size": 2,
+        "patch_size": 16,
+        "processor_class": processor,
+        "resample": 3,
+        "rescale_factor": 1 / 255,
+        "size": {"longest_edge": QWEN3_MAX_PIXELS, "shortest_edge": QWEN3_MIN_PIXELS},
+        "temporal_patch_size": 2,
+    }
+
+
+def _video_preprocessor_config(family: str) -> dict[str, Any]:
+    """The video processor file the released Qwen3-VL / Qwen3.5 folders carry (videos are not trained)."""
+    return _qwen3_image_config(family) | {
+        "video_processor_type": "Qwen3VLVideoProcessor",
+        "fps": 2,
+        "min_frames": 4,
+        "max_frames": 768,
+        "do_sample_frames": True,
+    }
+
+
 def _generation_config(ids: dict[str, int]) -> dict[str, Any]:
     """Stop tokens only: sampling defaults here would silently change vLLM's and HF's defaults."""
     return {
@@ -316,7 +490,7 @@ def _generation_config(ids: dict[str, int]) -> dict[str, Any]:
 # ---- weights -------------------------------------------------------------------------------------
 
 
-def _write_weights(dest: Path) -> None:
+def _write_weights(dest: Path, family: str) -> None:
     """Random fp32 weights, named as in the hub checkpoints, each tensor seeded by its own name.
 
     Seeding per name (not one global stream) keeps every tensor independent of module
@@ -331,15 +505,19 @@ def _write_weights(dest: Path) -> None:
         skeleton = AutoModelForImageTextToText.from_config(config)
     tensors: dict[str, torch.Tensor] = {}
     for name, param in skeleton.state_dict().items():
-        hub_name = _hub_name(name)
-        if hub_name == "lm_head.weight" and config.tie_word_embeddings:
+        if name == "lm_head.weight" and config.tie_word_embeddings:
             continue
-        tensors[hub_name] = _init_tensor(hub_name, tuple(param.shape))
+        module_tensor = _init_tensor(
+            name if family in QWEN3_FAMILIES else _hub_name(name), tuple(param.shape), family
+        )
+        for hub_name, tensor in hub_tensors(FAMILIES[family], [(name, module_tensor)]):
+            tensors[hub_name if family in QWEN3_FAMILIES else _hub_name(hub_name)] = tensor
     save_file(dict(sorted(tensors.items())), str(dest / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _hub_name(name: str) -> str:
-    """transformers 5 module path -> the tensor name released checkpoints use."""
+    """transformers 5 module path -> the tensor name released Qwen2(.5)-VL checkpoints use (Qwen3's
+    checkpoints use the module paths)."""
     if name.startswith("model.language_model."):
         return "model." + name[len("model.language_model.") :]
     if name.startswith("model.visual."):
@@ -347,12 +525,19 @@ def _hub_name(name: str) -> str:
     return name
 
 
-def _init_tensor(name: str, shape: tuple[int, ...]) -> Any:
+# Qwen3.5's RMSNorm scales by (1 + weight): its neutral weight is 0 (the gated norm inside the
+# Gated DeltaNet and the vision LayerNorms scale by weight, like every other family's norms).
+_ZERO_CENTRED_NORMS = ("layernorm.weight", "language_model.norm.weight", "q_norm.weight", "k_norm.weight")
+
+
+def _init_tensor(name: str, shape: tuple[int, ...], family: str = "qwen2_5_vl") -> Any:
     import torch
 
     if name.endswith(".bias"):
         return torch.zeros(shape, dtype=torch.float32)
-    if len(shape) == 1:  # RMSNorm / LayerNorm scales
+    if family == "qwen3_5" and name.endswith(_ZERO_CENTRED_NORMS):
+        return torch.zeros(shape, dtype=torch.float32)
+    if len(shape) == 1:  # RMSNorm / LayerNorm scales (Qwen3.5's dt_bias and A_log too: A = e)
         return torch.ones(shape, dtype=torch.float32)
     generator = torch.Generator().manual_seed(SEED + zlib.crc32(name.encode()))
     return torch.randn(shape, generator=generator, dtype=torch.float32) * INIT_STD

@@ -1,4 +1,4 @@
-"""Load a Qwen2-VL-family checkpoint for training or inference through transformers.
+"""Load a checkpoint of a supported family (`models/families.py`) through transformers.
 
 flash-attention 2 is used only where it can run (importable and on CUDA); everywhere else SDPA,
 which is exact on CPU, so the tiny-model tests compare like with like.
@@ -8,27 +8,19 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.models.families import check_transformers_has, family_of
 
 if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedModel
 
-ModelFamily = Literal["qwen2_5_vl", "qwen2_vl"]
-FAMILIES: tuple[ModelFamily, ...] = ("qwen2_5_vl", "qwen2_vl")
 
-
-def model_family(config: PretrainedConfig | dict[str, Any]) -> ModelFamily:
-    """`qwen2_5_vl` or `qwen2_vl` from a config object or `config.json` dict."""
-    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
-    if model_type not in FAMILIES:
-        raise UserError(
-            f"model type {model_type!r} is not supported; sophiavl trains Qwen2-VL and Qwen2.5-VL models "
-            f"({', '.join(FAMILIES)})"
-        )
-    return model_type  # type: ignore[return-value]
+def model_family(config: PretrainedConfig | dict[str, Any]) -> str:
+    """The `model_type` of a supported family (`qwen2_5_vl`, `qwen3_vl`, ...) from a config or `config.json` dict."""
+    return family_of(config).model_type
 
 
 def pick_attn_implementation(device: str | torch.device) -> str:
@@ -78,10 +70,15 @@ def meta_vl_model(
 
 
 def _checked_config(folder: Path) -> PretrainedConfig:
+    import json
+
     from transformers import AutoConfig
 
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: no config.json; pass a model folder (see `sophiavl download`)")
-    config = AutoConfig.from_pretrained(str(folder))
-    model_family(config)
-    return config
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{folder / 'config.json'}: unreadable ({exc}); re-download the model") from exc
+    check_transformers_has(family_of(raw))  # before AutoConfig, whose error would not say what to do
+    return AutoConfig.from_pretrained(str(folder))

@@ -51,6 +51,21 @@ QWEN_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<|file_sep|>", False),
 )
 
+# Qwen3 (and Qwen3-VL) append four more, right after Qwen2's 22; `<think>` and `</think>` are
+# ordinary (not "special") tokens, so decode keeps them.
+QWEN3_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
+    *QWEN_ADDED_TOKENS,
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
+)
+
+# Qwen3.5's pre-split regex: combining marks (\p{M}) stay with their letters.
+QWEN3_5_SPLIT_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+AddedTokens = tuple[tuple[str, bool], ...]
+
 TINY_VOCAB_SIZE = 2048  # regular tokens (bytes + merges); added tokens come after
 
 # Renders the same text as Qwen2-VL's / Qwen2.5-VL's own template: a default system turn when the
@@ -89,12 +104,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def _qwen_pipeline(model: models.BPE) -> Tokenizer:
+def _qwen_pipeline(model: models.BPE, split_pattern: str = QWEN_SPLIT_PATTERN) -> Tokenizer:
     tokenizer = Tokenizer(model)
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(split_pattern), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -102,9 +117,9 @@ def _qwen_pipeline(model: models.BPE) -> Tokenizer:
     return tokenizer
 
 
-def _add_qwen_tokens(tokenizer: Tokenizer) -> None:
+def _add_qwen_tokens(tokenizer: Tokenizer, added: AddedTokens = QWEN_ADDED_TOKENS) -> None:
     """Append the added tokens one by one so their ids follow Qwen's order exactly."""
-    for content, special in QWEN_ADDED_TOKENS:
+    for content, special in added:
         token = AddedToken(content, special=special, normalized=False, lstrip=False, rstrip=False)
         if special:
             tokenizer.add_special_tokens([token])
@@ -112,9 +127,13 @@ def _add_qwen_tokens(tokenizer: Tokenizer) -> None:
             tokenizer.add_tokens([token])
 
 
-def train_tiny_bpe() -> Tokenizer:
+def train_tiny_bpe(
+    split_pattern: str = QWEN_SPLIT_PATTERN, added: AddedTokens = QWEN_ADDED_TOKENS
+) -> Tokenizer:
     """A ~2k-token Qwen-layout BPE trained on the fixed built-in corpus (deterministic)."""
-    tokenizer = _qwen_pipeline(models.BPE(dropout=None, unk_token=None, fuse_unk=False, byte_fallback=False))
+    tokenizer = _qwen_pipeline(
+        models.BPE(dropout=None, unk_token=None, fuse_unk=False, byte_fallback=False), split_pattern
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=TINY_VOCAB_SIZE,
         min_frequency=1,
@@ -123,7 +142,7 @@ def train_tiny_bpe() -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(corpus_lines(), trainer=trainer, length=None)
-    _add_qwen_tokens(tokenizer)
+    _add_qwen_tokens(tokenizer, added)
     return tokenizer
 
 
@@ -192,10 +211,17 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def tokenizer_config(tokenizer: Tokenizer, *, model_max_length: int) -> dict[str, Any]:
-    """`tokenizer_config.json` in the layout of Qwen2-VL's, for `AutoTokenizer`."""
+def tokenizer_config(
+    tokenizer: Tokenizer,
+    *,
+    model_max_length: int,
+    added: AddedTokens = QWEN_ADDED_TOKENS,
+    chat_template: str = CHAT_TEMPLATE,
+    tokenizer_class: str = "Qwen2Tokenizer",
+) -> dict[str, Any]:
+    """`tokenizer_config.json` in the layout of Qwen2-VL's (and Qwen3's), for `AutoTokenizer`."""
     decoder: dict[str, Any] = {}
-    for content, special in QWEN_ADDED_TOKENS:
+    for content, special in added:
         decoder[str(tokenizer.token_to_id(content))] = {
             "content": content,
             "lstrip": False,
@@ -209,14 +235,14 @@ def tokenizer_config(tokenizer: Tokenizer, *, model_max_length: int) -> dict[str
         "add_prefix_space": False,
         "added_tokens_decoder": decoder,
         "bos_token": None,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": chat_template,
         "clean_up_tokenization_spaces": False,
         "eos_token": "<|im_end|>",
         "errors": "replace",
         "model_max_length": model_max_length,
         "pad_token": "<|endoftext|>",
         "split_special_tokens": False,
-        "tokenizer_class": "Qwen2Tokenizer",
+        "tokenizer_class": tokenizer_class,
         "unk_token": None,
     }
 

@@ -6,7 +6,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from sophiavl_cli.engine.observe.throughput import FlopsModel, mfu, peak_flops, throughput_metrics
+from sophiavl_cli.engine.observe.throughput import (
+    FlopsModel,
+    LinearAttentionShape,
+    MoEShape,
+    mfu,
+    peak_flops,
+    throughput_metrics,
+)
 from sophiavl_cli.metrics.registry import metric
 
 QWEN25_VL_3B_TEXT = SimpleNamespace(  # public config.json numbers of Qwen2.5-VL-3B-Instruct
@@ -19,18 +26,46 @@ QWEN25_VL_3B_TEXT = SimpleNamespace(  # public config.json numbers of Qwen2.5-VL
 )
 
 
-def test_matmul_params_equal_the_tiny_models_linear_weights_plus_lm_head():
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-qwen3-vl-moe", "tiny-qwen3.5"])
+def test_matmul_params_equal_the_weights_a_token_passes_through_in_each_family(name):
+    """Dense: every linear weight of the language model plus the LM head. MoE: the router and
+    top-k of the experts (the active weights); Qwen3.5: its gated attention and Gated DeltaNet
+    projections, counted from the real modules."""
     import torch
 
     from sophiavl_cli.models.loading import load_vl_model
     from sophiavl_cli.models.resolve import resolve_model
 
-    model = load_vl_model(
-        resolve_model("builtin:tiny-qwen2.5-vl"), dtype=torch.float32, device=torch.device("cpu")
-    )
+    model = load_vl_model(resolve_model(f"builtin:{name}"), dtype=torch.float32, device=torch.device("cpu"))
     language = model.model.language_model
     linear = sum(m.weight.numel() for m in language.modules() if isinstance(m, torch.nn.Linear))
-    assert FlopsModel.from_config(model.config).matmul_params == linear + model.lm_head.weight.numel()
+    text = model.config.get_text_config()
+    routed = sum(p.numel() for n, p in language.named_parameters() if ".mlp.experts." in n)
+    routers = sum(p.numel() for n, p in language.named_parameters() if n.endswith(".mlp.gate.weight"))
+    active = routed * getattr(text, "num_experts_per_tok", 0) // max(getattr(text, "num_experts", 0), 1)
+    expected = linear + routers + active + model.lm_head.weight.numel()
+    assert FlopsModel.from_config(model.config).matmul_params == expected
+    if routed:
+        assert 0 < active < routed  # top-2 of 4 experts: half the expert weights, not all of them
+
+
+def test_hybrid_layers_have_no_quadratic_term_and_moe_counts_active_experts():
+    dense = FlopsModel(2, 64, 2, 1, 32, 128, 100)
+    hybrid = FlopsModel(
+        2, 64, 2, 1, 32, 128, 100, gated_attention=True, linear=LinearAttentionShape(1, 1, 2, 32, 32, 4)
+    )
+
+    # one full-attention layer: the S^2 term halves; the linear layer's extra cost grows with S only
+    def quadratic(shape: FlopsModel, s: int) -> float:  # all but the weights' 2 * N * S and the head
+        return shape.forward_flops(s, 1) - 2 * shape.decoder_params * s - 2 * shape.head_params
+
+    linear_part = hybrid.linear.num_layers * hybrid.linear.token_flops()  # type: ignore[union-attr]
+    for s in (10, 100, 1000):
+        assert quadratic(hybrid, s) - linear_part * s == quadratic(dense, s) / 2
+    everything = FlopsModel(2, 64, 2, 1, 32, 0, 100, moe=MoEShape(2, 8, 8, 48))
+    top2 = FlopsModel(2, 64, 2, 1, 32, 0, 100, moe=MoEShape(2, 8, 2, 48))
+    experts_per_layer = 3 * 64 * 48
+    assert everything.decoder_params - top2.decoder_params == 2 * 6 * experts_per_layer
 
 
 def test_a_3b_sized_decoder_has_about_three_billion_matmul_weights():

@@ -199,7 +199,7 @@ def start_workers(
     take_back()  # ray.init took SIGTERM for itself (a silent exit 15): the run's flag handles it again
     stack.callback(cluster.disconnect, started)
     device = resolve_device(recipe.trainer.device)
-    for note in ignored_options(recipe, device):
+    for note in ignored_options(recipe, device, model_dir):
         say(note)
     from sophiavl_cli.engine.rollout.vllm import worker_env
 
@@ -319,11 +319,12 @@ def load_data(
     return loader, val_rows
 
 
-def ignored_options(recipe: Recipe, device: str) -> list[str]:
+def ignored_options(recipe: Recipe, device: str, model_dir: Path | None = None) -> list[str]:
     """One line per recipe option this run cannot honour (said once, at start); see engine.honoured."""
     from sophiavl_cli.engine.lifecycle.honoured import RunFacts, unhonoured_keys
 
-    return unhonoured_keys(recipe, RunFacts.detect(device))
+    config = _model_config(model_dir) if model_dir is not None else None
+    return unhonoured_keys(recipe, RunFacts.detect(device, config))
 
 
 def _model_config(model_dir: Path) -> object:

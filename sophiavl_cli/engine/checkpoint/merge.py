@@ -54,6 +54,8 @@ from sophiavl_cli.engine.checkpoint.merge_sources import (
 from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 from sophiavl_cli.engine.lifecycle.preflight import check_writable
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.models.families import family_of
+from sophiavl_cli.models.hub_layout import hub_tensor
 
 DtypeChoice = Literal["auto", "bf16", "fp32"]
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -301,12 +303,14 @@ def run_merge(plan: MergePlan, advance: Callable[[int], None] | None = None) -> 
     tmp.mkdir()
     try:
         weight_map: dict[str, str] = {}
+        family = family_of(json.loads((plan.hf_dir / "config.json").read_text(encoding="utf-8")))
         for filename, names in plan.shards.items():
             tensors = {}
             for name, tensor in plan.source.load(names).items():
                 if tensor.is_floating_point():
                     tensor = tensor.to(plan.dtype)
-                tensors[plan.renames[name]] = tensor.contiguous()
+                # the hub layout of MoE experts, which save_pretrained does not restore (models/hub_layout.py)
+                tensors.update(hub_tensor(family, plan.renames[name], tensor.contiguous()))
                 if advance is not None:
                     advance(tensor.numel() * tensor.element_size())
             save_file(tensors, str(tmp / filename), metadata={"format": "pt"})

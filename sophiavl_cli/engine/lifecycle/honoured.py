@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from sophiavl_cli.config.recipe import Recipe
+from sophiavl_cli.models.families import PACKING_OFF_NOTE
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,18 @@ class RunFacts:
 
     device: str  # "cpu" | "cuda"
     flash_attn: bool
+    linear_attention_model: str | None = None  # the policy's family name when it has linear-attention layers
 
     @classmethod
-    def detect(cls, device: str) -> RunFacts:
-        return cls(device=device, flash_attn=importlib.util.find_spec("flash_attn") is not None)
+    def detect(cls, device: str, model_config: object | None = None) -> RunFacts:
+        from sophiavl_cli.models.families import family_of, has_linear_attention
+
+        hybrid = model_config is not None and has_linear_attention(model_config)
+        return cls(
+            device=device,
+            flash_attn=importlib.util.find_spec("flash_attn") is not None,
+            linear_attention_model=family_of(model_config).name if hybrid else None,
+        )
 
 
 Condition = Callable[[Recipe, RunFacts, object], str | None]  # (recipe, facts, value) -> None: it acts
@@ -65,6 +74,8 @@ def _vllm_graphs(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
 
 
 def _packing(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    if value and facts.linear_attention_model is not None:
+        return PACKING_OFF_NOTE.format(name=facts.linear_attention_model)
     if value and (facts.device != "cuda" or not facts.flash_attn):
         return "needs flash-attn on GPU (packing under sdpa is slower); padded forwards instead"
     return None

@@ -64,6 +64,7 @@ def _train_checks(recipe: Recipe, ray_address: str | None, env: Mapping[str, str
     checks: list[NamedCheck] = [
         ("rollout backend", lambda: _rollout_backend(recipe)),
         ("model", model_dir.check),
+        ("vLLM on CPU", lambda: _vllm_on_cpu(recipe)),
     ]
     thinking = recipe.reward.thinking
     if recipe.algorithm.trust.enable and not (thinking.url or env.get("OPENAI_API_URL")):
@@ -167,12 +168,32 @@ def _rollout_backend(recipe: Recipe) -> None:
 
 
 def _model(ref: str, key: str) -> Path:
+    """The folder `ref` resolves to, of a family sophiavl trains and this transformers has."""
+    from sophiavl_cli.models.loading import checked_family
     from sophiavl_cli.models.resolve import resolve_model
 
     try:
-        return resolve_model(ref)
+        folder = resolve_model(ref)
+        checked_family(folder)
     except UserError as exc:
         raise UserError(f"{key}: {exc}") from None
+    return folder
+
+
+def _vllm_on_cpu(recipe: Recipe) -> None:
+    """A family vLLM's CPU build cannot roll out, said before Ray (models.families.vllm_cpu_gap)."""
+    from sophiavl_cli.models.families import vllm_cpu_gap
+    from sophiavl_cli.models.loading import checked_family
+    from sophiavl_cli.models.resolve import resolve_model
+
+    if recipe.worker.rollout.backend != "vllm" or recipe.trainer.device != "cpu":
+        return
+    try:
+        gap = vllm_cpu_gap(checked_family(resolve_model(recipe.worker.actor.model_path)))
+    except UserError:
+        return  # the model check reports an unusable model
+    if gap is not None:
+        raise UserError(f"worker.rollout.backend=vllm: {gap}")
 
 
 def _reward_model(serve_model: str | None) -> None:

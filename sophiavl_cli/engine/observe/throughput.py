@@ -18,6 +18,15 @@ lookup, not a matmul, and is left out (verl's counter adds embedding and head on
 Backward costs twice the forward, so a trained token costs 3x. The vision tower's FLOPs on
 image patches are left out: MFU is a slight underestimate on image-heavy batches, never an
 overestimate.
+
+Per family (`from_config`):
+- MoE layers (Qwen3-VL-MoE, Qwen3.5-MoE) count the *active* weights: the router, the top-k
+  experts a token is sent to (`num_experts_per_tok` of `num_experts`) and any shared expert, so a
+  30B-A3B model is counted as the ~3B it computes per token, not as 30B.
+- Qwen3.5's full-attention layers have an output gate (q_proj twice as wide); its Gated DeltaNet
+  layers have no S^2 term: their projections count as weights, and the recurrence costs
+  6 * value_heads * d_k * d_v per token (reading the state, writing the update, reading the
+  output, a multiply-add each) plus the causal convolution, 2 * conv_channels * kernel per token.
 """
 
 from __future__ import annotations
@@ -57,6 +66,50 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 
 
 @dataclass(frozen=True)
+class MoEShape:
+    """The routed part of a MoE decoder, per MoE layer."""
+
+    num_layers: int  # layers whose MLP is routed (the others are dense, `intermediate_size`)
+    num_experts: int
+    experts_per_token: int
+    expert_intermediate_size: int
+    shared_intermediate_size: int = 0  # an always-on shared expert (Qwen3.5-MoE), 0 when none
+
+
+@dataclass(frozen=True)
+class LinearAttentionShape:
+    """The Gated DeltaNet (linear-attention) layers of a hybrid decoder."""
+
+    num_layers: int
+    key_heads: int
+    value_heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_kernel: int
+
+    @property
+    def key_dim(self) -> int:
+        return self.key_heads * self.key_head_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.value_heads * self.value_head_dim
+
+    def params(self, hidden: int) -> int:
+        """Projection weights of one layer: qkv and z in, the two per-head gates (b, a), out."""
+        return (
+            hidden * (2 * self.key_dim + self.value_dim)
+            + 2 * hidden * self.value_dim
+            + 2 * hidden * self.value_heads
+        )
+
+    def token_flops(self) -> int:
+        """Per token, per layer: the delta-rule recurrence and the causal convolution."""
+        recurrence = 6 * self.value_heads * self.key_head_dim * self.value_head_dim
+        return recurrence + 2 * (2 * self.key_dim + self.value_dim) * self.conv_kernel
+
+
+@dataclass(frozen=True)
 class FlopsModel:
     """The shape numbers of a decoder that its FLOPs depend on."""
 
@@ -67,6 +120,9 @@ class FlopsModel:
     head_dim: int
     intermediate_size: int
     vocab_size: int
+    gated_attention: bool = False  # q_proj also yields a sigmoid output gate (Qwen3.5)
+    moe: MoEShape | None = None
+    linear: LinearAttentionShape | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> FlopsModel:
@@ -74,14 +130,18 @@ class FlopsModel:
         text = getattr(config, "text_config", None) or config
         heads = int(text.num_attention_heads)
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        layers = int(text.num_hidden_layers)
         return cls(
-            num_layers=int(text.num_hidden_layers),
+            num_layers=layers,
             hidden_size=int(text.hidden_size),
             num_heads=heads,
             num_kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
             head_dim=int(head_dim),
             intermediate_size=int(text.intermediate_size),
             vocab_size=int(text.vocab_size),
+            gated_attention=bool(getattr(text, "attn_output_gate", _is_qwen3_5(text))),
+            moe=_moe_shape(text, layers),
+            linear=_linear_shape(text),
         )
 
     @property
@@ -89,11 +149,26 @@ class FlopsModel:
         return self.num_heads * self.head_dim
 
     @property
+    def attention_layers(self) -> int:
+        """Softmax-attention layers (the S^2 term); the rest are linear attention."""
+        return self.num_layers - (self.linear.num_layers if self.linear else 0)
+
+    @property
     def decoder_params(self) -> int:
-        """Weights of the decoder's linear layers: q, k, v, o, gate, up, down, over all layers."""
+        """Weights a token passes through in the decoder's linear layers, over all layers (MoE: active)."""
         h, q, kv = self.hidden_size, self.attention_dim, self.num_kv_heads * self.head_dim
-        per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size
-        return self.num_layers * per_layer
+        attention = h * q * (2 if self.gated_attention else 1) + 2 * h * kv + q * h
+        mixing = self.attention_layers * attention + (
+            self.linear.params(h) * self.linear.num_layers if self.linear else 0
+        )
+        moe_layers = self.moe.num_layers if self.moe else 0
+        mlp = (self.num_layers - moe_layers) * 3 * h * self.intermediate_size
+        if self.moe is not None:
+            m = self.moe
+            routed = m.experts_per_token * 3 * h * m.expert_intermediate_size + h * m.num_experts
+            shared = 3 * h * m.shared_intermediate_size + (h if m.shared_intermediate_size else 0)
+            mlp += moe_layers * (routed + shared)
+        return mixing + mlp
 
     @property
     def head_params(self) -> int:
@@ -106,12 +181,50 @@ class FlopsModel:
 
     def forward_flops(self, seq_len: int, logit_tokens: int) -> float:
         """FLOPs of one forward pass over `seq_len` tokens with logits at `logit_tokens` positions."""
-        decoder = 2 * self.decoder_params * seq_len + 4 * self.num_layers * self.attention_dim * seq_len**2
+        decoder = (
+            2 * self.decoder_params * seq_len + 4 * self.attention_layers * self.attention_dim * seq_len**2
+        )
+        if self.linear is not None:
+            decoder += self.linear.num_layers * self.linear.token_flops() * seq_len
         return float(decoder + 2 * self.head_params * logit_tokens)
 
     def training_flops(self, sequences: Iterable[tuple[int, int]]) -> float:
         """FLOPs of forward + backward (3x forward) over (sequence length, response length) pairs."""
         return 3.0 * sum(self.forward_flops(total, response) for total, response in sequences)
+
+
+def _is_qwen3_5(text: Any) -> bool:
+    return str(getattr(text, "model_type", "")).startswith("qwen3_5")
+
+
+def _moe_shape(text: Any, layers: int) -> MoEShape | None:
+    experts = int(getattr(text, "num_experts", 0) or 0)
+    if experts == 0:
+        return None
+    step = int(getattr(text, "decoder_sparse_step", 1) or 1)
+    dense = set(getattr(text, "mlp_only_layers", None) or [])
+    routed = sum(1 for i in range(layers) if i not in dense and (i + 1) % step == 0)
+    return MoEShape(
+        num_layers=routed,
+        num_experts=experts,
+        experts_per_token=int(text.num_experts_per_tok),
+        expert_intermediate_size=int(text.moe_intermediate_size),
+        shared_intermediate_size=int(getattr(text, "shared_expert_intermediate_size", 0) or 0),
+    )
+
+
+def _linear_shape(text: Any) -> LinearAttentionShape | None:
+    linear = sum(1 for kind in getattr(text, "layer_types", None) or () if kind == "linear_attention")
+    if linear == 0:
+        return None
+    return LinearAttentionShape(
+        num_layers=linear,
+        key_heads=int(text.linear_num_key_heads),
+        value_heads=int(text.linear_num_value_heads),
+        key_head_dim=int(text.linear_key_head_dim),
+        value_head_dim=int(text.linear_value_head_dim),
+        conv_kernel=int(text.linear_conv_kernel_dim),
+    )
 
 
 def peak_flops(device_name: str, override: str | None = None) -> float | None:

@@ -51,6 +51,7 @@ Run: `sophiavl train recipes/quickstart.yaml worker.rollout.backend=vllm` (docs/
 from __future__ import annotations
 
 import gc
+import json
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
@@ -66,6 +67,8 @@ from sophiavl_cli.engine.rollout.base import RolloutOutput, RolloutPrompt, Sampl
 from sophiavl_cli.engine.rollout.images import images_from_patches
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.generation.vllm import CPU_KV_CACHE_BYTES, sampling_params
+from sophiavl_cli.models.families import family_of, vllm_cpu_gap
+from sophiavl_cli.models.hub_layout import hub_tensor
 from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.optional import require
 
@@ -198,7 +201,12 @@ class VLLMRollout:
         os.environ.update(worker_env(cfg))  # the driver sets them at the worker's start too
         vllm = require("vllm", "worker.rollout.backend=vllm")
         self.on_cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
+        self.family = family_of(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")))
+        gap = None if self.on_cuda else vllm_cpu_gap(self.family)
+        if gap is not None:  # said before vLLM starts, not from inside its first forward
+            raise UserError(f"worker.rollout.backend=vllm: {gap}")
         self.model_dir = Path(model_dir)
+
         self.dtype = dtype
         self.eos_token_ids = list(eos_token_ids)
         self.sleep_mode = self.on_cuda and cfg.enable_sleep_mode if sleep_mode is None else sleep_mode
@@ -347,7 +355,8 @@ class VLLMRollout:
 
         def stream() -> Iterator[tuple[str, torch.Tensor]]:
             for name, tensor in named_tensors:
-                yield name, tensor.detach().to(self.dtype)
+                # vLLM's loaders read the hub layout (Qwen3-VL-MoE's experts: models/hub_layout.py)
+                yield from hub_tensor(self.family, name, tensor.detach().to(self.dtype))
 
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
         # Cached KV blocks and vision-encoder outputs were computed with the old weights. The

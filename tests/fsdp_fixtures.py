@@ -218,10 +218,13 @@ def vl_inputs(model_dir: str) -> dict[str, torch.Tensor]:
         config["vision_end_token_id"],
         *text,
     ]
-    pixels = torch.randn(16, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(5))
+    patch = config["vision_config"].get("patch_size", 14)  # 16 for Qwen3-VL and Qwen3.5
+    pixels = torch.randn(16, 3 * 2 * patch * patch, generator=torch.Generator().manual_seed(5))
+    input_ids = torch.tensor([ids])
     return {
-        "input_ids": torch.tensor([ids]),
+        "input_ids": input_ids,
         "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+        "mm_token_type_ids": (input_ids == config["image_token_id"]).to(torch.int32),
         "pixel_values": pixels,
         "image_grid_thw": torch.tensor([[1, 4, 4]]),
     }

@@ -2,13 +2,15 @@
 merge` get the merged weights, `--adapter-only` gives peft's folder, checkpoints hold the adapter
 alone and resume from them is bit-identical.
 
-Real TrainWorker in this process (a world of one, gloo), the built-in tiny Qwen2.5-VL.
+Real TrainWorker in this process (a world of one, gloo), the built-in tiny Qwen2.5-VL (and tiny
+Qwen3-VL for the update, the rollout sync and the merge).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +30,7 @@ from sophiavl_cli.engine.workers import lora
 from sophiavl_cli.engine.workers.batching import TrainSequence
 from sophiavl_cli.engine.workers.train_worker import TrainWorker
 from sophiavl_cli.models.loading import load_vl_model
+from sophiavl_cli.models.resolve import resolve_model
 
 PROMPT = [5, 6, 7, 8, 9]
 RANK, ALPHA = 4, 8.0
@@ -60,9 +63,11 @@ def _worker(model_dir, recipe) -> TrainWorker:
     return worker
 
 
-@pytest.fixture
-def lora_worker(tiny_model_dir):
-    worker = _worker(tiny_model_dir, _recipe())
+@pytest.fixture(params=["tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+def lora_worker(request):
+    """A LoRA worker on Qwen2.5-VL and on Qwen3-VL (DeepStack mergers in the frozen vision tower)."""
+    ref = f"builtin:{request.param}"
+    worker = _worker(resolve_model(ref), _recipe(f"worker.actor.model_path={ref}"))
     yield worker
     worker.shutdown()
 
@@ -135,10 +140,11 @@ def test_an_update_moves_only_adapters_and_the_rollout_gets_the_merged_weights(l
         np.testing.assert_allclose(scored[i], out.logprobs, atol=1e-5)
 
 
-def test_merge_round_trip_and_adapter_only_give_the_policys_logits(lora_worker, tiny_model_dir, tmp_path):
+def test_merge_round_trip_and_adapter_only_give_the_policys_logits(lora_worker, tmp_path):
     from peft import PeftModel
 
     worker = lora_worker
+    tiny_model_dir = Path(worker.spec.model_dir)
     _train(worker, seed=2)
     manager = CheckpointManager(tmp_path / "run" / "checkpoints")
     tmp = manager.begin(1)
@@ -150,6 +156,8 @@ def test_merge_round_trip_and_adapter_only_give_the_policys_logits(lora_worker, 
     assert isinstance(plan.source, lora.LoraBaseSource)  # base from model_path + the saved adapter
     assert not any(lora.is_lora_name(n) or ".base_layer." in n for n in plan.renames.values())
     run_merge(plan)
+    source_type = json.loads((tiny_model_dir / "config.json").read_text())["model_type"]
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["model_type"] == source_type
     merged = load_vl_model(tmp_path / "merged", dtype=torch.float32, device=torch.device("cpu"))
     torch.testing.assert_close(_logits(merged), expected, rtol=1e-5, atol=1e-5)
 

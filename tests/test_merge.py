@@ -1,4 +1,9 @@
-"""`sophiavl merge`: DCP and released-layout checkpoints of the tiny Qwen2.5-VL -> Hugging Face folders."""
+"""`sophiavl merge`: DCP and released-layout checkpoints of the tiny models -> Hugging Face folders.
+
+Each family (Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5) is trained one step by 2 FSDP2 ranks,
+merged and loaded back by transformers with bit-identical logits, and reloaded at world size 1
+with identical optimizer state; the tests about merging itself use the Qwen2.5-VL checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import fsdp_fixtures as fx
@@ -25,6 +31,7 @@ from sophiavl_cli.engine.checkpoint.merge import (
 from sophiavl_cli.engine.checkpoint.sharded import save_sharded
 from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.models.resolve import resolve_model
 
 HF_FILES = {
     "config.json",
@@ -49,46 +56,81 @@ def saved_names(folder: Path) -> set[str]:
     return names
 
 
+FAMILIES = ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-qwen3-vl-moe", "tiny-qwen3.5"]
+
+
 @pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, dict]:
-    """A committed checkpoint of the tiny VL trained one step by 2 FSDP2 ranks, and what rank 0 observed."""
-    run_dir = tmp_path_factory.mktemp("run")
-    out = tmp_path_factory.mktemp("observed")
-    manager = CheckpointManager(run_dir / "checkpoints", save_limit=-1)
-    tmp = manager.begin(1)
-    fx.spawn(fx.train_vl_and_save, 2, str(tiny_model_dir), str(tmp), str(out))
-    final = manager.commit(
-        tmp, 1, {"data": {"position": 1}}, hf_source_dir=tiny_model_dir, recipe_yaml="{}\n"
-    )
-    return final, torch.load(out / "trained.pt")
+def checkpoint_of(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, dict]]:
+    """builtin name -> a committed checkpoint of it trained one step by 2 FSDP2 ranks, and what rank 0
+    observed; each model is trained once per module."""
+    made: dict[str, tuple[Path, dict]] = {}
+
+    def make(name: str) -> tuple[Path, dict]:
+        if name not in made:
+            model_dir = resolve_model(f"builtin:{name}")
+            run_dir = tmp_path_factory.mktemp("run")
+            out = tmp_path_factory.mktemp("observed")
+            manager = CheckpointManager(run_dir / "checkpoints", save_limit=-1)
+            tmp = manager.begin(1)
+            fx.spawn(fx.train_vl_and_save, 2, str(model_dir), str(tmp), str(out))
+            final = manager.commit(
+                tmp, 1, {"data": {"position": 1}}, hf_source_dir=model_dir, recipe_yaml="{}\n"
+            )
+            made[name] = final, torch.load(out / "trained.pt")
+        return made[name]
+
+    return make
 
 
+@pytest.fixture(scope="module")
+def trained_checkpoint(checkpoint_of: Callable[[str], tuple[Path, dict]]) -> tuple[Path, dict]:
+    """The tiny Qwen2.5-VL's checkpoint (`checkpoint_of`), for the tests about merging itself."""
+    return checkpoint_of("tiny-qwen2.5-vl")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_merged_model_gives_the_same_logits_as_the_trained_fsdp_model(
-    trained_checkpoint: tuple[Path, dict], tiny_model_dir: Path
+    checkpoint_of: Callable[[str], tuple[Path, dict]], name: str
 ) -> None:
-    checkpoint, trained = trained_checkpoint
+    tiny_model_dir = resolve_model(f"builtin:{name}")
+    checkpoint, trained = checkpoint_of(name)
     result = merge_checkpoint(checkpoint, dtype="fp32")
     assert result.output == checkpoint.parent.parent / "merged" / "global_step_1"
     assert HF_FILES | {"model.safetensors", "preprocessor_config.json"} <= set(result.files)
     assert saved_names(result.output) == saved_names(tiny_model_dir)  # hub names, as save_pretrained writes
+    config = json.loads((result.output / "config.json").read_text())
+    assert config["model_type"] == json.loads((tiny_model_dir / "config.json").read_text())["model_type"]
+    with (
+        safe_open(str(result.output / "model.safetensors"), "pt") as merged,
+        safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as original,
+    ):
+        for key in saved_names(tiny_model_dir):  # the hub layout too (Qwen3-VL-MoE's experts are transposed)
+            assert merged.get_slice(key).get_shape() == original.get_slice(key).get_shape(), key
 
     model = load_merged(result.output)
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, trained["weights"][name]), name
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, trained["weights"][key]), key
     with torch.no_grad():
         logits = model(**fx.vl_inputs(str(tiny_model_dir))).logits
-    assert torch.equal(logits, trained["logits"])  # bit-identical: same weights, same CPU kernels
-    original = load_merged(tiny_model_dir)
+    if name == "tiny-qwen3-vl-moe":
+        # the weights are equal (above); the experts' grouped matmul under FSDP2 rounds its last bits
+        # differently from the plain module's (1.8e-7 here; two plain forwards agree exactly)
+        torch.testing.assert_close(logits, trained["logits"], atol=1e-6, rtol=0)
+    else:
+        assert torch.equal(logits, trained["logits"])  # bit-identical: same weights, same CPU kernels
+    original_model = load_merged(tiny_model_dir)
     assert not torch.equal(
-        original.lm_head.weight, model.lm_head.weight
+        original_model.lm_head.weight, model.lm_head.weight
     )  # the step really changed the weights
 
 
+@pytest.mark.parametrize("name", FAMILIES)
 def test_tiny_vl_checkpoint_from_two_ranks_reloads_on_one_rank_with_identical_optimizer_state(
-    trained_checkpoint: tuple[Path, dict], tiny_model_dir: Path, tmp_path: Path
+    checkpoint_of: Callable[[str], tuple[Path, dict]], name: str, tmp_path: Path
 ) -> None:
-    checkpoint, trained = trained_checkpoint
-    fx.spawn(fx.reload_vl, 1, str(tiny_model_dir), str(checkpoint), str(tmp_path))
+    checkpoint, trained = checkpoint_of(name)
+    model_dir = resolve_model(f"builtin:{name}")
+    fx.spawn(fx.reload_vl, 1, str(model_dir), str(checkpoint), str(tmp_path))
     fx.assert_identical(torch.load(tmp_path / "reloaded_vl_ws1.pt"), trained["state"])
 
 

@@ -71,10 +71,8 @@ def saved_name_map(model: Any) -> dict[str, str]:
     """{module parameter name: the name save_pretrained stores it under} for a (meta) model."""
     from transformers.core_model_loading import revert_weight_conversion
 
-    return {
-        n: next(iter(revert_weight_conversion(model, {n: torch.empty(0, device="meta")})))
-        for n in model.state_dict()
-    }
+    # each name with its own (meta) tensor: a conversion may look at the shape (Qwen3-VL-MoE's experts)
+    return {n: next(iter(revert_weight_conversion(model, {n: t}))) for n, t in model.state_dict().items()}
 
 
 def drop_true_copies(source: TensorSource, renames: dict[str, str], tied: dict[str, str]) -> list[str]:

@@ -250,7 +250,7 @@ def test_moe_experts_are_stored_in_the_hub_layout_and_load_into_the_module_layou
     name = "model.language_model.layers.0.mlp.experts.gate_up_proj"
     with safe_open(str(folder / "model.safetensors"), "pt") as handle:
         stored = handle.get_tensor(name)
-    assert tuple(stored.shape) == (4, 64, 2 * 48)  # [experts, hidden, 2 x expert intermediate]
+    assert tuple(stored.shape) == (4, 64, 2 * 128)  # [experts, hidden, 2 x expert intermediate]
     model = load_vl_model(folder, dtype=torch.float32)
     assert torch.equal(model.state_dict()[name], stored.transpose(1, 2))
 

@@ -4,7 +4,9 @@ The engine tests share one engine per architecture (starting one takes 25-40 s):
 syncs its own perturbed copy of the weights, so no test depends on another's weights. The
 weight-sync tests perturb every parameter, so any transformers name vLLM's loader dropped or
 mis-mapped would show up as different tokens or log-probs: they double as the name-mapping test
-for Qwen2-VL and Qwen2.5-VL.
+for Qwen2-VL, Qwen2.5-VL and Qwen3-VL (DeepStack mergers included). Qwen3-VL-MoE and Qwen3.5
+have no engine here: vLLM's CPU build cannot reload MoE experts in place or run Gated DeltaNet in
+fp32 (`models.families.vllm_cpu_gap`), which the backend says in one line before vLLM starts.
 """
 
 from __future__ import annotations
@@ -190,10 +192,38 @@ def test_sophiavl_train_with_vllm_missing_exits_2_with_one_line_and_no_traceback
     assert not (tmp_path / "sophiavl").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("tiny-qwen3-vl-moe", "does not re-pack Qwen3-VL-MoE's expert weights"), ("tiny-qwen3.5", "bf16 only")],
+)
+def test_a_family_vllm_cpu_cannot_roll_out_is_refused_in_one_line_before_vllm_starts(
+    name: str, why: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("vllm")
+    model_dir = resolve_model(f"builtin:{name}")
+    with pytest.raises(
+        UserError, match=rf"^worker\.rollout\.backend=vllm: vLLM's CPU build .*{why}.*hf backend"
+    ):
+        VLLMRollout(RolloutConfig(backend="vllm"), model_dir, eos_token_ids=[0], device="cpu")
+    # and `sophiavl train` says it before Ray starts: exit 2, one line, no run folder
+    result = subprocess.run(
+        [sys.executable, "-m", "sophiavl_cli", "train", str(ROOT / "recipes" / "quickstart.yaml"),
+         f"trainer.output_dir={tmp_path}", "worker.rollout.backend=vllm", f"worker.actor.model_path=builtin:{name}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and why in lines[0] and "worker.rollout.backend=vllm" in lines[0], result.stderr
+    assert not (tmp_path / "sophiavl").exists()
+
+
 # ---- one engine per architecture ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["builtin:tiny-qwen2.5-vl", "builtin:tiny-qwen2-vl"])
+@pytest.fixture(
+    scope="module",
+    params=["builtin:tiny-qwen2.5-vl", "builtin:tiny-qwen2-vl", "builtin:tiny-qwen3-vl"],
+)
 def engine(request: pytest.FixtureRequest) -> Iterator[VLLMRollout]:
     pytest.importorskip("vllm")
     model_dir = resolve_model(request.param)

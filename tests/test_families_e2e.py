@@ -126,3 +126,28 @@ def test_qwen3_vl_trains_full_and_with_lora_and_the_merged_adapter_answers_and_e
         3,
         100.0,
     )
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_qwen3_vl_thinking_reward_model_fine_tunes_merges_and_serves_scores(tmp_path: Path) -> None:
+    """`sophiavl train-rm` on the tiny Qwen3-VL (2 steps), merged, then served by the hf reward server
+    (what `serve-reward --backend hf` runs) to the thinking-reward client: every row gets a score."""
+    from sophiavl_cli.engine.checkpoint.merge import merge_checkpoint
+    from sophiavl_cli.eval.reward_model import evaluate_reward_model
+
+    result = _sophiavl(
+        "train-rm", str(ROOT / "recipes" / "thinking-rm-quickstart.yaml"), f"trainer.output_dir={tmp_path}",
+        "model.model_path=builtin:tiny-qwen3-vl", "trainer.max_steps=2", "trainer.val_freq=-1",
+        "trainer.val_before_train=false", "trainer.save_freq=2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path / "sophiavl" / "thinking_rm_quickstart"
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "sft/loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    merged = merge_checkpoint(run_dir / "checkpoints" / "global_step_2", tmp_path / "merged").output
+    assert json.loads((merged / "config.json").read_text())["model_type"] == "qwen3_vl"
+    scored = evaluate_reward_model(
+        str(merged), "builtin:thinking-demo@val", out_dir=tmp_path / "eval", limit=4
+    )
+    assert scored.quality.failures == 0 and scored.quality.scored == 4

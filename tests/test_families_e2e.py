@@ -45,13 +45,19 @@ def _sophiavl(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[s
 
 
 def _train(out: Path, name: str, *overrides: str) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """Two quickstart steps on builtin:NAME, its own family as the thinking reward model."""
+    """Two quickstart steps on builtin:NAME, its own family as the thinking reward model (Qwen3-VL:
+    the shipped recipes/qwen3-vl-quickstart.yaml, which says exactly that)."""
+    if name == "tiny-qwen3-vl":
+        recipe, experiment, models = ROOT / "recipes" / "qwen3-vl-quickstart.yaml", "qwen3_vl_quickstart", ()
+    else:
+        recipe, experiment = QUICKSTART, "quickstart"
+        models = (f"worker.actor.model_path=builtin:{name}", f"reward.thinking.serve_model=builtin:{name}")
     result = _sophiavl(
-        "train", str(QUICKSTART), f"trainer.output_dir={out}", "trainer.max_steps=2", "trainer.val_freq=0",
-        f"worker.actor.model_path=builtin:{name}", f"reward.thinking.serve_model=builtin:{name}", *overrides,
+        "train", str(recipe), f"trainer.output_dir={out}", "trainer.max_steps=2", "trainer.val_freq=0",
+        *models, *overrides,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result, out / "sophiavl" / "quickstart"
+    return result, out / "sophiavl" / experiment
 
 
 def _assert_two_trained_steps(run_dir: Path) -> None:

@@ -19,7 +19,10 @@ from sophiavl_cli.engine.lifecycle.honoured import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"fullsets": ROOT / "recipes" / "fullsets.yaml", "quickstart": ROOT / "recipes" / "quickstart.yaml"}
+RECIPES = {
+    name: ROOT / "recipes" / f"{name}.yaml"
+    for name in ("fullsets", "quickstart", "qwen3-vl-8b", "qwen3-vl-quickstart")
+}
 SOURCE = "\n".join(
     p.read_text(encoding="utf-8") for p in (ROOT / "sophiavl_cli").rglob("*.py") if p.parent.name != "config"
 )
@@ -50,6 +53,18 @@ def test_every_key_a_shipped_recipe_sets_is_read_by_the_engine(name):
 def test_the_shipped_recipes_on_their_own_devices_ignore_nothing():
     assert unhonoured_keys(load_recipe(RECIPES["quickstart"], []), CPU) == []
     assert unhonoured_keys(load_recipe(RECIPES["fullsets"], []), GPU) == []
+    assert unhonoured_keys(load_recipe(RECIPES["qwen3-vl-quickstart"], []), CPU) == []
+    qwen3_vl_8b = load_recipe(RECIPES["qwen3-vl-8b"], [])
+    assert unhonoured_keys(qwen3_vl_8b, GPU) == []
+    fullsets = load_recipe(RECIPES["fullsets"], [])  # sized like fullsets: only the policy differs
+    assert qwen3_vl_8b.worker.actor.model_path == "Qwen/Qwen3-VL-8B-Instruct"
+    assert qwen3_vl_8b.worker.actor.optim == fullsets.worker.actor.optim
+    assert (qwen3_vl_8b.data, qwen3_vl_8b.algorithm, qwen3_vl_8b.reward, qwen3_vl_8b.worker.rollout) == (
+        fullsets.data,
+        fullsets.algorithm,
+        fullsets.reward,
+        fullsets.worker.rollout,
+    )
 
 
 def test_fullsets_where_it_cannot_act_names_each_such_key_once():

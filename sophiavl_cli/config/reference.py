@@ -29,7 +29,9 @@ A base may name its own base.
 Shipped recipes: `recipes/quickstart.yaml` (built-in tiny model, demo data, CPU, minutes),
 `recipes/fullsets.yaml` (the released SophiaVL-R1 recipe, 8 GPUs), and one per algorithm on the
 quickstart setup, each `base: quickstart.yaml`: `dapo.yaml`, `gspo.yaml`, `dr_grpo.yaml`,
-`rloo.yaml`, `cispo.yaml`, `sapo.yaml` (docs/method.md, "Algorithms").
+`rloo.yaml`, `cispo.yaml`, `sapo.yaml` (docs/method.md, "Algorithms"). Qwen3-VL:
+`recipes/qwen3-vl-quickstart.yaml` (the quickstart on the built-in tiny Qwen3-VL, CPU) and
+`recipes/qwen3-vl-8b.yaml` (fullsets with Qwen3-VL-8B-Instruct as the policy); docs/models.md.
 
 This page is generated from the code (`python -m sophiavl_cli.config.reference > docs/recipes.md`).
 """

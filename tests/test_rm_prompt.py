@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+import pytest
 
 from sophiavl_cli.data.rm_rows import load_rm_rows
 from sophiavl_cli.engine.reward_model.prompting import RMEncoder
 from sophiavl_cli.models.processing import VLProcessor
+from sophiavl_cli.models.resolve import resolve_model
 from sophiavl_cli.rewards.rm_request import ThinkingSample, build_messages, image_to_data_url
 from sophiavl_cli.rewards.score_parse import parse_score
 from sophiavl_cli.serving.chat_request import parse_chat_request
 
 
-def test_training_prompt_equals_what_the_server_encodes_for_the_client_request(tiny_model_dir: Path) -> None:
-    processor = VLProcessor.from_pretrained(tiny_model_dir)
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-qwen3.5"])
+def test_training_prompt_equals_what_the_server_encodes_for_the_client_request(name: str) -> None:
+    """With each family's chat template (Qwen3.5's opens `<think>`: the RM's reply starts after the
+    assistant header and its target is the bare `<answer>S</answer>`, as for the other families)."""
+    processor = VLProcessor.from_pretrained(resolve_model(f"builtin:{name}"))
     encoder = RMEncoder(processor)
     row = load_rm_rows("builtin:thinking-demo@val", limit=1)[0]
     trained = encoder.encode(row, 0).sequence
@@ -33,3 +36,4 @@ def test_training_prompt_equals_what_the_server_encodes_for_the_client_request(t
     reply = processor.decode(trained.response_ids)
     assert parse_score(reply).score == row.score
     assert processor.decode(trained.response_ids[-1:], skip_special_tokens=False) == "<|im_end|>"
+    assert processor.tokenizer.decode(trained.prompt_ids).endswith("<|im_start|>assistant\n")

@@ -486,6 +486,15 @@ def test_a_url_without_scheme_is_rejected_naming_the_source() -> None:
         ("<answer>good</answer>", None, "unparseable"),
         ("The score is 0.7 because", None, "unparseable"),
         ("", None, "unparseable"),
+        # a Qwen3 / Qwen3.5 reward model thinks in its own block first: its verdict follows it
+        (
+            "<think>\nStep 2 is wrong, so not <answer>1.0</answer>.\n</think>\n\n<answer>0.3</answer>",
+            0.3,
+            None,
+        ),
+        ("<think>\nlooks right\n</think>\n\n0.9", 0.9, None),
+        ("<think>\nstill thinking, <answer>0.5</answer> maybe", 0.5, None),  # cut before </think>
+        ("<think>\nall steps hold\n</think>\n\nfine", None, "unparseable"),
     ],
 )
 def test_score_parsing_reads_any_decimal_in_range_and_never_invents_zero(

@@ -7,6 +7,10 @@ the caller handles (the group falls back to outcome-only rewards), never a silen
 
 Accepted forms, tried in order: `<answer>0.75</answer>` (a missing closing tag is tolerated:
 replies cut by max_tokens), `\\boxed{0.7}`, and a reply that is nothing but a number.
+
+A reward model that thinks in a block of its own first (Qwen3 and Qwen3.5 models write
+`<think>...</think>` before their reply) is read after its last `</think>`: what it wrote while
+thinking, `<answer>` tags included, is not its verdict.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ _ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL | re.IGNOREC
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _ONLY_NUMBER = re.compile(rf"^\s*({_NUMBER})\s*\.?\s*$")
 
+_THINK_END = "</think>"
+
 UNPARSEABLE = "unparseable"
 OUT_OF_RANGE = "out_of_range"
 
@@ -37,6 +43,7 @@ class ParsedScore:
 
 def _candidate(text: str) -> str | None:
     """The part of the reply that should hold the number, by the first form that matches."""
+    text = text.rpartition(_THINK_END)[2]  # the verdict follows the model's own thinking, if any
     for pattern in (_ANSWER_TAG, _BOXED):
         match = pattern.search(text)
         if match:

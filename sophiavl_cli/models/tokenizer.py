@@ -3,7 +3,8 @@
 Two vocabularies share one layout (Qwen2's): NFC normalisation, Qwen's pre-split regex (digits
 one by one), byte-level BPE, then the 22 Qwen2-VL / Qwen2.5-VL added tokens right after the
 regular vocabulary, in Qwen's order. So ids differ from the real model only by an offset for
-the tiny vocabulary, and not at all for the real one.
+the tiny vocabulary, and not at all for the real one. The Qwen3 built-ins add Qwen3's four
+(`QWEN3_ADDED_TOKENS`, `<think>` among them), and Qwen3.5's train with its own pre-split regex.
 
 - `train_tiny_bpe`: trained with `tokenizers` on the fixed corpus in `corpus.py` (~2k tokens).
 - `real_qwen_bpe`: the real Qwen vocabulary (151,643 tokens), rebuilt from the tiktoken rank

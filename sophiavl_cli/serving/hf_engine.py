@@ -1,4 +1,4 @@
-"""The model behind the built-in reward server: transformers `generate` on one Qwen2-VL-family model.
+"""The model behind the built-in reward server: transformers `generate` on one Qwen VL model, any family.
 
 Prompts go through sophiavl's own processor (`models.processing.VLProcessor`), so the RM sees the
 same image tokens here as under training. The app batches concurrent requests (`generate_batch`:

@@ -10,8 +10,8 @@ live engine (`sync_weights`), so the next rollout samples from the updated polic
   groups join the worker's process group, each rank an independent "external data-parallel"
   engine. The engine is built after that group exists and shut down before it is destroyed.
 - **Weight sync = `collective_rpc("reload_weights")`** with transformers-5 state-dict names as
-  they are: vLLM's Qwen2-VL / Qwen2.5-VL loaders map them (and fuse q/k/v, gate/up) themselves,
-  for both architectures; the prefix and vision-encoder caches are reset afterwards, since
+  they are: vLLM's Qwen2-VL / Qwen2.5-VL / Qwen3-VL loaders map them (and fuse q/k/v, gate/up)
+  themselves; MoE experts go in the hub layout (`models/hub_layout.py`); the prefix and vision-encoder caches are reset afterwards, since
   they were computed with the old weights. (`apply_model` + `model.load_weights` fails on CPU
   after the first load: vLLM strips the `weight_loader` attributes once the model is processed.)
 - **Prompts** go in as token ids with one `<|image_pad|>` per image plus the images themselves

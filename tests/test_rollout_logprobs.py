@@ -11,6 +11,7 @@ from sophiavl_cli.config import load_recipe
 from sophiavl_cli.engine.rollout import RolloutPrompt, SamplingParams
 from sophiavl_cli.engine.workers.batching import TrainSequence, shared_micro_batch_count
 from sophiavl_cli.engine.workers.train_worker import TrainWorker
+from sophiavl_cli.models.resolve import resolve_model
 
 PROMPT = [5, 17, 42, 8, 99, 3]
 TEMPERATURE = 0.7
@@ -20,6 +21,7 @@ def _worker(model_dir, *overrides: str) -> TrainWorker:
     recipe = load_recipe(
         None,
         [
+            f"worker.actor.model_path={model_dir}",
             "trainer.n_workers_per_node=1",
             "data.rollout_batch_size=1",
             "worker.actor.global_batch_size=1",
@@ -58,8 +60,12 @@ def _sequences(outputs: list, *, with_logprobs: bool) -> list[TrainSequence]:
     ]
 
 
-def test_rollout_logprobs_replace_the_old_pass_and_match_a_token_budget_recompute(tiny_model_dir):
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-qwen3-vl-moe", "tiny-qwen3.5"])
+def test_rollout_logprobs_replace_the_old_pass_and_match_a_token_budget_recompute(name):
+    """Each family: the hf rollout's sampling log-probs equal the training forward's to 1e-5 (text
+    prompts: the forward runs the vision tower on its dummy image, DeepStack mergers included)."""
     torch.set_num_threads(1)
+    tiny_model_dir = resolve_model(f"builtin:{name}")
     budget = 2 * (len(PROMPT) + 6)  # two rows of the longest shape: micro-batches of unequal row counts
     worker = _worker(  # two PPO epochs: the old pass runs (one optimizer step would skip it, on-policy)
         tiny_model_dir, f"worker.actor.max_tokens_per_micro_batch={budget}", "worker.actor.ppo_epochs=2"

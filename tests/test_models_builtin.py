@@ -366,3 +366,34 @@ def test_a_family_the_installed_transformers_lacks_is_one_line_before_loading(
         f"Qwen3.5 (qwen3_5) is not in transformers {transformers.__version__}; install a transformers "
         "release that has it (within the range your vLLM allows)"
     )
+
+
+def test_qwen3_5_moe_experts_leave_in_the_per_expert_hub_layout_that_transformers_reads(
+    tmp_path: Path,
+) -> None:
+    """No built-in Qwen3.5-MoE: a random one from its config class, written through `hub_tensors`
+    (one tensor per expert and projection), loads back into the same fused module tensors."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForImageTextToText, Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration
+
+    from sophiavl_cli.models.families import FAMILIES
+    from sophiavl_cli.models.hub_layout import hub_tensors
+
+    text = {
+        "vocab_size": 256, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "head_dim": 32, "layer_types": ["linear_attention", "full_attention"],
+        "linear_key_head_dim": 32, "linear_value_head_dim": 32, "linear_num_key_heads": 1,
+        "linear_num_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 48,
+        "shared_expert_intermediate_size": 32,
+    }  # fmt: skip
+    vision = {"depth": 1, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 64}
+    config = Qwen3_5MoeConfig(text_config=text, vision_config=vision)
+    model = Qwen3_5MoeForConditionalGeneration(config).eval()
+    hub = dict(hub_tensors(FAMILIES["qwen3_5_moe"], model.state_dict().items()))
+    assert "model.language_model.layers.0.mlp.experts.3.down_proj.weight" in hub
+    assert not any(name.endswith(("experts.gate_up_proj", "experts.down_proj")) for name in hub)
+    config.save_pretrained(tmp_path)
+    save_file({k: v.contiguous() for k, v in hub.items()}, str(tmp_path / "model.safetensors"))
+    loaded, info = AutoModelForImageTextToText.from_pretrained(str(tmp_path), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert all(torch.equal(tensor, loaded.state_dict()[name]) for name, tensor in model.state_dict().items())

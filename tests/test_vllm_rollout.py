@@ -38,6 +38,7 @@ from sophiavl_cli.engine.rollout.vllm import (
 from sophiavl_cli.engine.workers.batching import TrainSequence, micro_batches
 from sophiavl_cli.engine.workers.forward import ResponseForward, response_tokens
 from sophiavl_cli.errors import MissingExtraError, UserError
+from sophiavl_cli.generation.vllm import VLLMGenerator
 from sophiavl_cli.models import VLProcessor, load_vl_model, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +206,13 @@ def test_a_family_vllm_cpu_cannot_roll_out_is_refused_in_one_line_before_vllm_st
         UserError, match=rf"^worker\.rollout\.backend=vllm: vLLM's CPU build .*{why}.*hf backend"
     ):
         VLLMRollout(RolloutConfig(backend="vllm"), model_dir, eos_token_ids=[0], device="cpu")
+    # `infer` / `eval` only load the folder: the MoE's in-place reload gap does not apply to them
+    processor = VLProcessor.from_pretrained(model_dir)
+    if name == "tiny-qwen3.5":
+        with pytest.raises(UserError, match=rf"^--backend vllm: vLLM's CPU build .*{why}"):
+            VLLMGenerator(model_dir, processor, stop_ids=[0], on_cuda=False)
+    else:
+        assert VLLMGenerator(model_dir, processor, stop_ids=[0], on_cuda=False)._llm is None  # not started
     # and `sophiavl train` says it before Ray starts: exit 2, one line, no run folder
     result = subprocess.run(
         [sys.executable, "-m", "sophiavl_cli", "train", str(ROOT / "recipes" / "quickstart.yaml"),

@@ -24,7 +24,10 @@ from typing import Any
 
 from PIL import Image
 
+from sophiavl_cli.errors import UserError
 from sophiavl_cli.generation.sampling import SamplingParams
+from sophiavl_cli.models.families import vllm_cpu_gap
+from sophiavl_cli.models.loading import checked_family
 from sophiavl_cli.models.processing import VLProcessor
 from sophiavl_cli.optional import require
 
@@ -102,6 +105,9 @@ class VLLMGenerator:
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.model_path = Path(model_path)
+        gap = None if on_cuda else vllm_cpu_gap(checked_family(self.model_path), weight_sync=False)
+        if gap is not None:  # said before vLLM starts, not from inside its first forward
+            raise UserError(f"--backend vllm: {gap}")
         self.processor = processor
         self.stop_ids = [int(t) for t in stop_ids]
         self.on_cuda = on_cuda

@@ -92,22 +92,23 @@ def packing_supported(config: Any) -> bool:
     return not has_linear_attention(config)
 
 
-def vllm_cpu_gap(family: Family) -> str | None:
+def vllm_cpu_gap(family: Family, *, weight_sync: bool = True) -> str | None:
     """What vLLM's CPU build (vllm-cpu 0.32) cannot do for `family`, in one line; None: it runs it.
 
     - Its Gated DeltaNet kernel takes bf16 only, and sophiavl computes in fp32 on CPU (the rollout
       log-probs must match the trainer's).
     - It re-packs MoE expert weights for its CPU kernel when it loads them, but not when the
       weight sync reloads them in place: after the first sync the experts would compute with
-      scrambled weights (a fresh engine from the folder is right; tests/test_vllm_rollout.py).
-    On CPU these families roll out with the hf backend.
+      scrambled weights. An engine that only loads the folder (`infer`, `eval`:
+      `weight_sync=False`) is right.
+    On CPU these use the hf backend.
     """
     if family.linear_attention:
         return (
             f"vLLM's CPU build runs {family.name}'s Gated DeltaNet layers in bf16 only and sophiavl runs "
             "fp32 on CPU; use the hf backend on CPU"
         )
-    if family.moe:
+    if family.moe and weight_sync:
         return (
             f"vLLM's CPU build does not re-pack {family.name}'s expert weights when the weight sync "
             "reloads them, so the rollout would sample from scrambled experts; use the hf backend on CPU"

@@ -18,7 +18,7 @@ How sophiavl prompts a model whose template opens `<think>` is decided in `model
 
 from __future__ import annotations
 
-_USER_PARTS = (
+USER_PARTS = (
     "{% if message['content'] is string %}"
     "{{ message['content'] }}"
     "{% else %}"
@@ -42,7 +42,7 @@ _COUNTERS = "{% set image_count = namespace(value=0) %}{% set video_count = name
 
 QWEN3_VL_CHAT_TEMPLATE = (
     _COUNTERS + "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n" + _USER_PARTS + "<|im_end|>\n"
+    "<|im_start|>{{ message['role'] }}\n" + USER_PARTS + "<|im_end|>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}"
     "<|im_start|>assistant\n"
@@ -69,7 +69,7 @@ QWEN3_5_CHAT_TEMPLATE = (
     "{% endif %}"
     "{{ content.lstrip('\n') }}<|im_end|>\n"
     "{% else %}"
-    "<|im_start|>{{ message['role'] }}\n" + _USER_PARTS + "<|im_end|>\n"
+    "<|im_start|>{{ message['role'] }}\n" + USER_PARTS + "<|im_end|>\n"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}"

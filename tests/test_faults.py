@@ -17,8 +17,8 @@ from pathlib import Path
 import fsdp_fixtures as fx
 import psutil
 import pytest
+from cli_fixtures import committed_checkpoint, ray_started, run_cli
 
-from sophiavl_cli.cli.app import main
 from sophiavl_cli.config import load_recipe
 from sophiavl_cli.config.loading import dump_recipe
 from sophiavl_cli.config.recipe import Recipe
@@ -32,31 +32,6 @@ from sophiavl_cli.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    """Run `sophiavl ARGS` in-process; (exit code, stdout + stderr with line wraps undone)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, " ".join((captured.out + captured.err).split())
-
-
-def _ray_started() -> bool:
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
-
-
-def _checkpoint(
-    manager: CheckpointManager, step: int, state: dict | None = None, recipe: str | None = None
-) -> Path:
-    model, optimizer = fx.tiny_net(seed=step, sharded=False)
-    tmp = manager.begin(step)
-    save_sharded(tmp, model, optimizer)
-    return manager.commit(tmp, step, {"step": step, **(state or {})}, recipe_yaml=recipe)
 
 
 # --------------------------------------------------------------------------- 3. one trainer per run folder
@@ -77,10 +52,10 @@ def test_a_second_trainer_on_a_locked_run_folder_says_who_holds_it_and_exits_2(
 ):
     run_dir = tmp_path / run_name
     with RunLock(run_dir):
-        code, out = _cli(capsys, command, str(recipe_file), f"trainer.output_dir={tmp_path}")
+        code, out = run_cli(capsys, command, str(recipe_file), f"trainer.output_dir={tmp_path}")
     assert code == 2, out
     assert f"another trainer is using this run folder (pid {os.getpid()} on {socket.gethostname()}" in out
-    assert not _ray_started() and not (run_dir / "recipe.yaml").exists()
+    assert not ray_started() and not (run_dir / "recipe.yaml").exists()
     with RunLock(run_dir):  # released when its holder ends (here: leaves the block)
         pass
 
@@ -94,12 +69,14 @@ def test_a_finished_run_says_so_before_anything_starts_and_keeps_its_recipe(
 ):
     run_dir = tmp_path / run_name
     recipe = load_recipe(recipe_file, [f"trainer.output_dir={tmp_path}"], model=model)
-    _checkpoint(CheckpointManager(run_dir / "checkpoints"), 4, {"total_steps": 4}, dump_recipe(recipe))
+    committed_checkpoint(
+        CheckpointManager(run_dir / "checkpoints"), 4, {"total_steps": 4}, dump_recipe(recipe)
+    )
     (run_dir / "recipe.yaml").write_text("the finished run's recipe\n")
-    code, out = _cli(capsys, command, str(recipe_file), f"trainer.output_dir={tmp_path}", "data.seed=7")
+    code, out = run_cli(capsys, command, str(recipe_file), f"trainer.output_dir={tmp_path}", "data.seed=7")
     assert code == 0, out
     assert f"already finished (step 4 of 4): run dir {run_dir}; pass trainer.max_steps=" in out
-    assert not _ray_started()
+    assert not ray_started()
     assert (run_dir / "recipe.yaml").read_text() == "the finished run's recipe\n"
     from sophiavl_cli.engine.lifecycle.preflight import finished_run
 
@@ -131,13 +108,13 @@ def test_resuming_on_another_model_is_refused_before_ray_starts(tmp_path, capsys
     config = json.loads((other / "config.json").read_text())
     config["num_hidden_layers"] += 1
     (other / "config.json").write_text(json.dumps(config))
-    code, out = _cli(
+    code, out = run_cli(
         capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}", f"worker.actor.model_path={other}"
     )
     assert code == 2, out
     assert f"worker.actor.model_path ({other}) is not the model" in out
     assert f"num_hidden_layers {config['num_hidden_layers']} vs {config['num_hidden_layers'] - 1}" in out
-    assert "--resume none" in out and not _ray_started()
+    assert "--resume none" in out and not ray_started()
 
 
 # --------------------------------------------------------------------------- 5. checkpoint integrity
@@ -146,8 +123,8 @@ def test_resuming_on_another_model_is_refused_before_ray_starts(tmp_path, capsys
 def test_resume_auto_skips_a_truncated_checkpoint_naming_it_and_an_explicit_one_fails(tmp_path):
     run_dir = tmp_path / "run"
     manager = CheckpointManager(run_dir / "checkpoints")
-    older = _checkpoint(manager, 1)
-    newer = _checkpoint(manager, 2)
+    older = committed_checkpoint(manager, 1)
+    newer = committed_checkpoint(manager, 2)
     shard = next((newer / "dcp").glob("*.distcp"))
     shard.write_bytes(shard.read_bytes()[:-10])  # a save cut short by a full disk
     notes: list[str] = []
@@ -159,7 +136,7 @@ def test_resume_auto_skips_a_truncated_checkpoint_naming_it_and_an_explicit_one_
 
 def test_a_flipped_byte_is_caught_by_the_checksum_and_an_empty_shard_by_its_size(tmp_path):
     manager = CheckpointManager(tmp_path / "checkpoints")
-    checkpoint = _checkpoint(manager, 1)
+    checkpoint = committed_checkpoint(manager, 1)
     assert verify_checkpoint(checkpoint) is None
     shard = next((checkpoint / "dcp").glob("*.distcp"))
     data = bytearray(shard.read_bytes())
@@ -174,7 +151,7 @@ def test_a_flipped_byte_is_caught_by_the_checksum_and_an_empty_shard_by_its_size
 
 def test_checkpoints_with_the_old_one_line_marker_still_resume(tmp_path):
     manager = CheckpointManager(tmp_path / "run" / "checkpoints")
-    checkpoint = _checkpoint(manager, 3)
+    checkpoint = committed_checkpoint(manager, 3)
     (checkpoint / "complete").write_text("global_step_3\n")
     assert resolve_resume("auto", tmp_path / "run") == checkpoint
 
@@ -228,7 +205,7 @@ def test_an_empty_recipe_must_name_its_model_and_data(tmp_path):
 
 @pytest.mark.parametrize("key", ["sk-proj-4f9aQ2xLm8Zt7Rk1Wc3Vb6Np0", "AbCdEfGh12345678IjKlMnOp9876"])
 def test_an_api_key_pasted_as_api_key_env_is_refused_and_never_echoed(key, tmp_path, capsys):
-    code, out = _cli(
+    code, out = run_cli(
         capsys,
         "train",
         str(QUICKSTART),
@@ -251,7 +228,7 @@ def test_an_api_key_pasted_as_api_key_env_is_refused_and_never_echoed(key, tmp_p
 def test_every_start_up_problem_is_reported_together_before_ray_starts(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # what a machine without vLLM looks like to import
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    code, out = _cli(
+    code, out = run_cli(
         capsys,
         "train",
         str(QUICKSTART),
@@ -266,7 +243,7 @@ def test_every_start_up_problem_is_reported_together_before_ray_starts(tmp_path,
     assert "pip install 'sophiavl[gpu]'" in out
     assert "worker.actor.model_path:" in out and "data.train_files:" in out
     assert "this machine has no GPU: trainer.device=cuda needs 2; set trainer.device=cpu" in out
-    assert not _ray_started()
+    assert not ray_started()
     assert not (tmp_path / "sophiavl").exists()
 
 
@@ -274,7 +251,7 @@ def test_every_start_up_problem_of_train_rm_is_reported_together_before_ray_star
     tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    code, out = _cli(
+    code, out = run_cli(
         capsys,
         "train-rm",
         str(RM_QUICKSTART),
@@ -287,7 +264,7 @@ def test_every_start_up_problem_of_train_rm_is_reported_together_before_ray_star
     assert "cannot start training (3 problems)" in out
     assert "model.model_path:" in out and "data.val_files:" in out and "data.train_files" not in out
     assert "this machine has no GPU: trainer.device=cuda needs" in out
-    assert not _ray_started()
+    assert not ray_started()
     assert not (tmp_path / "sophiavl").exists()
 
 
@@ -295,7 +272,7 @@ def test_a_served_reward_model_is_checked_by_its_own_key_and_one_problem_is_one_
     tmp_path, capsys, monkeypatch
 ):
     monkeypatch.delenv("OPENAI_API_URL", raising=False)
-    code, out = _cli(
+    code, out = run_cli(
         capsys,
         "train",
         str(QUICKSTART),
@@ -308,7 +285,7 @@ def test_a_served_reward_model_is_checked_by_its_own_key_and_one_problem_is_one_
     assert code == 2, out
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 1 and "cannot start training: reward.thinking.serve.model:" in lines[0], out
-    assert not _ray_started()
+    assert not ray_started()
 
 
 # --------------------------------------------------------------------------- 2. SIGTERM's grace period

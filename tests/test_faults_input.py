@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_fixtures import run_cli
 from PIL import Image
 
-from sophiavl_cli.cli.app import main
 from sophiavl_cli.data.images import load_image, open_image
 from sophiavl_cli.data.loader import load_rows
 from sophiavl_cli.errors import UserError
@@ -62,16 +62,6 @@ def truncated_png(path: Path) -> Path:
     return path
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, " ".join((captured.out + captured.err).split())
-
-
 def _error_lines(capsys_text: str) -> int:
     return capsys_text.count("error:")
 
@@ -113,7 +103,7 @@ def test_the_reward_client_fails_only_the_sample_with_the_bomb(bomb: Path) -> No
 
 def test_infer_image_bomb_is_one_line_before_the_model_loads(bomb: Path, tmp_path, capsys) -> None:
     """The model folder does not exist: an error about the image proves it was checked first."""
-    code, out = _cli(
+    code, out = run_cli(
         capsys, "infer", "--model", str(tmp_path / "no-model"), "--image", str(bomb), "--type", "numerical"
     )
     assert code == 2, out
@@ -126,7 +116,7 @@ def test_infer_input_names_the_line_of_a_bomb_before_the_model_loads(bomb: Path,
     rows = [{"images": [str(good)], "prompt": f"q{i}", "type": "numerical"} for i in range(4)]
     rows[2]["images"] = [str(bomb)]
     requests = _write_requests(tmp_path / "requests.jsonl", rows)
-    code, out = _cli(capsys, "infer", "--model", str(tmp_path / "no-model"), "--input", str(requests),
+    code, out = run_cli(capsys, "infer", "--model", str(tmp_path / "no-model"), "--input", str(requests),
                      "--output", str(tmp_path / "answers.jsonl"))  # fmt: skip
     assert code == 2, out
     assert f"{requests} line 3: image {bomb} is too large to decode safely" in out
@@ -147,7 +137,7 @@ def test_training_data_with_a_bomb_names_the_file_and_row_before_ray(bomb: Path,
     rows[2]["path"] = str(bomb)
     data = tmp_path / "train.json"
     data.write_text(json.dumps(rows), encoding="utf-8")
-    code, out = _cli(
+    code, out = run_cli(
         capsys, "train", str(QUICKSTART), f"data.train_files={data}", f"trainer.output_dir={tmp_path}"
     )
     assert code == 2, out
@@ -171,7 +161,7 @@ def test_an_empty_data_file_is_no_rows_not_a_column_mapping_problem(content: str
 def test_train_on_an_empty_data_file_says_no_rows_in_it(tmp_path: Path, capsys) -> None:
     path = tmp_path / "train.jsonl"
     path.write_text("", encoding="utf-8")
-    code, out = _cli(capsys, "train", str(QUICKSTART), f"data.train_files={path}",
+    code, out = run_cli(capsys, "train", str(QUICKSTART), f"data.train_files={path}",
                      f"trainer.output_dir={tmp_path / 'runs'}")  # fmt: skip
     assert code == 2, out
     assert f"no rows in {path}" in out and "--column" not in out
@@ -214,7 +204,7 @@ def test_infer_input_errors_name_their_line_before_the_model_loads(fault, messag
         fake.write_text("these are notes, not pixels", encoding="utf-8")
         rows[4]["images"] = [str(fake)]
     requests = _write_requests(tmp_path / "requests.jsonl", rows, raw)
-    code, out = _cli(capsys, "infer", "--model", str(tmp_path / "no-model"), "--input", str(requests),
+    code, out = run_cli(capsys, "infer", "--model", str(tmp_path / "no-model"), "--input", str(requests),
                      "--output", str(tmp_path / "answers.jsonl"))  # fmt: skip
     assert code == 2, out
     assert f"{requests} {message}" in out, out
@@ -230,7 +220,7 @@ def test_an_image_that_stops_decoding_on_line_21_names_that_line_and_keeps_16_an
     rows[20]["images"] = [str(truncated_png(tmp_path / "cut.png"))]
     requests = _write_requests(tmp_path / "requests.jsonl", rows)
     answers = tmp_path / "answers.jsonl"
-    code, out = _cli(capsys, "infer", "--model", TINY, "--input", str(requests), "--output", str(answers),
+    code, out = run_cli(capsys, "infer", "--model", TINY, "--input", str(requests), "--output", str(answers),
                      "--max-new-tokens", "2", "--batch-size", "8", "--min-pixels", "3136",
                      "--max-pixels", "3136")  # fmt: skip
     assert code == 2, out

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_fixtures import ray_started
 from rich.console import Console
 
 from sophiavl_cli.cli.app import main
@@ -118,18 +118,13 @@ def _train(capsys: pytest.CaptureFixture[str], tmp_path: Path, *overrides: str) 
     return code, " ".join((captured.out + captured.err).split())
 
 
-def _ray_started() -> bool:
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
-
-
 def test_a_closed_port_is_reported_by_the_preflight_before_ray(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("OPENAI_API_URL", raising=False)
     port = free_port()  # bound and released: nothing listens there
     code, out = _train(capsys, tmp_path, f"reward.thinking.url=http://127.0.0.1:{port}/v1")
     assert code == 2, out
     assert f"cannot start training: reward model endpoint http://127.0.0.1:{port}/v1 is unreachable" in out
-    assert not _ray_started() and not (tmp_path / "sophiavl").exists()  # not even the run folder
+    assert not ray_started() and not (tmp_path / "sophiavl").exists()  # not even the run folder
 
 
 def test_a_url_with_user_and_password_is_refused_in_one_line_that_never_shows_them(
@@ -141,7 +136,7 @@ def test_a_url_with_user_and_password_is_refused_in_one_line_that_never_shows_th
     assert code == 2, out
     assert "reward.thinking.url: the URL carries credentials (user:password@)" in out
     assert "s3cret-pw-77" not in out and "rmuser" not in out and "Traceback" not in out
-    assert models_server.seen_auth == [] and not _ray_started()
+    assert models_server.seen_auth == [] and not ray_started()
 
 
 def test_a_wrong_key_is_reported_by_the_preflight_and_the_right_one_passes(

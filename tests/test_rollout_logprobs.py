@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_families import ALL
 from worker_fixtures import cpu_worker_spec
 
 from sophiavl_cli.config import load_recipe
@@ -60,7 +61,7 @@ def _sequences(outputs: list, *, with_logprobs: bool) -> list[TrainSequence]:
     ]
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-qwen3-vl-moe", "tiny-qwen3.5"])
+@pytest.mark.parametrize("name", ALL)
 def test_rollout_logprobs_replace_the_old_pass_and_match_a_token_budget_recompute(name):
     """Each family: the hf rollout's sampling log-probs equal the training forward's to 1e-5 (text
     prompts: the forward runs the vision tower on its dummy image, DeepStack mergers included)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from model_families import ALL
 
 from sophiavl_cli.engine.observe.throughput import (
     FlopsModel,
@@ -26,7 +27,7 @@ QWEN25_VL_3B_TEXT = SimpleNamespace(  # public config.json numbers of Qwen2.5-VL
 )
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-qwen3-vl-moe", "tiny-qwen3.5"])
+@pytest.mark.parametrize("name", ALL)
 def test_matmul_params_equal_the_weights_a_token_passes_through_in_each_family(name):
     """Dense: every linear weight of the language model plus the LM head. MoE: the router and
     top-k of the experts (the active weights); Qwen3.5: its gated attention and Gated DeltaNet

@@ -9,7 +9,9 @@ config layout. Qwen3-VL (dense and MoE) and Qwen3.5: patch 16, interleaved M-RoP
 `text_config` / `vision_config` layout, Qwen3's added tokens (`<think>` among them), their own
 chat templates and a video processor config; Qwen3-VL adds DeepStack (vision features injected
 into the first language layers), the MoE variant 4 experts with top-2 routing, Qwen3.5 one
-Gated DeltaNet (linear-attention) layer before one full-attention layer.
+Gated DeltaNet (linear-attention) layer before one full-attention layer, and Qwen3.5-MoE those two
+layers routing to 4 experts (top-2) beside a gated shared expert, stored one tensor per expert as
+its hub checkpoints are.
 
 Built once per content version into `sophiavl_home()/builtin/<name>-<version>/`: in a temp
 folder beside it, then renamed into place under a file lock, since several Ray workers may ask
@@ -67,7 +69,8 @@ MAX_PIXELS = 256 * 28 * 28  # 256 vision tokens: small prompts, and vLLM's profi
 QWEN3_MIN_PIXELS = 4 * 32 * 32  # the same token counts at Qwen3's 32-pixel merged patch
 QWEN3_MAX_PIXELS = 256 * 32 * 32
 MAX_POSITIONS = 4096
-QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5")
+QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+QWEN3_5_FAMILIES = ("qwen3_5", "qwen3_5_moe")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,12 @@ BUILTINS: dict[str, BuiltinSpec] = {
             "qwen3_5",
             False,
             "tiny random Qwen3.5: one Gated DeltaNet, one full-attention layer",
+        ),
+        BuiltinSpec(
+            "tiny-qwen3.5-moe",
+            "qwen3_5_moe",
+            False,
+            "tiny random Qwen3.5-MoE: Qwen3.5's hybrid layers, 4 experts top-2 and a shared expert",
         ),
     )
 }
@@ -197,14 +206,14 @@ def build_builtin(name: str, dest: Path) -> None:
         tokenizer = real_qwen_bpe(rank_file)
         vocab_size = 151936  # Qwen2.5-VL-3B's embedding rows
     else:
-        split = QWEN3_5_SPLIT_PATTERN if spec.family == "qwen3_5" else QWEN_SPLIT_PATTERN
+        split = QWEN3_5_SPLIT_PATTERN if spec.family in QWEN3_5_FAMILIES else QWEN_SPLIT_PATTERN
         tokenizer = train_tiny_bpe(split, added)
         vocab_size = _round_up(tokenizer.get_vocab_size(), 64)
     ids = {token: tokenizer.token_to_id(token) for token in _ID_TOKENS}
     template = _chat_template(spec.family)
 
     _write(dest / "tokenizer.json", tokenizer.to_str(pretty=True) + "\n")
-    tokenizer_class = "Qwen3_5Tokenizer" if spec.family == "qwen3_5" else "Qwen2Tokenizer"
+    tokenizer_class = "Qwen3_5Tokenizer" if spec.family in QWEN3_5_FAMILIES else "Qwen2Tokenizer"
     _write(
         dest / "tokenizer_config.json",
         dump_json(
@@ -328,6 +337,7 @@ def _qwen3_config(family: str, *, vocab_size: int, ids: dict[str, int]) -> dict[
         "qwen3_vl": "Qwen3VLForConditionalGeneration",
         "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
         "qwen3_5": "Qwen3_5ForConditionalGeneration",
+        "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration",
     }[family]
     text: dict[str, Any] = {
         "model_type": f"{family}_text",
@@ -365,7 +375,7 @@ def _qwen3_config(family: str, *, vocab_size: int, ids: dict[str, int]) -> dict[
         "num_position_embeddings": 256,  # a 16 x 16 grid of learned positions, interpolated per image
         "initializer_range": INIT_STD,
     }
-    if family == "qwen3_5":
+    if family in QWEN3_5_FAMILIES:
         # One Gated DeltaNet layer, then one full-attention layer (the released models: 3 to 1).
         # Full attention: rotary on a quarter of head_dim (8 dims; mrope_section sums to 4), a
         # sigmoid output gate (q_proj twice as wide).
@@ -405,6 +415,15 @@ def _qwen3_config(family: str, *, vocab_size: int, ids: dict[str, int]) -> dict[
             "router_aux_loss_coef": 0.001,
             "norm_topk_prob": True,  # the released configs carry it; vLLM's loader reads it
         }
+    if family == "qwen3_5_moe":
+        # Every layer routes (the released models have no dense MLP layers), plus a gated shared expert.
+        text |= {
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 128,
+            "shared_expert_intermediate_size": 128,
+            "router_aux_loss_coef": 0.001,
+        }
     return {
         "architectures": [architecture],
         "model_type": family,
@@ -420,7 +439,7 @@ def _qwen3_config(family: str, *, vocab_size: int, ids: dict[str, int]) -> dict[
 
 
 def _chat_template(family: str) -> str:
-    if family == "qwen3_5":
+    if family in QWEN3_5_FAMILIES:
         return QWEN3_5_CHAT_TEMPLATE
     return QWEN3_VL_CHAT_TEMPLATE if family in QWEN3_FAMILIES else CHAT_TEMPLATE
 
@@ -536,7 +555,7 @@ def _init_tensor(name: str, shape: tuple[int, ...], family: str = "qwen2_5_vl") 
 
     if name.endswith(".bias"):
         return torch.zeros(shape, dtype=torch.float32)
-    if family == "qwen3_5" and name.endswith(_ZERO_CENTRED_NORMS):
+    if family in QWEN3_5_FAMILIES and name.endswith(_ZERO_CENTRED_NORMS):
         return torch.zeros(shape, dtype=torch.float32)
     if len(shape) == 1:  # RMSNorm / LayerNorm scales (Qwen3.5's dt_bias and A_log too: A = e)
         return torch.ones(shape, dtype=torch.float32)

@@ -7,15 +7,17 @@ checkpoints that also hold the base merge from their own tensors. Other checkpoi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from sophiavl_cli.engine.checkpoint.merge_sources import HfFolderSource, TensorSource
+from sophiavl_cli.engine.checkpoint.merge_sources import HfFolderSource, ModuleLayoutSource, TensorSource
 from sophiavl_cli.engine.workers import lora
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.models.config_diff import config_differences
+from sophiavl_cli.models.families import family_of
 from sophiavl_cli.models.resolve import resolve_model
 
 
@@ -71,7 +73,9 @@ def lora_merged_view(
                 "pass --base FOLDER with that model, or --adapter-only"
             ) from None
     _check_same_config(base_dir, hf_dir, named)
-    return lora.LoraBaseSource(HfFolderSource(base_dir), source, scale, name_map())
+    family = family_of(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")))
+    base_source = ModuleLayoutSource(HfFolderSource(base_dir), family)
+    return lora.LoraBaseSource(base_source, source, scale, name_map())
 
 
 def _check_same_config(base_dir: Path, hf_dir: Path, named: str) -> None:

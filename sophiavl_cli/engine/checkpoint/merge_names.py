@@ -71,8 +71,14 @@ def saved_name_map(model: Any) -> dict[str, str]:
     """{module parameter name: the name save_pretrained stores it under} for a (meta) model."""
     from transformers.core_model_loading import revert_weight_conversion
 
-    # each name with its own (meta) tensor: a conversion may look at the shape (Qwen3-VL-MoE's experts)
-    return {n: next(iter(revert_weight_conversion(model, {n: t}))) for n, t in model.state_dict().items()}
+    # each name with its own (meta) tensor: a conversion may look at the shape (Qwen3-VL-MoE's experts).
+    # A tensor saved as several (Qwen3.5-MoE's fused experts, one per expert on the hub) keeps its
+    # module name: the writer splits it (models/hub_layout.py).
+    saved = {}
+    for name, tensor in model.state_dict().items():
+        names = list(revert_weight_conversion(model, {name: tensor}))
+        saved[name] = names[0] if len(names) == 1 else name
+    return saved
 
 
 def drop_true_copies(source: TensorSource, renames: dict[str, str], tied: dict[str, str]) -> list[str]:

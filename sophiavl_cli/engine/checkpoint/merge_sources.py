@@ -9,6 +9,8 @@ shard of memory rather than the whole model.
   `no_dist=True` reassembles it.
 - `HfFolderSource`: the safetensors of a Hugging Face model folder, upcast to float32 as the
   trainer loads them: the frozen base a LoRA checkpoint (adapter only) is merged into.
+  `ModuleLayoutSource` shows such a folder's MoE experts in the trainer's layout (one fused
+  tensor, `models/hub_layout.py`), the layout every other source gives and the writer expects.
 - `ReleasedSource`: the released SophiaVL-R1 / EasyR1 `actor/model_world_size_W_rank_R.pt` files,
   one FSDP state dict of DTensors per rank. A `Shard(d)` tensor is the concatenation of the ranks'
   local pieces along d, in mesh order; a `Replicate` one is any rank's copy; a plain tensor is
@@ -34,6 +36,8 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from sophiavl_cli.engine.checkpoint.sharded import single_process_ok
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.models.families import Family
+from sophiavl_cli.models.hub_layout import module_parts, module_shape, module_tensor
 
 MODEL_SECTION = "model."  # save_sharded stores {"model": ..., "optimizer": ...}
 RELEASED_FILE_RE = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
@@ -146,6 +150,36 @@ class HfFolderSource:
                         tensor = handle.get_tensor(name)
                         out[name] = tensor.float() if tensor.is_floating_point() else tensor
         return {name: out[name] for name in names}
+
+
+class ModuleLayoutSource:
+    """A hub-layout source (`HfFolderSource`) with its MoE experts in the module layout.
+
+    Qwen3.5-MoE folders hold one tensor per expert and projection, Qwen3-VL-MoE folders the fused
+    experts transposed; the trainer's state dict (and so a DCP checkpoint) holds them fused in the
+    module layout, under the module name, and `run_merge` writes the hub layout back from that.
+    Every other tensor passes through under its saved name.
+    """
+
+    def __init__(self, source: TensorSource, family: Family) -> None:
+        self.source = source
+        self.family = family
+        self.label = source.label
+        infos = source.tensors()
+        self._parts = module_parts(family, infos)
+        self._infos = {
+            name: TensorInfo(
+                module_shape(family, name, [infos[p].shape for p in parts]), infos[parts[0]].dtype
+            )
+            for name, parts in self._parts.items()
+        }
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        return dict(self._infos)
+
+    def load(self, names: list[str]) -> dict[str, torch.Tensor]:
+        hub = self.source.load(sorted({part for name in names for part in self._parts[name]}))
+        return {name: module_tensor(self.family, name, hub, self._parts[name]) for name in names}
 
 
 _SAFETENSORS_DTYPES = {

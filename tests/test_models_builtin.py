@@ -246,7 +246,11 @@ def test_qwen3_builtins_are_their_family_in_the_released_layout(name: str, archi
         assert text.layer_types == ["linear_attention", "full_attention"]
         assert type(tokenizer).__name__ == "Qwen3_5Tokenizer"
     if name == "tiny-qwen3.5-moe":
-        assert (text.num_experts, text.num_experts_per_tok, text.shared_expert_intermediate_size) == (4, 2, 128)
+        assert (text.num_experts, text.num_experts_per_tok, text.shared_expert_intermediate_size) == (
+            4,
+            2,
+            128,
+        )
 
 
 def test_moe_experts_are_stored_in_the_hub_layout_and_load_into_the_module_layout() -> None:
@@ -263,7 +267,7 @@ def test_qwen3_5_moe_experts_are_stored_one_tensor_each_and_load_fused() -> None
     folder = resolve_model("builtin:tiny-qwen3.5-moe")
     prefix = "model.language_model.layers.1.mlp.experts."
     with safe_open(str(folder / "model.safetensors"), "pt") as handle:
-        names = [k for k in handle.keys() if k.startswith(prefix)]
+        names = [k for k in handle.keys() if k.startswith(prefix)]  # noqa: SIM118
         gate, up, down = (handle.get_tensor(f"{prefix}3.{p}_proj.weight") for p in ("gate", "up", "down"))
     assert len(names) == 4 * 3 and (tuple(gate.shape), tuple(down.shape)) == ((128, 64), (64, 128))
     state = load_vl_model(folder, dtype=torch.float32).state_dict()

@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from model_families import PATHS
 from PIL import Image
 
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.models import resolve_model
 from sophiavl_cli.rewards.rm_request import ThinkingSample, build_messages, image_to_data_url
 from sophiavl_cli.rewards.score_parse import SCORE_CHOICES
 from sophiavl_cli.rewards.thinking import ThinkingRewardClient
@@ -210,10 +212,16 @@ def test_the_vllm_command_has_the_reward_flags_and_no_key() -> None:
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_vllm_serves_the_tiny_model_and_honours_the_choice_constraint(tiny_model_dir: Path) -> None:
-    """The real vLLM server with our flags: the key via env, structured_outputs.choice obeyed."""
+@pytest.mark.parametrize("name", PATHS["serve (vLLM)"])
+def test_vllm_serves_the_tiny_model_and_honours_the_choice_constraint(name: str) -> None:
+    """The real vLLM server with our flags (what `sophiavl serve-reward --backend vllm` starts), a
+    Qwen2.5-VL and a Qwen3-VL reward model: the key via env, structured_outputs.choice obeyed."""
     with start_reward_server(
-        str(tiny_model_dir), backend="vllm", api_key=KEY, gpu_memory_utilization=0.1, startup_timeout=540
+        str(resolve_model(f"builtin:{name}")),
+        backend="vllm",
+        api_key=KEY,
+        gpu_memory_utilization=0.1,
+        startup_timeout=540,
     ) as running:
         assert httpx.get(f"{running.base_url}/models", timeout=10).status_code == 401
         for color in ("red", "blue"):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_families import ALL, HYBRID, QWEN3_5, QWEN3_5_MOE, QWEN3_VL_MOE, VLLM_CPU
 from PIL import Image, ImageDraw
 
 from sophiavl_cli.algo.losses import token_logprobs
@@ -193,10 +194,18 @@ def test_sophiavl_train_with_vllm_missing_exits_2_with_one_line_and_no_traceback
     assert not (tmp_path / "sophiavl").exists()
 
 
-@pytest.mark.parametrize(
-    ("name", "why"),
-    [("tiny-qwen3-vl-moe", "does not re-pack Qwen3-VL-MoE's expert weights"), ("tiny-qwen3.5", "bf16 only")],
-)
+VLLM_CPU_GAP = {  # what vllm-cpu lacks for each family it cannot roll out (docs/models.md)
+    QWEN3_VL_MOE: "does not re-pack Qwen3-VL-MoE's expert weights",
+    QWEN3_5: "bf16 only",
+    QWEN3_5_MOE: "bf16 only",
+}
+
+
+def test_every_family_either_rolls_out_on_vllm_cpu_or_has_a_named_gap() -> None:
+    assert sorted(VLLM_CPU + tuple(VLLM_CPU_GAP)) == sorted(ALL)
+
+
+@pytest.mark.parametrize(("name", "why"), VLLM_CPU_GAP.items())
 def test_a_family_vllm_cpu_cannot_roll_out_is_refused_in_one_line_before_vllm_starts(
     name: str, why: str, tmp_path: Path
 ) -> None:
@@ -208,7 +217,7 @@ def test_a_family_vllm_cpu_cannot_roll_out_is_refused_in_one_line_before_vllm_st
         VLLMRollout(RolloutConfig(backend="vllm"), model_dir, eos_token_ids=[0], device="cpu")
     # `infer` / `eval` only load the folder: the MoE's in-place reload gap does not apply to them
     processor = VLProcessor.from_pretrained(model_dir)
-    if name == "tiny-qwen3.5":
+    if name in HYBRID:
         with pytest.raises(UserError, match=rf"^--backend vllm: vLLM's CPU build .*{why}"):
             VLLMGenerator(model_dir, processor, stop_ids=[0], on_cuda=False)
     else:
@@ -230,7 +239,7 @@ def test_a_family_vllm_cpu_cannot_roll_out_is_refused_in_one_line_before_vllm_st
 
 @pytest.fixture(
     scope="module",
-    params=["builtin:tiny-qwen2.5-vl", "builtin:tiny-qwen2-vl", "builtin:tiny-qwen3-vl"],
+    params=[f"builtin:{name}" for name in VLLM_CPU],
 )
 def engine(request: pytest.FixtureRequest) -> Iterator[VLLMRollout]:
     pytest.importorskip("vllm")
@@ -374,20 +383,26 @@ def test_a_tensor_parallel_size_outside_a_worker_group_it_divides_is_refused(tin
 @pytest.mark.vllm
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.parametrize("tensor_parallel_size", [1, 2], ids=["engine-per-rank", "one-engine-over-2-ranks"])
+@pytest.mark.parametrize(
+    ("recipe", "tensor_parallel_size"),
+    [("qwen3-vl-quickstart", 1), ("quickstart", 2)],
+    ids=["qwen3-vl-engine-per-rank", "qwen2.5-vl-one-engine-over-2-ranks"],
+)
 def test_sophiavl_train_with_the_vllm_backend_runs_a_step_and_logs_every_phase_timer(
-    tmp_path: Path, tensor_parallel_size: int
+    tmp_path: Path, recipe: str, tensor_parallel_size: int
 ) -> None:
+    """A whole step with the vLLM rollout: Qwen3-VL (tiny-qwen3-vl as policy and thinking RM, one
+    engine per rank) and Qwen2.5-VL (one engine over a TP group of both ranks)."""
     pytest.importorskip("vllm")
     result = subprocess.run(
-        [sys.executable, "-m", "sophiavl_cli", "train", str(ROOT / "recipes" / "quickstart.yaml"),
+        [sys.executable, "-m", "sophiavl_cli", "train", str(ROOT / "recipes" / f"{recipe}.yaml"),
          f"trainer.output_dir={tmp_path}", "worker.rollout.backend=vllm", "trainer.max_steps=1",
          f"worker.rollout.tensor_parallel_size={tensor_parallel_size}",
          "trainer.val_freq=1", "algorithm.trust.enable=false", "--resume", "none"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    run_dir = tmp_path / "sophiavl" / "quickstart"
+    run_dir = tmp_path / "sophiavl" / recipe.replace("-", "_")
     (row,) = [
         json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()
     ]

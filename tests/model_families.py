@@ -39,6 +39,9 @@ PATHS: dict[str, tuple[str, ...]] = {
     "serve (hf)": ALL,
     # `sophiavl serve-reward --backend vllm`: test_reward_server.py
     "serve (vLLM)": (QWEN25, QWEN3_VL),
+    # packed forwards equal padded ones, or (hybrid layers) packing is off and padded rows equal each
+    # sequence alone: test_packed_forward.py
+    "padding-free": ALL,
     # `sophiavl train-rm`, merge, serve, score: test_train_rm.py (Qwen2.5-VL), test_families_e2e.py
     "train-rm": (QWEN25, QWEN3_VL),
 }

@@ -1,7 +1,8 @@
 """Padding-free (packed) forward: the same response log-probs and gradients as the padded forward.
 
-Qwen2.5-VL and Qwen3-VL pack; Qwen3.5's Gated DeltaNet layers carry state along the row, so hybrid
-models run the padded forward, whose rows equal each sequence alone (tested here, with why).
+Qwen2-VL, Qwen2.5-VL and Qwen3-VL (dense and MoE) pack; Qwen3.5's Gated DeltaNet layers (Qwen3.5-MoE's
+too) carry state along the row, so hybrid models run the padded forward, whose rows equal each
+sequence alone (tested here, with why).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from model_families import HYBRID, PATHS
 
 from sophiavl_cli.algo.losses import token_logprobs
 from sophiavl_cli.engine.workers.batching import TrainSequence, build_micro_batch
@@ -46,7 +48,7 @@ def _load(name: str):
     return model, json.loads((folder / "config.json").read_text())
 
 
-@pytest.fixture(scope="module", params=["tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+@pytest.fixture(scope="module", params=[name for name in PATHS["padding-free"] if name not in HYBRID])
 def model_and_config(request):
     return _load(request.param)
 
@@ -98,13 +100,14 @@ def test_packed_gradients_equal_padded_ones(model_and_config):
 # ---- hybrid (linear-attention) layers ---------------------------------------------------------------
 
 
-def test_hybrid_models_run_padded_and_each_padded_row_equals_its_sequence_alone():
+@pytest.mark.parametrize("name", HYBRID)
+def test_hybrid_models_run_padded_and_each_padded_row_equals_its_sequence_alone(name: str):
     """Qwen3.5: packing is off (`packing_supported`), and the padded forward it runs instead keeps
     rows apart: every row's log-probs equal that sequence's forward on its own, to 1e-5 in fp32
     (left padding reaches the Gated DeltaNet layer zeroed, so each row starts from a zero state)."""
     from sophiavl_cli.models.families import packing_supported
 
-    model, config = _load("tiny-qwen3.5")
+    model, config = _load(name)
     assert not packing_supported(model.config)
     sequences = [
         _image_sequence(config, 0, 1, list(range(10, 22)), [30, 31, 32, 33, 34]),
@@ -120,12 +123,13 @@ def test_hybrid_models_run_padded_and_each_padded_row_equals_its_sequence_alone(
             torch.testing.assert_close(together[row, :width], alone[:width], atol=1e-5, rtol=0)
 
 
-def test_packing_a_hybrid_model_would_carry_state_across_sequences():
+@pytest.mark.parametrize("name", HYBRID)
+def test_packing_a_hybrid_model_would_carry_state_across_sequences(name: str):
     """Why packing is off for Qwen3.5: in one packed row transformers' Gated DeltaNet (its recurrence
     and causal convolution take no sequence boundaries here) lets the first sequence change the
     second's log-probs. If a transformers release starts honouring the boundaries, this fails and
     packing can be turned back on for hybrid models."""
-    model, _ = _load("tiny-qwen3.5")
+    model, _ = _load(name)
     sequences = [_text_sequence(0, [5, 6, 7, 8, 9], [11, 12]), _text_sequence(1, [12, 13], [14, 15, 16, 17])]
     mb = build_micro_batch(sequences, pad_id=0)
     with torch.no_grad():

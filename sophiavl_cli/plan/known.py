@@ -4,11 +4,32 @@ Each entry is the part of the released `config.json` the planner reads (`model_t
 numbers), keyed by hub id; aliases (`hub.names.ALIASES`) resolve to these ids. Another family joins by
 adding its `model_type` to `plan.architecture` and its released numbers here.
 
-Sources: the released `config.json` files of Qwen/Qwen2.5-VL-{3B,7B,32B,72B}-Instruct (text: the
-Qwen2.5 LLM of the same size; vision: 32 blocks of 1280, MLP 3420, 16 heads, merged into the text
-width). The SophiaVL-R1 checkpoints are fine-tunes that keep their base's architecture
-(SophiaVL-R1-7B: Qwen2.5-VL-7B; the thinking reward model: Qwen2.5-VL-3B). The parameter totals these
-give (3.75B, 8.29B, 33.45B, 73.41B) are the sizes the hub lists for those checkpoints.
+Sources and checks (a total is "checked" where a published figure for the checkpoint matched it):
+
+- Qwen2.5-VL-{3B,7B,32B,72B}-Instruct: their released `config.json` files (text: the Qwen2.5 LLM of
+  the same size; vision: 32 blocks of 1280, MLP 3420, 16 heads, merged into the text width). The
+  SophiaVL-R1 checkpoints are fine-tunes that keep their base's architecture (SophiaVL-R1-7B:
+  Qwen2.5-VL-7B; the thinking reward model: Qwen2.5-VL-3B). Totals 3.75B, 8.29B, 33.45B, 73.41B:
+  the sizes the hub lists.
+- Qwen3-VL-{2B,4B,8B,32B,30B-A3B}-Instruct: Alibaba's Pai-Megatron-Patch, `examples/qwen3_vl/
+  run_mcore_qwen.sh` (per size: layers, width, heads, KV heads, MLP width, vocabulary 151,936, head
+  dim 128, embeddings tied on 2B/4B only; 30B-A3B: 128 experts of width 768, 8 per token) and
+  `megatron_patch/model/qwen3_vl/transformer_config.py` (vision: 2B/4B 24 blocks of 1024, MLP 4096,
+  DeepStack from blocks 5, 11, 17; the others 27 blocks of 1152, MLP 4304, DeepStack from 8, 16,
+  24; 16 heads, patch 16, 2,304 learned positions). 30B-A3B also as in p-doom/omegalax's Qwen3-VL
+  config and THUDM/slime's model script. Checked: 4B 4.44B, 8B 8.77B, 30B-A3B 31.07B. Not checked
+  (no published figure found): 2B 2.13B, 32B 33.36B.
+- Qwen3.5-{0.8B,2B,4B,9B,27B,35B-A3B,122B-A10B,397B-A17B}: p-doom/omegalax's Qwen3.5 config (per
+  size, text and vision) and an NVIDIA Megatron-Core Qwen3.5-VL config module (the same per-size
+  language and vision settings), the text parts of 0.8B/4B/9B/27B/35B-A3B also in THUDM/slime's
+  model scripts; common to all: head dim 256, Gated DeltaNet with 16 key heads, 128-wide heads,
+  kernel 4, one full-attention layer in four, vocabulary 248,320, embeddings tied on 0.8B/2B/4B.
+  The released checkpoints also hold a one-layer multi-token-prediction head that transformers
+  does not build (not counted here: 2 h^2 + 3 h + one full-attention layer). With it, checked:
+  9B 9.41B + 0.24B = 9.65B; 27B 27.36B + 0.42B = 27.78B (the bf16 index of Qwen3.6-27B, the same
+  architecture: 55.56 GB); 397B-A17B 396.80B + 6.60B = 403.4B; 122B-A10B 122.56B + 2.52B = 125.1B
+  against the 250 GB its bf16 files take (approximate). Not checked: 0.8B 0.85B, 2B 2.21B, 4B
+  4.54B, 35B-A3B 35.11B (each without the MTP head).
 """
 
 from __future__ import annotations

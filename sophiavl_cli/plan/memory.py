@@ -200,7 +200,7 @@ def rank_states(recipe: Recipe, arch: Architecture) -> States:
 # --------------------------------------------------------------------------- micro-batches
 
 
-def _micro_batch(recipe: Recipe, arch: Architecture, rows: int, flash: bool) -> MicroBatch:
+def micro_batch(recipe: Recipe, arch: Architecture, rows: int, flash: bool) -> MicroBatch:
     """One micro-batch at full length. Packed when flash-attention runs with `padding_free`, except
     on hybrid models: their linear-attention state would cross packed sequences, so they pad."""
     data, actor = recipe.data, recipe.worker.actor
@@ -323,7 +323,7 @@ def plan_run(recipe: Recipe, arch: Architecture, gpu: Gpu, *, attention: str = "
         generate["hf generate (KV cache, logits)"] = hf_generation_bytes(recipe, arch)
     phases.append(Phase("generate", generate))
 
-    experience = _micro_batch(recipe, arch, actor.micro_batch_size_per_device_for_experience, flash)
+    experience = micro_batch(recipe, arch, actor.micro_batch_size_per_device_for_experience, flash)
     forward = forward_transient_bytes(arch, experience, cb)
     if not (rollout.use_rollout_logprobs or recipe.on_policy_update):
         old = {"policy shards": s.policy, **resting(policy=False, optimizer=True, ref=True, engine="asleep")}
@@ -335,7 +335,7 @@ def plan_run(recipe: Recipe, arch: Architecture, gpu: Gpu, *, attention: str = "
         }
         phases.append(Phase("ref", ref | {s.gathered_label: s.gathered, "forward": forward}))
 
-    update_mb = _micro_batch(recipe, arch, actor.micro_batch_size_per_device_for_update, flash)
+    update_mb = micro_batch(recipe, arch, actor.micro_batch_size_per_device_for_update, flash)
     gc = actor.gradient_checkpointing
     saved = saved_activation_bytes(arch, update_mb, cb, gc)
     peak_extra = max(

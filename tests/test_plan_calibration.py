@@ -1,8 +1,6 @@
 """The planner against the real thing on CPU: exact parameter, gradient and AdamW bytes; saved activations.
 
-Every family is checked on a tiny model: the built-ins (Qwen2.5-VL, Qwen2-VL, Qwen3-VL, Qwen3-VL-MoE,
-Qwen3.5) and a Qwen3.5-MoE made from the built-in Qwen3.5's config with routed experts (there is
-no built-in of that family; its weights are random, which activation bytes do not depend on).
+Every family is checked on its built-in tiny model (`tests/model_families.py`).
 
 - Parameter counts equal `sum(p.numel())` of transformers' model built from the same config, for
   those models and every architecture the planner ships numbers for (meta device: no memory); the
@@ -20,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 
+import model_families
 import numpy as np
 import pytest
 import torch
@@ -38,49 +37,23 @@ from sophiavl_cli.models import resolve_model
 from sophiavl_cli.models.loading import load_vl_model
 from sophiavl_cli.plan import architecture_of
 from sophiavl_cli.plan.activations import MicroBatch, saved_activation_bytes
-from sophiavl_cli.plan.architecture import Architecture, architecture_from_config
+from sophiavl_cli.plan.architecture import Architecture
 from sophiavl_cli.plan.known import KNOWN_CONFIGS
 from sophiavl_cli.plan.memory import lora_params, rank_states
 
-BUILTINS = ("tiny-qwen2.5-vl", "tiny-qwen2-vl", "tiny-qwen3-vl", "tiny-qwen3-vl-moe", "tiny-qwen3.5")
-TINY_QWEN35_MOE = "tiny-qwen3.5-moe"  # the built-in Qwen3.5 with 4 experts (top 2) and a shared one
-FAMILIES = (*BUILTINS, TINY_QWEN35_MOE)
 CPU = torch.device("cpu")
-
-
-def _tiny_config(name: str) -> dict:
-    """config.json of a tiny model of each family (`TINY_QWEN35_MOE` is derived, not built)."""
-    if name != TINY_QWEN35_MOE:
-        return json.loads((resolve_model(f"builtin:{name}") / "config.json").read_text())
-    config = _tiny_config("tiny-qwen3.5")
-    config |= {"model_type": "qwen3_5_moe", "architectures": ["Qwen3_5MoeForConditionalGeneration"]}
-    config["vision_config"]["model_type"] = "qwen3_5_moe"
-    config["text_config"] |= {
-        "model_type": "qwen3_5_moe_text",
-        "num_experts": 4,
-        "num_experts_per_tok": 2,
-        "moe_intermediate_size": 128,
-        "shared_expert_intermediate_size": 64,
-    }
-    return config
-
-
-def _tiny_model(name: str) -> tuple[torch.nn.Module, dict, Architecture]:
-    """(fp32 model on CPU with sdpa attention, its config.json, the planner's architecture)."""
-    config = _tiny_config(name)
-    if name == TINY_QWEN35_MOE:
-        hf_config = transformers.AutoConfig.for_model(**json.loads(json.dumps(config)))
-        hf_config._attn_implementation = "sdpa"  # what load_vl_model picks on CPU
-        model = transformers.AutoModelForImageTextToText.from_config(hf_config, dtype=torch.float32)
-        return model, config, architecture_from_config(config, name)
-    folder = resolve_model(f"builtin:{name}")
-    model = load_vl_model(folder, dtype=torch.float32, device="cpu", attn_device=CPU)
-    return model, config, architecture_of(f"builtin:{name}")
 
 
 def _local_bytes(tensor: torch.Tensor) -> int:
     local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
     return local.numel() * local.element_size()
+
+
+def _tiny_model(name: str) -> tuple[torch.nn.Module, dict, Architecture]:
+    """(fp32 model on CPU with sdpa attention, its config.json, the planner's architecture)."""
+    folder = resolve_model(f"builtin:{name}")
+    model = load_vl_model(folder, dtype=torch.float32, device="cpu", attn_device=CPU)
+    return model, json.loads((folder / "config.json").read_text()), architecture_of(f"builtin:{name}")
 
 
 # --------------------------------------------------------------------------- parameters
@@ -100,7 +73,7 @@ def test_shipped_architectures_count_exactly_the_parameters_transformers_builds(
     assert arch.text.flops == FlopsModel.from_config(config)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", model_families.ALL)
 def test_tiny_models_of_every_family_count_exactly_their_parameters(name: str) -> None:
     model, _, arch = _tiny_model(name)
     assert arch.params == sum(p.numel() for p in model.parameters())
@@ -110,7 +83,7 @@ def test_tiny_models_of_every_family_count_exactly_their_parameters(name: str) -
     )
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", model_families.ALL)
 def test_lora_adapters_are_the_size_peft_injects(name: str) -> None:
     model, _, arch = _tiny_model(name)
     targets = [
@@ -253,7 +226,7 @@ def _sequences(
     return out
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", model_families.ALL)
 @pytest.mark.parametrize("checkpointed", [False, True], ids=["full", "checkpointed"])
 @pytest.mark.parametrize(
     "rows,prompt,response,side",

@@ -1,8 +1,10 @@
 """`sophiavl plan`: pure arithmetic in milliseconds, the CLI in a subprocess without torch.
 
 Calibration against real tensors is in tests/test_plan_calibration.py; here: the phases follow the
-recipe's switches, the peak per GPU never rises with more GPUs, suggestions really fit, the peers'
-published requirements in clear-cut cases, and the command's output and exit codes.
+recipe's switches, the peak per GPU never rises with more GPUs (for a model of every family),
+suggestions really fit, the peers' published requirements in clear-cut cases, the family-specific
+terms (all experts resident, only full-attention layers cached, a fixed state per sequence for the
+linear-attention layers, hybrids never packed) and the command's output and exit codes.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from sophiavl_cli.config import load_recipe
 from sophiavl_cli.errors import UserError
 from sophiavl_cli.plan import architecture_of, plan_recipe
 from sophiavl_cli.plan.gpus import GIB, gpu_by_name, gpu_with_memory
-from sophiavl_cli.plan.memory import plan_run
+from sophiavl_cli.plan.memory import kv_capacity, micro_batch, plan_run
 from sophiavl_cli.plan.suggest import with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 FULLSETS = ROOT / "recipes" / "fullsets.yaml"
+QWEN3_VL_8B_RECIPE = ROOT / "recipes" / "qwen3-vl-8b.yaml"
 SEVEN_B = architecture_of("qwen2.5-vl-7b")
+# one model per family the planner knows (shipped numbers: no download)
+FAMILY_MODELS = ("qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3-vl-30b-a3b", "qwen3.5-9b", "qwen3.5-35b-a3b")
 
 
 def _fullsets(*overrides: str):
@@ -111,9 +116,16 @@ def test_keeping_blocks_gathered_costs_the_whole_model_in_the_compute_dtype_per_
         ["worker.actor.max_tokens_per_micro_batch=20000", "worker.actor.master_dtype=bf16"],
     ],
 )
-def test_the_peak_per_gpu_never_rises_when_gpus_are_added(overrides: list[str]) -> None:
+@pytest.mark.parametrize("model", FAMILY_MODELS)
+def test_the_peak_per_gpu_never_rises_when_gpus_are_added(model: str, overrides: list[str]) -> None:
     gpu = gpu_by_name("H100-80GB")
-    recipe = _fullsets("trainer.n_workers_per_node=1", "worker.rollout.tensor_parallel_size=1", *overrides)
+    arch = architecture_of(model)
+    recipe = _fullsets(
+        f"worker.actor.model_path={model}",
+        "trainer.n_workers_per_node=1",
+        "worker.rollout.tensor_parallel_size=1",
+        *overrides,
+    )
     previous = None
     for nodes in (1, 2, 4, 8, 16):
         for per_node in (1, 2, 4, 8):
@@ -122,11 +134,57 @@ def test_the_peak_per_gpu_never_rises_when_gpus_are_added(overrides: list[str]) 
             )
             if sized is None:  # batch sizes that do not divide this world size
                 continue
-            plan = plan_run(sized, SEVEN_B, gpu)
+            plan = plan_run(sized, arch, gpu)
             phases = _phases(plan)
             if previous is not None and sized.world_size >= previous[0]:
                 assert all(phases[name] <= previous[1][name] for name in phases), (nodes, per_node)
             previous = (sized.world_size, phases)
+
+
+def test_moe_experts_are_all_resident_in_memory_and_only_the_routed_ones_count_as_flops() -> None:
+    moe = architecture_of("qwen3-vl-30b-a3b")
+    assert 31.0e9 < moe.params < 31.1e9  # the size the hub lists: every expert's weights
+    assert moe.text.flops.decoder_params * 9 < moe.text.decoder_params  # top 8 of 128 experts compute
+    update = {
+        p.name: p
+        for p in plan_run(
+            _fullsets("worker.actor.model_path=qwen3-vl-30b-a3b"), moe, gpu_by_name("H200")
+        ).phases
+    }["update"].terms
+    assert update["policy shards"] == -(-moe.params * 4 // 8)  # fp32 master weights over 8 GPUs
+    assert update["AdamW state"] == 2 * update["gradients"] == 2 * update["policy shards"]
+
+
+def test_only_full_attention_layers_hold_kv_cache_and_linear_ones_a_fixed_state_per_sequence() -> None:
+    hybrid, dense = architecture_of("qwen3.5-9b"), architecture_of("qwen3-vl-8b")
+    assert hybrid.text.full_attention_layers == 8 and len(hybrid.text.linear_layers) == 24
+    assert hybrid.text.kv_bytes_per_token == 2 * 8 * (4 * 256) * 2  # keys and values, bf16
+    assert (
+        dense.text.kv_bytes_per_token == 2 * 36 * (8 * 128) * 2 and dense.text.state_bytes_per_sequence == 0
+    )
+    # 24 layers x (fp32 recurrent state 32 heads x 128 x 128 + bf16 conv window 3 x 8,192 channels)
+    assert hybrid.text.state_bytes_per_sequence == 24 * (32 * 128 * 128 * 4 + 3 * 8192 * 2)
+    per_token, state, length = hybrid.text.kv_bytes_per_token, hybrid.text.state_bytes_per_sequence, 9216
+    one = length * per_token + state
+    assert kv_capacity(one - 1, per_token, state, length, 0).starts is False  # the KV fits, its state not
+    cache = kv_capacity(5 * one + 7, per_token, state, length, 0)
+    assert cache.starts and cache.sequences == 5 and cache.tokens == (5 * one + 7 - 5 * state) // per_token
+
+
+def test_hybrid_models_run_padded_micro_batches_even_with_padding_free() -> None:
+    """Packed rows would carry one sequence's recurrent state into the next (`models/families.py`)."""
+    recipe = _fullsets()
+    assert recipe.worker.actor.padding_free
+    assert micro_batch(recipe, architecture_of("qwen3-vl-8b"), 2, flash=True).packed
+    padded = micro_batch(recipe, architecture_of("qwen3.5-9b"), 2, flash=True)
+    assert not padded.packed and padded.flash  # no packing, and no dense mask under flash-attention
+
+
+def test_patch_16_families_merge_32_pixel_units() -> None:
+    vision = architecture_of("qwen3-vl-8b").vision
+    assert vision.merged_unit == 32 and vision.deepstack_mergers == 3
+    assert vision.patches(4_194_304) == 4_194_304 // 32**2 * 4  # fullsets' max_pixels: 4,096 tokens
+    assert SEVEN_B.vision.merged_unit == 28 and SEVEN_B.vision.deepstack_mergers == 0
 
 
 def test_every_suggestion_makes_the_plan_fit_at_the_peak_it_states() -> None:
@@ -232,6 +290,19 @@ def test_plan_json_has_the_verdict_the_peak_and_the_phases_and_exits_1_when_it_d
     assert out["suggestions"] and all(s["fits"] for s in out["suggestions"])
     fixed = _cli(str(FULLSETS), *out["suggestions"][0]["overrides"], "--gpu", "A100-40GB", "--json")
     assert fixed.returncode == 0 and json.loads(fixed.stdout)["fits"] is True
+
+
+def test_plan_of_the_qwen3_vl_recipe_works_offline_from_shipped_numbers() -> None:
+    result = _cli(str(QWEN3_VL_8B_RECIPE), "--gpu", "H100-80GB", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "TORCH_IMPORTED=False" in result.stderr
+    out = json.loads(result.stdout)
+    assert out["fits"] is True
+    assert out["peak_gib"] == max(out["phases"].values()) > 0
+    assert {"start", "generate", "ref", "update", "sync"} <= set(out["phases"])
+    assert out["model"]["model_type"] == "qwen3_vl"
+    assert out["model"]["params"] == architecture_of("Qwen/Qwen3-VL-8B-Instruct").params
+    assert "numbers shipped for Qwen/Qwen3-VL-8B-Instruct" in out["model"]["source"]
 
 
 def test_plan_without_a_card_or_with_an_unknown_model_says_what_to_do() -> None:

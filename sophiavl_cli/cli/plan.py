@@ -94,6 +94,7 @@ def plan_json(plan, suggestions) -> dict:  # type: ignore[no-untyped-def]
     if plan.kv is not None:
         out["kv_cache"] = {
             "tokens": plan.kv.tokens,
+            "sequences": plan.kv.sequences,
             "max_model_len": plan.kv.max_model_len,
             "step_tokens": plan.kv.step_tokens,
             "starts": plan.kv.starts,
@@ -142,9 +143,17 @@ def render(plan, suggestions, source: str, overrides: list[str]) -> None:  # typ
     if plan.kv is not None:
         kv = plan.kv
         state = "" if kv.starts else " [red](below one sequence: vLLM refuses to start)[/]"
+        per_sequence = (
+            plan.arch.text.state_bytes_per_sequence // plan.recipe.worker.rollout.tensor_parallel_size
+        )
+        with_state = (
+            f" (each also keeps {per_sequence / 2**20:,.0f} MiB of linear-attention state)"
+            if per_sequence
+            else ""
+        )
         console.print(
-            f"vLLM KV cache: about {kv.tokens:,} tokens = {kv.tokens // kv.max_model_len} sequences of "
-            f"{kv.max_model_len:,}{state}; a step's rollouts at full length need {kv.step_tokens:,} per engine"
+            f"vLLM KV cache: about {kv.tokens:,} tokens = {kv.sequences} sequences of "
+            f"{kv.max_model_len:,}{with_state}{state}; a step's rollouts at full length need {kv.step_tokens:,} per engine"
         )
     if plan.served is not None:
         served = plan.served

@@ -61,10 +61,20 @@ class KvCache:
     tokens: int  # tokens the cache holds
     max_model_len: int  # one sequence (vLLM refuses to start below this)
     step_tokens: int  # every sequence of one engine's share of a step at full length
+    sequences: int  # full-length sequences it holds (each with its linear-attention state, if any)
 
     @property
     def starts(self) -> bool:
-        return self.tokens >= self.max_model_len
+        return self.sequences >= 1
+
+
+def kv_capacity(free: int, per_token: int, state: int, max_len: int, step_tokens: int) -> KvCache:
+    """What `free` bytes hold at `per_token` KV bytes a token and `state` bytes a sequence (the
+    recurrent and convolution state of linear-attention layers, fixed whatever the length)."""
+    free = max(0, free)
+    sequences = free // (max_len * per_token + state)
+    tokens = max(0, free - sequences * state) // per_token
+    return KvCache(tokens, max_len, step_tokens, sequences)
 
 
 @dataclass(frozen=True)
@@ -138,19 +148,15 @@ def master_bytes(recipe: Recipe) -> int:
 
 
 def lora_params(text: TextArch, rank: int, targets: list[str]) -> int:
-    """peft's A (r x in) and B (out x r) on every targeted linear layer of the decoder."""
-    h, q, kv, i = text.hidden_size, text.q_dim, text.kv_dim, text.intermediate_size
-    shapes = {
-        "q_proj": (h, q),
-        "k_proj": (h, kv),
-        "v_proj": (h, kv),
-        "o_proj": (q, h),
-        "gate_proj": (h, i),
-        "up_proj": (h, i),
-        "down_proj": (i, h),
-    }
-    per_layer = sum(rank * (a + b) for name, (a, b) in shapes.items() if name in targets)
-    return text.num_layers * per_layer
+    """peft's A (r x in) and B (out x r) on every targeted linear layer of the decoder (fused experts
+    are not linear layers: on MoE models only attention and shared experts are adapted)."""
+    wanted = set(targets)
+    return sum(
+        rank * (a + b)
+        for i in range(text.num_layers)
+        for name, (a, b) in text.linear_modules(i).items()
+        if name in wanted
+    )
 
 
 def trainable_params(recipe: Recipe, arch: Architecture) -> int:
@@ -194,18 +200,20 @@ def rank_states(recipe: Recipe, arch: Architecture) -> States:
 # --------------------------------------------------------------------------- micro-batches
 
 
-def _micro_batch(recipe: Recipe, arch: Architecture, rows: int, packed: bool) -> MicroBatch:
+def micro_batch(recipe: Recipe, arch: Architecture, rows: int, flash: bool) -> MicroBatch:
+    """One micro-batch at full length. Packed when flash-attention runs with `padding_free`, except
+    on hybrid models: their linear-attention state would cross packed sequences, so they pad."""
     data, actor = recipe.data, recipe.worker.actor
     seq_len = data.max_prompt_length + data.max_response_length
     images = max(1, recipe.worker.rollout.limit_images)
+    packed = flash and actor.padding_free and arch.text.linear is None
+    shape = {"images": rows * images, "pixels": data.max_pixels, "packed": packed, "flash": flash}
     budget = actor.max_tokens_per_micro_batch
     if budget is not None:  # the token budget replaces the row count (padding included)
         rows = max(1, budget // seq_len)
-        tokens = max(budget, seq_len)
-        return MicroBatch(
-            rows, seq_len, data.max_response_length, rows * images, data.max_pixels, packed, tokens
-        )
-    return MicroBatch(rows, seq_len, data.max_response_length, rows * images, data.max_pixels, packed)
+        shape["images"] = rows * images
+        return MicroBatch(rows, seq_len, data.max_response_length, tokens=max(budget, seq_len), **shape)
+    return MicroBatch(rows, seq_len, data.max_response_length, **shape)
 
 
 # --------------------------------------------------------------------------- rollout engine
@@ -214,7 +222,10 @@ def _micro_batch(recipe: Recipe, arch: Architecture, rows: int, packed: bool) ->
 def vllm_activation_bytes(arch: Architecture, batched_tokens: int, tp: int, images: int, pixels: int) -> int:
     """vLLM's profile-run peak: one forward over `batched_tokens`, the sampler's logits, the encoder."""
     t, cb = arch.text, 2
-    per_token = cb * (4 * t.hidden_size + (t.q_dim + 2 * t.kv_dim + 2 * t.intermediate_size) // tp)
+    mixer = t.q_dim * (2 if t.gated_attention else 1) + 2 * t.kv_dim
+    if t.linear is not None:  # a Gated DeltaNet layer's in_proj outputs: q, k, v, z, b, a
+        mixer = max(mixer, 2 * t.linear.key_dim + 2 * t.linear.value_dim + 2 * t.linear.value_heads)
+    per_token = cb * (4 * t.hidden_size + (mixer + 2 * t.mlp_width) // tp)
     sampler = VLLM_MAX_SEQS * t.vocab_size * 4
     v = arch.vision
     encoder = images * v.patches(pixels) * cb * (6 * v.hidden_size + 2 * v.intermediate_size) if images else 0
@@ -232,10 +243,16 @@ def kv_cache(recipe: Recipe, arch: Architecture, gpu: Gpu, weights: int) -> KvCa
         free = rollout.kv_cache_memory_bytes
     else:
         free = int(rollout.gpu_memory_utilization * gpu.total_bytes) - weights - act - graphs
-    per_token = arch.text.kv_bytes_per_token // tp
     max_len = data.max_prompt_length + data.max_response_length
     prompts = math.ceil(data.rollout_batch_size / recipe.world_size) * tp  # one engine serves its TP group
-    return KvCache(max(0, free) // per_token, max_len, prompts * rollout.n * max_len)
+    text = arch.text
+    return kv_capacity(
+        free,
+        text.kv_bytes_per_token // tp,
+        text.state_bytes_per_sequence // tp,
+        max_len,
+        prompts * rollout.n * max_len,
+    )
 
 
 def vllm_budget(recipe: Recipe, arch: Architecture, gpu: Gpu, weights: int) -> int:
@@ -259,9 +276,10 @@ def hf_generation_bytes(recipe: Recipe, arch: Architecture) -> int:
     rows = math.ceil(data.rollout_batch_size / recipe.world_size) * rollout.n
     max_len = data.max_prompt_length + data.max_response_length
     cb = compute_bytes(recipe)
-    kv = rows * max_len * arch.text.kv_bytes_per_token * cb // 2
-    prefill = rows * data.max_prompt_length * arch.text.intermediate_size * cb * 3
-    return kv + max(prefill, rows * arch.text.vocab_size * 4 * 3)
+    text = arch.text
+    kv = rows * (max_len * text.kv_bytes_per_token * cb // 2 + text.state_bytes_per_sequence)
+    prefill = rows * data.max_prompt_length * text.mlp_width * cb * 3
+    return kv + max(prefill, rows * text.vocab_size * 4 * 3)
 
 
 # --------------------------------------------------------------------------- phases
@@ -273,7 +291,7 @@ def plan_run(recipe: Recipe, arch: Architecture, gpu: Gpu, *, attention: str = "
     fsdp = actor.fsdp
     s = rank_states(recipe, arch)
     cb = compute_bytes(recipe)
-    packed = attention == "flash" and actor.padding_free
+    flash = attention == "flash"
     vllm = rollout.backend == "vllm"
     sleeps = vllm and rollout.enable_sleep_mode
     needs_ref = recipe.uses_reference
@@ -305,7 +323,7 @@ def plan_run(recipe: Recipe, arch: Architecture, gpu: Gpu, *, attention: str = "
         generate["hf generate (KV cache, logits)"] = hf_generation_bytes(recipe, arch)
     phases.append(Phase("generate", generate))
 
-    experience = _micro_batch(recipe, arch, actor.micro_batch_size_per_device_for_experience, packed)
+    experience = micro_batch(recipe, arch, actor.micro_batch_size_per_device_for_experience, flash)
     forward = forward_transient_bytes(arch, experience, cb)
     if not (rollout.use_rollout_logprobs or recipe.on_policy_update):
         old = {"policy shards": s.policy, **resting(policy=False, optimizer=True, ref=True, engine="asleep")}
@@ -317,7 +335,7 @@ def plan_run(recipe: Recipe, arch: Architecture, gpu: Gpu, *, attention: str = "
         }
         phases.append(Phase("ref", ref | {s.gathered_label: s.gathered, "forward": forward}))
 
-    update_mb = _micro_batch(recipe, arch, actor.micro_batch_size_per_device_for_update, packed)
+    update_mb = micro_batch(recipe, arch, actor.micro_batch_size_per_device_for_update, flash)
     gc = actor.gradient_checkpointing
     saved = saved_activation_bytes(arch, update_mb, cb, gc)
     peak_extra = max(
@@ -371,8 +389,11 @@ def plan_served(recipe: Recipe, arch: Architecture, gpu: Gpu) -> ServedModel | N
     cb = 4 if serve.dtype == "fp32" else 2
     if serve.backend == "hf":
         weights = arch.params * cb
-        batch = recipe.reward.thinking.concurrency * recipe.data.max_prompt_length
-        activations = batch * arch.text.kv_bytes_per_token * cb // 2
+        concurrency = recipe.reward.thinking.concurrency
+        activations = concurrency * (
+            recipe.data.max_prompt_length * arch.text.kv_bytes_per_token * cb // 2
+            + arch.text.state_bytes_per_sequence
+        )
         terms = {"weights": weights, "KV cache and activations": activations}
         return ServedModel(
             serve.model, arch.params, max(serve.gpus, 1), terms, None, sum(terms.values()) <= gpu.usable_bytes
@@ -381,9 +402,14 @@ def plan_served(recipe: Recipe, arch: Architecture, gpu: Gpu) -> ServedModel | N
     weights = arch.params * cb // tp
     act = vllm_activation_bytes(arch, SERVER_BATCHED_TOKENS, tp, 1, recipe.data.max_pixels)
     share = int(serve.gpu_memory_utilization * gpu.total_bytes)
-    kv_tokens = max(0, share - weights - act - VLLM_GRAPHS_BYTES) // (arch.text.kv_bytes_per_token // tp)
     max_len = arch.text.max_position_embeddings
-    kv = KvCache(kv_tokens, max_len, max_len)
+    kv = kv_capacity(
+        share - weights - act - VLLM_GRAPHS_BYTES,
+        arch.text.kv_bytes_per_token // tp,
+        arch.text.state_bytes_per_sequence // tp,
+        max_len,
+        max_len,
+    )
     terms = {"vLLM (weights + KV cache)": share}
     fits = share <= gpu.usable_bytes + gpu.margin_bytes - int(GIB) and kv.starts
     return ServedModel(serve.model, arch.params, serve.gpus, terms | {"of which weights": weights}, kv, fits)

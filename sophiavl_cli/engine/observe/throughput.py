@@ -137,7 +137,8 @@ class FlopsModel:
             num_heads=heads,
             num_kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
             head_dim=int(head_dim),
-            intermediate_size=int(text.intermediate_size),
+            # Qwen3.5-MoE's config has no dense MLP width (every layer is routed)
+            intermediate_size=int(getattr(text, "intermediate_size", 0) or 0),
             vocab_size=int(text.vocab_size),
             gated_attention=bool(getattr(text, "attn_output_gate", _is_qwen3_5(text))),
             moe=_moe_shape(text, layers),
@@ -154,20 +155,34 @@ class FlopsModel:
         return self.num_layers - (self.linear.num_layers if self.linear else 0)
 
     @property
+    def attention_params(self) -> int:
+        """One softmax-attention layer's projections: q (twice as wide with the output gate), k, v, o."""
+        h, q, kv = self.hidden_size, self.attention_dim, self.num_kv_heads * self.head_dim
+        return h * q * (2 if self.gated_attention else 1) + 2 * h * kv + q * h
+
+    @property
+    def dense_mlp_params(self) -> int:
+        """One dense gated MLP: gate, up, down."""
+        return 3 * self.hidden_size * self.intermediate_size
+
+    def moe_mlp_params(self, experts: int) -> int:
+        """One routed MLP with `experts` of its experts counted: the router (over all of them), those
+        experts' gate/up/down, and the shared expert with its gate."""
+        assert self.moe is not None
+        h, m = self.hidden_size, self.moe
+        shared = 3 * h * m.shared_intermediate_size + (h if m.shared_intermediate_size else 0)
+        return experts * 3 * h * m.expert_intermediate_size + h * m.num_experts + shared
+
+    @property
     def decoder_params(self) -> int:
         """Weights a token passes through in the decoder's linear layers, over all layers (MoE: active)."""
-        h, q, kv = self.hidden_size, self.attention_dim, self.num_kv_heads * self.head_dim
-        attention = h * q * (2 if self.gated_attention else 1) + 2 * h * kv + q * h
-        mixing = self.attention_layers * attention + (
-            self.linear.params(h) * self.linear.num_layers if self.linear else 0
+        mixing = self.attention_layers * self.attention_params + (
+            self.linear.params(self.hidden_size) * self.linear.num_layers if self.linear else 0
         )
         moe_layers = self.moe.num_layers if self.moe else 0
-        mlp = (self.num_layers - moe_layers) * 3 * h * self.intermediate_size
+        mlp = (self.num_layers - moe_layers) * self.dense_mlp_params
         if self.moe is not None:
-            m = self.moe
-            routed = m.experts_per_token * 3 * h * m.expert_intermediate_size + h * m.num_experts
-            shared = 3 * h * m.shared_intermediate_size + (h if m.shared_intermediate_size else 0)
-            mlp += moe_layers * (routed + shared)
+            mlp += moe_layers * self.moe_mlp_params(self.moe.experts_per_token)
         return mixing + mlp
 
     @property

@@ -137,6 +137,8 @@ def _image(path: Path) -> Path:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_qwen3_vl_trains_with_lora_and_the_merged_adapter_answers_and_evaluates(tmp_path: Path) -> None:
+    """LoRA over 2 ranks (rank 1 builds the adapted model on the meta device and gets rank 0's weights;
+    the KL is against the unadapted base), merged to a plain Qwen3-VL folder that infer and eval use."""
     _, run_dir = _train(tmp_path / "lora", "tiny-qwen3-vl", "trainer.save_freq=2", "worker.actor.lora.rank=8")
     _assert_two_trained_steps(run_dir)
     merged = tmp_path / "merged"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from golden import assert_golden
 
 from sophiavl_cli.cli.app import main
 from sophiavl_cli.config import load_recipe
@@ -170,6 +171,7 @@ def test_quickstart_trains_end_to_end_with_metrics_and_a_checkpoint(tmp_path):
     ]
     assert all(0.0 <= r["thinking"] <= 1.0 and r["response"] for r in dumped)
     assert not (run_dir / "rollouts" / "step_000001.jsonl").exists()
+    assert_golden(rows, may_update=True)  # the pinned numbers of the first steps (tests/golden.py)
 
 
 @pytest.mark.ray

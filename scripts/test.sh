@@ -9,4 +9,6 @@ export RAY_USAGE_STATS_ENABLED=0 VLLM_ENABLE_V1_MULTIPROCESSING=0 PYTHONUNBUFFER
 cd "$root"
 "$venv/bin/ruff" check sophiavl_cli tests benchmarks scripts
 "$venv/bin/ruff" format --check sophiavl_cli tests benchmarks scripts
-exec "$venv/bin/python" -m pytest "$@"
+# Whole files to SOPHIAVL_TEST_WORKERS pytest-xdist workers (2: the CI machine's cores; a training
+# run leaves about a quarter of two cores idle while processes start); 0 runs in this process.
+exec "$venv/bin/python" -m pytest -n "${SOPHIAVL_TEST_WORKERS:-2}" --dist loadfile "$@"

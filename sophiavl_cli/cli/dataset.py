@@ -117,7 +117,7 @@ def register_dataset(
     write_entry(entry, path, force=force)
     skipped = sum(len(rows) for rows in entry.skip_rows.values())
     note = f" ({skipped} bad row(s) will be skipped)" if skipped else ""
-    console.print(f"registered [bold]{name}[/] in {path}{note}")
+    console.print(f"registered [bold]{name}[/] in {path}{note}", soft_wrap=True)
 
 
 @app.command("list")
@@ -132,7 +132,7 @@ def list_datasets(
         print_json({entry.name: entry.to_json() for entry in entries})
         return
     if not entries:
-        console.print(f"no datasets in {path}; add one with `sophiavl register-dataset`")
+        console.print(f"no datasets in {path}; add one with `sophiavl register-dataset`", soft_wrap=True)
         return
     table = Table(title=f"datasets in {path}")
     for header in ("name", "file_path", "image_base_path", "columns", "skipped rows"):
@@ -197,7 +197,7 @@ def remove(name: str = typer.Argument(..., help="Registry name."), registry: Reg
     """Remove one entry (the others are left exactly as they are)."""
     path = registry_path(registry)
     remove_entry(name, path)
-    console.print(f"removed [bold]{name}[/] from {path}")
+    console.print(f"removed [bold]{name}[/] from {path}", soft_wrap=True)
 
 
 # ---- helpers
@@ -231,7 +231,7 @@ def _run_check(tables: list[DataTable], options: CheckOptions, report_path: Path
     _render(result, options)
     if not result.ok:
         written = result.write_bad_rows(report_path)
-        console.print(f"[red]{len(result.bad_rows)} bad row(s)[/]; details in {written}")
+        console.print(f"[red]{len(result.bad_rows)} bad row(s)[/]; details in {written}", soft_wrap=True)
     else:
         console.print("[green]no bad rows[/]")
     return result

@@ -417,3 +417,60 @@ def test_qwen3_5_moe_experts_leave_in_the_per_expert_hub_layout_that_transformer
     loaded, info = AutoModelForImageTextToText.from_pretrained(str(tmp_path), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert all(torch.equal(tensor, loaded.state_dict()[name]) for name, tensor in model.state_dict().items())
+
+
+# ---- Gated DeltaNet kernels ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_hybrid_model_on_gpu_without_the_fused_kernels_gets_one_line_naming_what_to_install(
+    name: str,
+) -> None:
+    import importlib.util
+
+    from transformers import AutoConfig
+
+    from sophiavl_cli.models.families import LINEAR_ATTENTION_KERNELS, linear_attention_kernel_note
+
+    assert all(importlib.util.find_spec(module) is None for module, _ in LINEAR_ATTENTION_KERNELS)  # as here
+    config = AutoConfig.from_pretrained(str(resolve_model(f"builtin:{name}")))
+    note = linear_attention_kernel_note(config, "cuda")
+    if name in HYBRID:
+        assert note is not None and "reference PyTorch kernels" in note
+        assert note.endswith("pip install flash-linear-attention causal-conv1d")
+    else:
+        assert note is None
+    assert linear_attention_kernel_note(config, "cpu") is None  # the fused kernels are GPU kernels
+
+
+_FORWARD = """
+import sys, torch
+from sophiavl_cli.models import load_vl_model, resolve_model
+folder = resolve_model("builtin:tiny-qwen3.5")
+if sys.argv[1] == "sophiavl":
+    model = load_vl_model(folder, dtype=torch.float32, device=torch.device("cpu"))
+else:
+    from transformers import AutoModelForImageTextToText
+    model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=torch.float32)
+with torch.no_grad():
+    model(input_ids=torch.tensor([[5, 6, 7, 8]]))
+"""
+
+
+def test_on_cpu_the_kernel_fallback_warnings_of_a_hybrid_model_are_not_printed() -> None:
+    """transformers warns four times that Qwen3.5's Gated DeltaNet falls back to PyTorch (the fused
+    kernels are GPU kernels: nothing to install on CPU); sophiavl's loader keeps them off stderr."""
+
+    def stderr(loader: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _FORWARD, loader],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ),
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert stderr("transformers").count("falling back to its reference PyTorch implementation") >= 2
+    assert "falling back" not in stderr("sophiavl")

@@ -50,6 +50,7 @@ from sophiavl_cli.engine.workers.objective import uses_reference
 from sophiavl_cli.engine.workers.train_worker import WorkerSpec
 from sophiavl_cli.fileio import atomic_write_json, atomic_write_text
 from sophiavl_cli.metrics.keys import ADV_ZERO_FRACTION, TRAIN_EPOCH
+from sophiavl_cli.models.families import linear_attention_kernel_note
 
 
 @dataclass(kw_only=True)
@@ -201,6 +202,8 @@ def start_workers(
     device = resolve_device(recipe.trainer.device)
     for note in ignored_options(recipe, device, model_dir):
         say(note)
+    if kernels := linear_attention_kernel_note(_model_config(model_dir), device):
+        say(kernels)
     from sophiavl_cli.engine.rollout.vllm import worker_env
 
     workers = Workers(cluster.WorkerGroup(recipe.world_size, device, env=worker_env(recipe.worker.rollout)))

@@ -116,6 +116,28 @@ def vllm_cpu_gap(family: Family, *, weight_sync: bool = True) -> str | None:
     return None
 
 
+# the fused kernels transformers' Gated DeltaNet uses when installed: (module, pip distribution)
+LINEAR_ATTENTION_KERNELS = (("fla", "flash-linear-attention"), ("causal_conv1d", "causal-conv1d"))
+
+
+def linear_attention_kernel_note(config: Any, device: str) -> str | None:
+    """One line for a run on GPU whose hybrid model would use transformers' reference PyTorch Gated
+    DeltaNet (over ten times slower than the fused kernel on an H100, by transformers' own account);
+    None when the kernels are installed, the model has no linear attention, or the run is on CPU
+    (the fused kernels are GPU kernels)."""
+    import importlib.util
+
+    if device != "cuda" or not has_linear_attention(config):
+        return None
+    missing = [dist for module, dist in LINEAR_ATTENTION_KERNELS if importlib.util.find_spec(module) is None]
+    if not missing:
+        return None
+    return (
+        f"{family_of(config).name}'s Gated DeltaNet layers will run transformers' reference PyTorch kernels "
+        f"({', '.join(missing)} not installed), much slower than the fused ones; pip install {' '.join(missing)}"
+    )
+
+
 PACKING_OFF_NOTE = (
     "{name} has linear-attention (Gated DeltaNet) layers whose state would cross packed sequences; "
     "padded forwards instead"

@@ -46,12 +46,20 @@ def load_vl_model(
 
     folder = Path(path)
     _checked_config(folder)
+    _quiet_on_cpu(attn_device or device)
     model = AutoModelForImageTextToText.from_pretrained(
         str(folder),
         dtype=dtype,
         attn_implementation=attn_implementation or pick_attn_implementation(attn_device or device),
     )
     return model.to(device).eval()
+
+
+def _quiet_on_cpu(device: str | torch.device) -> None:
+    if str(device).startswith("cpu"):
+        from sophiavl_cli.engine.observe.quiet import hide_cpu_kernel_fallbacks
+
+        hide_cpu_kernel_fallbacks()
 
 
 def meta_vl_model(
@@ -62,6 +70,7 @@ def meta_vl_model(
     from transformers import AutoModelForImageTextToText
 
     config = _checked_config(Path(path))
+    _quiet_on_cpu(attn_device)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(
             config, dtype=dtype, attn_implementation=pick_attn_implementation(attn_device)

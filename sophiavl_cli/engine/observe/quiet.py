@@ -7,10 +7,6 @@ Each entry names why it is harmless here; anything not listed still shows.
   (`sophiavl merge`, single-rank loads).
 - Ray "Token authentication is enabled for this Ray cluster": said on every `ray.init` of the
   loopback-only cluster the trainer starts for itself, where there is nothing to configure.
-- transformers "`...` is falling back to its reference PyTorch implementation" (four per Qwen3.5
-  process) when the model runs on CPU: the fused Gated DeltaNet kernels it names are GPU kernels,
-  so there is nothing to install. On GPU the warnings stay, and `sophiavl train` says it once
-  before the workers start (`models.families.linear_attention_kernel_note`).
 """
 
 from __future__ import annotations
@@ -33,22 +29,6 @@ class _DropKnown(logging.Filter):
 
 
 _FILTER = _DropKnown()
-
-
-class _DropKernelFallbacks(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "falling back to its reference PyTorch implementation" not in record.getMessage()
-
-
-_KERNEL_FALLBACKS = _DropKernelFallbacks()
-KERNEL_LOGGER = "transformers.integrations.hub_kernels"  # where transformers says it (warning_once)
-
-
-def hide_cpu_kernel_fallbacks() -> None:
-    """For a process whose model runs on CPU (idempotent); see the module docstring."""
-    logger = logging.getLogger(KERNEL_LOGGER)
-    if _KERNEL_FALLBACKS not in logger.filters:
-        logger.addFilter(_KERNEL_FALLBACKS)
 
 
 def install(*, ray_logs: bool = False) -> None:

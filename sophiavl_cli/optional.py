@@ -67,3 +67,18 @@ def gpu_pin(distribution: str) -> SpecifierSet | None:
         ):
             return req.specifier
     return None
+
+
+def load_kernel(module: str, what: str, fix: str) -> None:
+    """Import a package's compiled extension, or one `UserError` saying it does not load and `fix`.
+
+    A wheel built for another torch passes `find_spec` and metadata checks, then fails with an
+    undefined symbol at first use, after every model has loaded; importing the extension finds that.
+    """
+    from sophiavl_cli.errors import UserError
+
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:  # an undefined symbol or a missing library is an ImportError too
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UserError(f"{what}: its compiled extension {module} does not load ({reason}); {fix}") from None

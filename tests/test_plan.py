@@ -262,6 +262,16 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_the_served_reward_models_kv_cache_is_planned_for_its_max_model_len() -> None:
+    gpu = gpu_by_name("H100-80GB")
+    full, _ = plan_recipe(_fullsets(), gpu)
+    short, _ = plan_recipe(_fullsets("reward.thinking.serve.max_model_len=16384"), gpu)
+    assert full.served is not None and short.served is not None
+    assert (full.served.kv.max_model_len, short.served.kv.max_model_len) == (128000, 16384)
+    assert short.served.kv.tokens == full.served.kv.tokens  # the same cache, ...
+    assert short.served.kv.sequences > full.served.kv.sequences  # ... holding more whole requests
+
+
 def test_plan_fullsets_on_h100_prints_the_table_without_importing_torch() -> None:
     result = _cli(str(FULLSETS), "--gpu", "H100-80GB")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -106,6 +106,31 @@ def test_quickstart_on_a_gpu_or_with_options_that_do_not_apply_says_so():
     assert len(keys) == len(set(keys))
 
 
+def test_vllm_keys_of_a_reward_model_served_by_the_hf_backend_are_reported():
+    vllm = load_recipe(RECIPES["fullsets"], ["reward.thinking.serve.max_model_len=16384"])
+    assert not [n for n in unhonoured_keys(vllm, GPU) if n.startswith("reward.")]
+    hf = load_recipe(
+        RECIPES["fullsets"], ["reward.thinking.serve.backend=hf", "reward.thinking.serve.max_model_len=16384"]
+    )
+    notes = [n for n in unhonoured_keys(hf, GPU) if n.startswith("reward.")]
+    assert notes == [
+        "reward.thinking.serve.gpu_memory_utilization: vLLM only; reward.thinking.serve.backend=hf ignores it",
+        "reward.thinking.serve.max_model_len: vLLM only; reward.thinking.serve.backend=hf ignores it",
+    ]
+
+
+def test_the_served_reward_models_vllm_gets_the_recipes_context_and_parallelism():
+    from sophiavl_cli.engine.reward_model.served import served_vllm_args
+
+    serve = load_recipe(
+        RECIPES["fullsets"], ["reward.thinking.serve.max_model_len=16384"]
+    ).reward.thinking.serve
+    assert served_vllm_args(serve) == ["--tensor-parallel-size", "1", "--max-model-len", "16384"]
+    default = load_recipe(RECIPES["fullsets"], []).reward.thinking.serve
+    assert served_vllm_args(default) == ["--tensor-parallel-size", "1"]
+    assert served_vllm_args(default.model_copy(update={"backend": "hf"})) == []
+
+
 def test_a_key_at_its_default_is_never_reported():
     bare = load_recipe(None, ["trainer.device=cpu"])
     assert list(explicit_keys(bare)) == ["trainer.device"]
@@ -119,7 +144,7 @@ def test_every_conditional_key_exists_in_the_schema():
     for key in CONDITIONS:
         if not key.endswith("."):
             section, _, field = key.rpartition(".")
-            node = load_recipe(None, [])
+            node = load_recipe(RECIPES["fullsets"], [])  # it has every optional section (serve too)
             for part in section.split("."):
                 node = getattr(node, part)
             assert field in type(node).model_fields, key

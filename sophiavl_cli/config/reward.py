@@ -30,6 +30,13 @@ class RMServeConfig(Section):
         1, gt=0, description="vLLM tensor-parallel size; must equal gpus with the vllm backend."
     )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM share of its GPUs' memory.")
+    max_model_len: int | None = Field(
+        None,
+        gt=0,
+        description="vLLM's context for one reward-model request (question, image tokens, the policy's "
+        "response, the reply); unset: the model's own (Qwen2.5-VL: 128k tokens), which vLLM must fit "
+        "one whole sequence of in its KV cache. Longer requests are refused and count as RM failures.",
+    )
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Serving dtype.")
     max_new_tokens: int = Field(64, gt=0, description="Most tokens per reply.")
     max_restarts: int = Field(

@@ -382,7 +382,7 @@ def host_memory(recipe: Recipe, arch: Architecture, s: States) -> dict[str, int]
 
 def plan_served(recipe: Recipe, arch: Architecture, gpu: Gpu) -> ServedModel | None:
     """`reward.thinking.serve` on its own GPUs: vLLM's share must hold the weights, its profile run and a
-    KV cache for one sequence of the model's full context (the server sets no shorter max_model_len)."""
+    KV cache for one sequence of `reward.thinking.serve.max_model_len` (unset: the model's full context)."""
     serve = recipe.reward.thinking.serve
     if serve is None:
         return None
@@ -402,7 +402,7 @@ def plan_served(recipe: Recipe, arch: Architecture, gpu: Gpu) -> ServedModel | N
     weights = arch.params * cb // tp
     act = vllm_activation_bytes(arch, SERVER_BATCHED_TOKENS, tp, 1, recipe.data.max_pixels)
     share = int(serve.gpu_memory_utilization * gpu.total_bytes)
-    max_len = arch.text.max_position_embeddings
+    max_len = serve.max_model_len or arch.text.max_position_embeddings
     kv = kv_capacity(
         share - weights - act - VLLM_GRAPHS_BYTES,
         arch.text.kv_bytes_per_token // tp,

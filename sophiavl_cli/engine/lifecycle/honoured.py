@@ -154,6 +154,13 @@ def _sapo(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
     )
 
 
+def _served_vllm(recipe: Recipe, facts: RunFacts, value: object) -> str | None:
+    serve = recipe.reward.thinking.serve
+    if serve is not None and serve.backend != "vllm":
+        return "vLLM only; reward.thinking.serve.backend=hf ignores it"
+    return _trust(recipe, facts, value)
+
+
 # key (dotted path) or section prefix ending in ".": the condition under which it acts
 CONDITIONS: dict[str, Condition] = {
     "worker.actor.fsdp.offload_params": _on_gpu,
@@ -170,6 +177,8 @@ CONDITIONS: dict[str, Condition] = {
     "worker.rollout.enable_sleep_mode": _vllm_sleep,
     "worker.rollout.enforce_eager": _vllm_graphs,
     "reward.thinking.": _trust,
+    "reward.thinking.serve.max_model_len": _served_vllm,
+    "reward.thinking.serve.gpu_memory_utilization": _served_vllm,
     "algorithm.trust.": _trust,
     "algorithm.kl_penalty": _kl,
     "algorithm.kl_coef": _kl_coef,

@@ -56,9 +56,7 @@ class RewardModelActor:
         from sophiavl_cli.serving.launcher import start_reward_server
 
         serve = self.serve
-        vllm_args = (
-            ["--tensor-parallel-size", str(serve.tensor_parallel_size)] if serve.backend == "vllm" else []
-        )
+        vllm_args = served_vllm_args(serve)
         self.server = start_reward_server(
             serve.model,
             backend=serve.backend,
@@ -280,6 +278,14 @@ class ServedThinkingService:
         if self._client is not None:
             self._client.close()
         self._stop_actor()
+
+
+def served_vllm_args(serve: RMServeConfig) -> list[str]:
+    """`vllm serve` flags the recipe's `reward.thinking.serve` asks for (none for the hf backend)."""
+    if serve.backend != "vllm":
+        return []
+    args = ["--tensor-parallel-size", str(serve.tensor_parallel_size)]
+    return args + (["--max-model-len", str(serve.max_model_len)] if serve.max_model_len is not None else [])
 
 
 def thinking_service(

@@ -26,17 +26,10 @@ SLOW_TEST_TIMEOUT_S = 1800  # the default (pyproject `timeout`) is for fast test
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked `slow` (a training run, a vLLM engine) get a longer timeout unless they set one.
-
-    Files holding slow tests run first: scripts/test.sh hands whole files to 2 pytest-xdist workers
-    in collection order, and a long file started last would leave the other worker idle at the end.
-    The sort is stable and by file, so the order within a file (and its module fixtures) is kept.
-    """
+    """Tests marked `slow` (a training run, a vLLM engine) get a longer timeout unless they set one."""
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT_S))
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(scope="session")
